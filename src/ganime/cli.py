@@ -1,0 +1,63 @@
+"""The ``ganime`` command line: the only place that reads argv.
+
+Each sub-command lives in ``ganime.commands.<name>`` and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` (called with the parsed namespace, returns an exit code). Heavy imports
+happen inside ``func`` so ``ganime --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ganime import __version__
+from ganime.errors import GanimeError
+
+#: Sub-command modules under ganime.commands, in the order ``--help`` lists them.
+COMMAND_MODULES = [
+    "data",
+    "train",
+    "colorize",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ganime",
+        description="Colour anime and manga line art: prepare data, train, colorize, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"ganime {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ganime.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GanimeError as e:
+        print(f"ganime: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ganime: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # last resort: still one line, with a hint for bug reports
+        if os.environ.get("GANIME_DEBUG"):
+            raise
+        print(
+            f"ganime: error: unexpected {type(e).__name__}: {e} (set GANIME_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``ganime`` CLI; see :mod:`ganime.cli`."""

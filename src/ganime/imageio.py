@@ -1,0 +1,159 @@
+"""Safe image reading and writing shared by every command.
+
+Every reader here turns the usual ways an image file can be bad (missing, empty, not an image,
+truncated, absurdly large, an odd mode) into one :class:`~ganime.errors.InputError` sentence.
+Pixel conversions between PIL, uint8 arrays and [-1, 1] tensors live here too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ganime.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+#: Largest image (in pixels) any command decodes; a header claiming more is refused before decoding.
+MAX_PIXELS = 64 * 1024 * 1024
+
+# We check sizes ourselves (before decoding) and give our own error, so PIL's own bomb guard is
+# raised out of the way for the decode itself.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Sorted image files in ``folder`` (by suffix); hidden files are skipped."""
+    folder = Path(folder)
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+
+
+def _to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited over ``background`` (white paper)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("LA", "La"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "RGBa", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, tuple(background) + (255,))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return im
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read ``path`` as an 8-bit RGB PIL image, or raise one :class:`InputError` sentence.
+
+    EXIF orientation is applied; alpha is composited on white; 16-bit and palette images are converted.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an image file")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes), not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(path)
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise InputError(f"{path}: image has no pixels ({w}x{h})")
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{path}: image is {w}x{h} pixels, over the limit of {max_pixels:,} pixels"
+                )
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"{path}: image too large to decode") from None
+    except Exception as e:  # PIL raises many types for bad data
+        kind = type(e).__name__
+        if kind == "UnidentifiedImageError":
+            raise InputError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        raise InputError(f"{path}: corrupt or truncated image ({kind}: {e})") from None
+
+
+def image_to_uint8(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def uint8_to_tensor(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """HWC or NHWC uint8 -> CHW / NCHW float in [-1, 1]."""
+    t = torch.as_tensor(np.ascontiguousarray(arr)) if isinstance(arr, np.ndarray) else arr
+    t = t.float().div_(127.5).sub_(1.0)
+    return t.permute(2, 0, 1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
+
+
+def tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
+    """CHW / NCHW float in [-1, 1] -> HWC / NHWC uint8 (rounded, clamped)."""
+    t = t.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    t = t.permute(1, 2, 0) if t.dim() == 3 else t.permute(0, 2, 3, 1)
+    return t.contiguous().numpy()
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    return uint8_to_tensor(image_to_uint8(im))
+
+
+def tensor_to_pil(t: torch.Tensor) -> Image.Image:
+    return Image.fromarray(tensor_to_uint8(t), "RGB")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file (tmp + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_png(im: Image.Image, path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Save ``im`` as PNG atomically; refuses to replace an existing file unless ``overwrite``."""
+    import io
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists (pass --overwrite to replace it)")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
