@@ -108,7 +108,7 @@ def image_to_uint8(im: Image.Image) -> np.ndarray:
 
 def uint8_to_tensor(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
     """HWC or NHWC uint8 -> CHW / NCHW float in [-1, 1]."""
-    t = torch.as_tensor(np.ascontiguousarray(arr)) if isinstance(arr, np.ndarray) else arr
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)) if isinstance(arr, np.ndarray) else arr
     t = t.float().div_(127.5).sub_(1.0)
     return t.permute(2, 0, 1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
 

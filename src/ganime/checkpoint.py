@@ -1,0 +1,163 @@
+"""Self-describing checkpoints: weights + config + method + progress + format version.
+
+A training checkpoint is one file written with ``torch.save`` of plain containers and tensors only,
+and read back with ``torch.load(weights_only=True)``, which refuses to unpickle arbitrary objects
+(no code is ever executed on load). Writes are atomic: a temporary file in the same folder is
+fsynced and renamed over the target, so a crash or ``kill -9`` at any moment leaves either the old
+or the new checkpoint, never a torn one.
+
+Inference-only exports (and the shipped default model) use safetensors: fp16/fp32 generator weights
+with the run configuration and method name in the header metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ganime import __version__
+from ganime.errors import CheckpointError
+from ganime.imageio import atomic_write_bytes
+
+FORMAT = "ganime-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, *, method: str, config: dict, state: dict, progress: dict) -> None:
+    """Atomically write a training checkpoint.
+
+    Args:
+        method: registered method name (``pix2pix``, ``cyclegan`` ...).
+        config: the run configuration as a plain dict (RunConfig.to_dict()).
+        state: ``{"models": {...}, "optimizers": {...}, "extra": {...}}`` of state dicts.
+        progress: ``{"epoch": completed epochs, "step": steps into the current epoch, "global_step": n}``.
+    """
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ganime_version": __version__,
+        "method": method,
+        "config_json": json.dumps(config, sort_keys=True),
+        "progress": dict(progress),
+        **_cpu(state),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, expect_method: str | None = None) -> dict:
+    """Read a checkpoint (training ``.pt`` or exported ``.safetensors``) without executing code.
+
+    Returns a dict with ``method``, ``config`` (dict), ``models`` and, for training checkpoints,
+    ``optimizers``, ``extra`` and ``progress``. Every failure is one :class:`CheckpointError` sentence.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        last = path / "last.pt"
+        if last.exists():
+            path = last
+        else:
+            raise CheckpointError(f"{path}: is a folder without last.pt; pass a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if path.suffix == ".safetensors":
+        ckpt = _load_safetensors(path)
+    else:
+        ckpt = _load_torch(path)
+    if expect_method is not None and ckpt["method"] != expect_method:
+        raise CheckpointError(
+            f"{path}: is a {ckpt['method']} checkpoint, but {expect_method} was asked for"
+        )
+    return ckpt
+
+
+def _load_torch(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0][:160]
+        raise CheckpointError(f"{path}: refused to load: holds objects other than tensors ({msg})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {msg})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a GANime checkpoint (foreign or raw state dict)")
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {obj['format_version']} is newer than this GANime "
+            f"({__version__}) understands; upgrade ganime"
+        )
+    try:
+        obj["config"] = json.loads(obj.pop("config_json"))
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: checkpoint has no readable configuration") from None
+    for key in ("method", "models"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: checkpoint is missing its {key!r} entry")
+    return obj
+
+
+def export_safetensors(path: str | os.PathLike, *, method: str, config: dict, generator_state: dict,
+                       dtype: torch.dtype = torch.float16, extra_meta: dict | None = None) -> None:
+    """Write inference weights (the sketch -> colour generator) as safetensors, atomically."""
+    from safetensors.torch import save
+
+    tensors = {}
+    for k, v in generator_state.items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and not k.endswith("num_batches_tracked"):
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {
+        "format": FORMAT, "format_version": str(FORMAT_VERSION), "ganime_version": __version__,
+        "method": method, "config": json.dumps(config, sort_keys=True), "kind": "generator",
+    }
+    meta.update({k: str(v) for k, v in (extra_meta or {}).items()})
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        meta = _safetensors_metadata(data)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
+    if meta.get("format") != FORMAT or "config" not in meta or "method" not in meta:
+        raise CheckpointError(f"{path}: not a GANime model (safetensors without GANime metadata)")
+    return {
+        "format": FORMAT,
+        "format_version": int(meta.get("format_version", 1)),
+        "method": meta["method"],
+        "config": json.loads(meta["config"]),
+        "models": {"G": {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}},
+        "meta": meta,
+    }
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return header.get("__metadata__", {}) or {}

@@ -1,0 +1,178 @@
+"""The inference pipeline used by ``ganime colorize``, evaluation and the web app alike.
+
+Any input (size, aspect, mode) is fitted into the model's square working size keeping its aspect
+ratio, padded with white paper, coloured, cropped back and resized to the input's own size.
+Optional colour hints are an RGBA image of painted strokes (alpha = where a hint is) at the input's
+size; they are mapped through the same geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ganime.checkpoint import load_checkpoint
+from ganime.config import RunConfig
+from ganime.errors import CheckpointError, InputError
+from ganime.imageio import list_images, open_image, save_png
+from ganime.methods import get_method
+
+
+def hint_map_from_rgba(hints: Image.Image) -> torch.Tensor:
+    """RGBA strokes -> 4 x H x W hint tensor: RGB in [-1, 1] where painted (0 elsewhere) and a 0/1 mask."""
+    rgba = np.asarray(hints.convert("RGBA"), dtype=np.float32) / 255.0
+    mask = (rgba[..., 3:4] > 0.5).astype(np.float32)
+    rgb = (rgba[..., :3] * 2 - 1) * mask
+    return torch.from_numpy(np.concatenate([rgb, mask], -1)).permute(2, 0, 1)
+
+
+class Colorizer:
+    """A loaded sketch -> colour generator.
+
+    Build with :meth:`from_checkpoint` (training ``.pt`` of any method with a sketch -> colour
+    generator, or an exported ``.safetensors``). Thread-safe: calls are serialised by a lock.
+    """
+
+    def __init__(self, generator: torch.nn.Module, cfg: RunConfig, method: str, device: torch.device,
+                 source: str = ""):
+        self.generator = generator.eval().to(device)
+        self.cfg, self.method, self.device, self.source = cfg, method, device, source
+        self.size = cfg.train.size
+        self.hint_channels = cfg.net.hint_channels
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "Colorizer":
+        from ganime.train import resolve_device
+
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        ckpt = load_checkpoint(path)
+        method_cls = get_method(ckpt["method"])
+        try:
+            cfg = RunConfig.from_dict(ckpt["config"])
+        except (TypeError, InputError) as e:
+            raise CheckpointError(f"{path}: checkpoint configuration is not understood ({e})") from None
+        gen = method_cls.build_generator(cfg)
+        state = ckpt["models"].get(method_cls.generator_key)
+        if state is None:
+            raise CheckpointError(f"{path}: checkpoint has no {method_cls.generator_key} generator weights")
+        try:
+            gen.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit the network in its own config ({str(e)[:120]})") from None
+        return cls(gen, cfg, ckpt["method"], dev, source=str(path))
+
+    def _fit(self, im: Image.Image, resample, fill) -> tuple[Image.Image, tuple[int, int, int, int]]:
+        s = self.size
+        w, h = im.size
+        scale = s / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new(im.mode, (s, s), fill)
+        x0, y0 = (s - nw) // 2, (s - nh) // 2
+        canvas.paste(im.resize((nw, nh), resample), (x0, y0))
+        return canvas, (x0, y0, x0 + nw, y0 + nh)
+
+    def prepare(self, sketch: Image.Image, hints: Image.Image | None = None) -> tuple[torch.Tensor, tuple]:
+        """The generator input (1 x C x S x S) for ``sketch`` and the box to crop the output to."""
+        from ganime.imageio import pil_to_tensor
+
+        fitted, box = self._fit(sketch.convert("RGB"), Image.BICUBIC, (255, 255, 255))
+        x = pil_to_tensor(fitted)[None]
+        if self.hint_channels:
+            if hints is not None:
+                if hints.size != sketch.size:
+                    hints = hints.resize(sketch.size, Image.NEAREST)
+                hfit, _ = self._fit(hints.convert("RGBA"), Image.NEAREST, (0, 0, 0, 0))
+                hm = hint_map_from_rgba(hfit)[None]
+            else:
+                hm = torch.zeros(1, self.hint_channels, self.size, self.size)
+            x = torch.cat([x, hm], 1)
+        elif hints is not None:
+            raise InputError(f"this model ({self.method}) does not take colour hints")
+        return x, box
+
+    @torch.no_grad()
+    def __call__(self, sketch: Image.Image, hints: Image.Image | None = None) -> Image.Image:
+        """Colour ``sketch`` (any size/mode PIL image); returns RGB at the sketch's own size."""
+        from ganime.imageio import tensor_to_pil
+
+        x, box = self.prepare(sketch, hints)
+        with self._lock:
+            y = self.generator(x.to(self.device)).float().cpu()[0]
+        out = tensor_to_pil(y).crop(box)
+        return out.resize(sketch.size, Image.BICUBIC) if out.size != sketch.size else out
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Files and folders (their images, not recursive) -> image paths, with one-line errors."""
+    files: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise InputError(f"{p}: folder holds no image files")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
+                   progress: bool = True, suffix: str = "") -> dict:
+    """Colour every input into ``out/<stem><suffix>.png``. Bad files are reported and skipped.
+
+    Returns ``{"written": [...], "failed": [...]}``; never replaces an existing file unless ``overwrite``.
+    """
+    from tqdm import tqdm
+
+    files = collect_inputs(inputs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    targets = [out / f"{f.stem}{suffix}.png" for f in files]
+    seen: dict[Path, Path] = {}
+    for f, t in zip(files, targets):
+        if t in seen:
+            raise InputError(f"{f} and {seen[t]} would both be written to {t}; colour them into separate folders")
+        seen[t] = f
+    if not overwrite:
+        clash = [t for t in targets if t.exists()]
+        if clash:
+            more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+            raise InputError(f"{clash[0]}: already exists{more}; pass --overwrite to replace, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for f, t in tqdm(list(zip(files, targets)), desc="colorize", unit="img", disable=not progress or len(files) < 2,
+                     file=sys.stderr):
+        try:
+            im = open_image(f)
+        except InputError as e:
+            failed.append(str(e))
+            print(f"ganime: skipped {e}", file=sys.stderr)
+            continue
+        save_png(colorizer(im), t, overwrite=overwrite)
+        written.append(str(t))
+    return {"written": written, "failed": failed}
+
+
+#: Where the shipped default model lives inside the package.
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+def default_checkpoint() -> Path:
+    """The shipped default model, or a one-line error saying how to get a checkpoint."""
+    if DEFAULT_WEIGHTS.exists():
+        return DEFAULT_WEIGHTS
+    raise InputError(
+        "no --checkpoint given and this install ships no default model; "
+        "train one with 'ganime train pix2pix' and pass --checkpoint RUN/last.pt"
+    )

@@ -1,0 +1,60 @@
+"""``ganime colorize INPUT... --out DIR [--checkpoint CKPT]``."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("colorize", help="colour sketches with a trained model",
+                       description="Colour each input image (files or folders) and write PNGs at the inputs' own sizes.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="sketch files or folders of sketches")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint", help="a run's last.pt (or the run folder) or an exported .safetensors; "
+                                        "default: the model shipped with GANime")
+    p.add_argument("--hints", help="RGBA image of colour strokes (transparent elsewhere) for a single input")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ganime.colorize import Colorizer, colorize_files, default_checkpoint
+    from ganime.errors import InputError
+    from ganime.imageio import open_image, save_png
+
+    ckpt = args.checkpoint or default_checkpoint()
+    colorizer = Colorizer.from_checkpoint(ckpt, args.device)
+    if args.hints:
+        from pathlib import Path
+
+        from PIL import Image
+
+        if len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
+            raise InputError("--hints applies to exactly one input image")
+        hints = open_hints(args.hints)
+        src = Path(args.inputs[0])
+        target = Path(args.out) / f"{src.stem}.png"
+        if target.exists() and not args.overwrite:
+            raise InputError(f"{target}: already exists; pass --overwrite to replace, or choose another --out")
+        save_png(colorizer(open_image(src), hints), target, overwrite=args.overwrite)
+        print(f"wrote {target}")
+        return 0
+    r = colorize_files(colorizer, args.inputs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"wrote {len(r['written'])} images to {args.out}" + (f"; {len(r['failed'])} failed" if r["failed"] else ""))
+    return 0 if r["written"] else 2
+
+
+def open_hints(path):
+    """Open a hint image keeping its alpha channel (open_image would flatten it)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ganime.errors import InputError
+    from ganime.imageio import open_image
+
+    open_image(path)  # the same checks as any input (missing, empty, corrupt, too large)
+    with Image.open(Path(path)) as im:
+        return im.convert("RGBA")

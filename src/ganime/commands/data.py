@@ -1,0 +1,68 @@
+"""``ganime data prepare | sketchify | download``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="prepare, sketchify or download training data")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+
+    q = dsub.add_parser("prepare", help="build the fast-loading cache from side-by-side pairs",
+                        description="Read SRC (Kaggle train/ and val/, a flat folder of colour|sketch files, "
+                                    "or sketch/ and color/ folders) and write a uint8 cache to OUT.")
+    q.add_argument("src")
+    q.add_argument("out")
+    q.add_argument("--size", type=int, default=256, help="square side of the cached images (256; 512 supported)")
+    q.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=run_prepare)
+
+    s = dsub.add_parser("sketchify", help="turn colour illustrations into colour|sketch pairs",
+                        description="Extract line art from every colour image in SRC and write side-by-side pairs to OUT.")
+    s.add_argument("src")
+    s.add_argument("out")
+    s.add_argument("--extractor", default="random", help="xdog, pencil, sobel or random (default)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=None, help="resize images to this square side first")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=run_sketchify)
+
+    d = dsub.add_parser("download", help="fetch the Kaggle dataset (needs Kaggle credentials)")
+    d.add_argument("out")
+    d.set_defaults(func=run_download)
+
+
+def run_prepare(args) -> int:
+    from ganime.data.pairs import prepare
+
+    index = prepare(args.src, args.out, size=args.size, workers=args.workers, progress=not args.no_progress)
+    counts = ", ".join(f"{k} {v['count']}" for k, v in index["splits"].items())
+    print(f"prepared {index['count']} pairs ({counts}) at {index['size']}px in {args.out}")
+    if index["skipped"]:
+        print(f"skipped {len(index['skipped'])} unusable files:", file=sys.stderr)
+        for s in index["skipped"]:
+            print(f"  {s}", file=sys.stderr)
+    return 0
+
+
+def run_sketchify(args) -> int:
+    from ganime.data.sketchify import sketchify_folder
+
+    r = sketchify_folder(args.src, args.out, args.extractor, args.seed, args.size, progress=not args.no_progress)
+    print(f"wrote {r['written']} pairs to {args.out} (kept {r['kept']} existing)")
+    if r["failed"]:
+        print(f"skipped {len(r['failed'])} unreadable files:", file=sys.stderr)
+        for s in r["failed"]:
+            print(f"  {s}", file=sys.stderr)
+    return 0
+
+
+def run_download(args) -> int:
+    from ganime.data.download import download
+
+    root = download(args.out)
+    print(f"dataset ready at {root}; next: ganime data prepare {root} CACHE")
+    return 0

@@ -1,0 +1,143 @@
+"""Run configuration: dataclasses for networks, data and training, with named presets.
+
+Components own their defaults (the networks, the methods); a run's configuration merely combines
+them and is validated once, up front, then saved as JSON beside the run and inside each checkpoint.
+
+Presets:
+- ``paper``: Vu & Yang's Pix2Pix exactly: U-Net with 8 downsamplings and 64 base channels, BatchNorm,
+  dropout 0.5, 70x70 PatchGAN, L1 weight 100, Adam lr 2e-4, betas (0.5, 0.999), eps 1e-7, batch 32,
+  150 epochs, resize 286 -> random 256 crop + mirror. CycleGAN: cycle weight 10.
+- ``small``: 16 base channels and batch 8, for CPU smoke runs and fast experiments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ganime.errors import InputError
+
+
+@dataclass
+class NetConfig:
+    """Generator and discriminator shapes (the paper's ngf/ndf = ``gen_base``/``disc_base``)."""
+
+    gen_base: int = 64
+    gen_depth: int = 8
+    disc_base: int = 64
+    disc_layers: int = 3
+    norm: str = "batch"
+    dropout: float = 0.5
+    #: Extra generator inputs for user colour hints (RGB + mask = 4 channels); 0 without hints.
+    hint_channels: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    eps: float = 1e-7
+    #: Side of the square training images; the cache must have been prepared at this size.
+    size: int = 256
+    #: Resize factor before the random crop: 286/256 as in the paper.
+    jitter: float = 286 / 256
+    flip: bool = True
+    #: Re-extract sketches from the colour image with a random extractor (probability per sample).
+    sketch_augment: float = 0.0
+    seed: int = 0
+    #: Log losses every this many steps (also when non-finite losses are detected).
+    log_every: int = 20
+    #: Save a numbered checkpoint every this many epochs besides last.pt (0: only last.pt).
+    keep_every: int = 0
+    #: Also save last.pt every this many steps inside an epoch (0: only at epoch ends).
+    save_every_steps: int = 0
+    eval_every: int = 0
+    amp: bool = True
+    channels_last: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: str = "pix2pix"
+    preset: str = "paper"
+    net: NetConfig = field(default_factory=NetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: Method-specific settings (e.g. ``lambda_l1`` for Pix2Pix, ``lambda_cycle`` for CycleGAN).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        d = dict(d)
+        net = _dataclass_from(NetConfig, d.pop("net", {}))
+        train = _dataclass_from(TrainConfig, d.pop("train", {}))
+        known = {f.name for f in fields(cls)} - {"net", "train"}
+        return cls(net=net, train=train, **{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> "RunConfig":
+        t, n = self.train, self.net
+        problems = []
+        if t.epochs < 1:
+            problems.append(f"epochs must be at least 1 (got {t.epochs})")
+        if t.batch_size < 1:
+            problems.append(f"batch size must be at least 1 (got {t.batch_size})")
+        if not (t.lr > 0):
+            problems.append(f"learning rate must be positive (got {t.lr})")
+        multiple = 2**n.gen_depth
+        if t.size < multiple or t.size % multiple:
+            problems.append(
+                f"image size {t.size} must be a multiple of {multiple} for a U-Net of depth {n.gen_depth}"
+            )
+        if t.jitter < 1:
+            problems.append(f"jitter must be >= 1 (got {t.jitter})")
+        if not 0 <= t.sketch_augment <= 1:
+            problems.append(f"sketch augmentation probability must be in [0, 1] (got {t.sketch_augment})")
+        if n.norm not in ("batch", "instance", "none"):
+            problems.append(f"norm must be batch, instance or none (got {n.norm!r})")
+        if n.gen_base < 1 or n.disc_base < 1:
+            problems.append("network widths must be positive")
+        if problems:
+            raise InputError("invalid configuration: " + "; ".join(problems))
+        return self
+
+
+def _dataclass_from(cls, d: dict):
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+    return cls(**d)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"net": {}, "train": {}},
+    "small": {
+        "net": {"gen_base": 16, "disc_base": 16},
+        "train": {"batch_size": 8, "epochs": 20},
+    },
+}
+
+
+def make_config(method: str, preset: str = "paper", options: dict | None = None, **train_overrides) -> RunConfig:
+    """The run configuration for ``method`` under ``preset``, with overrides (``None`` means keep)."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    net = dataclasses.replace(NetConfig(), **p["net"])
+    train = dataclasses.replace(TrainConfig(), **p["train"])
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+    bad = set(overrides) - {f.name for f in fields(TrainConfig)}
+    if bad:
+        raise InputError(f"unknown training settings: {', '.join(sorted(bad))}")
+    train = dataclasses.replace(train, **overrides)
+    return RunConfig(method=method, preset=preset, net=net, train=train, options=dict(options or {}))

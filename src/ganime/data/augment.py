@@ -1,0 +1,49 @@
+"""Joint augmentation of sketch/colour pairs, batched on the training device.
+
+The paper's recipe: resize to 286x286, take a random 256x256 crop, mirror at random, identically for
+the sketch and its colour image. We do it in one ``grid_sample`` per batch: sampling the source at
+the crop's pixel centres of the resized image is exactly ``interpolate(size=286, bilinear)`` followed
+by an integer crop, with no intermediate 286x286 tensor, and it runs on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def crop_params(n: int, size: int, load_size: int, flip: bool, generator: torch.Generator | None = None):
+    """Integer crop offsets (x, y) in [0, load_size - size] and mirror flags, per image."""
+    span = load_size - size + 1
+    ox = torch.randint(span, (n,), generator=generator)
+    oy = torch.randint(span, (n,), generator=generator)
+    fl = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return ox, oy, fl
+
+
+def resize_crop_flip(images: torch.Tensor, size: int, load_size: int, ox, oy, fl) -> torch.Tensor:
+    """Resize N x C x S x S to ``load_size`` (bilinear), crop ``size`` at (ox, oy), mirror where ``fl``.
+
+    All channels of an image share the crop, so stacking sketch and colour on channels keeps them aligned.
+    """
+    n = images.shape[0]
+    dev, dt = images.device, images.dtype if images.is_floating_point() else torch.float32
+    j = torch.arange(size, device=dev, dtype=dt)
+    ox, oy, fl = ox.to(dev), oy.to(dev), fl.to(dev)
+    cols = torch.where(fl[:, None], (size - 1 - j)[None], j[None]) + ox[:, None].to(dt)  # N x W
+    rows = j[None] + oy[:, None].to(dt)  # N x H
+    u = (cols + 0.5) / load_size * 2 - 1
+    v = (rows + 0.5) / load_size * 2 - 1
+    grid = torch.stack(torch.broadcast_tensors(u[:, None, :], v[:, :, None]), dim=-1)  # N x H x W x 2
+    return F.grid_sample(images.to(dt), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment_pair(sketch: torch.Tensor, color: torch.Tensor, size: int, load_size: int, flip: bool,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's jitter applied identically to both halves of each pair."""
+    if load_size == size and not flip:
+        return sketch, color
+    ox, oy, fl = crop_params(sketch.shape[0], size, load_size, flip, generator)
+    both = resize_crop_flip(torch.cat([sketch, color], 1), size, load_size, ox, oy, fl)
+    c = sketch.shape[1]
+    return both[:, :c], both[:, c:]

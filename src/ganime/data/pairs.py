@@ -1,0 +1,295 @@
+"""Paired data: the Kaggle side-by-side layout, other source layouts, and the prepared cache.
+
+Source layouts understood by :func:`discover`:
+
+(a) Kaggle "Anime Sketch Colorization Pair": ``SRC/train/*.png`` and ``SRC/val/*.png``, each file the
+    colour drawing on the LEFT half and its sketch on the RIGHT half (512x1024 in the original);
+(b) a flat folder of such side-by-side files (one split, ``train``);
+(c) ``SRC/sketch/`` and ``SRC/color/`` (or ``colour``) holding files with matching names.
+
+The cache written by :func:`prepare` is one folder: ``index.json`` plus uint8 shards
+``{split}-{k:05d}-{key}.npy`` of shape (n, 2, S, S, 3) — ``[:, 0]`` the sketch, ``[:, 1]`` the colour —
+so training memory-maps or loads them and never decodes an image per step. Each shard's name carries
+a hash of its inputs, so an interrupted or repeated prepare reuses finished shards and never serves a
+stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ganime.errors import InputError
+from ganime.imageio import atomic_write_bytes, list_images, open_image
+
+CACHE_FORMAT = "ganime-pairs"
+CACHE_VERSION = 1
+SHARD_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """One training pair in a source folder: a side-by-side file, or two files."""
+
+    name: str
+    sbs: str | None = None
+    sketch: str | None = None
+    color: str | None = None
+
+    def files(self) -> list[str]:
+        return [self.sbs] if self.sbs else [self.sketch, self.color]
+
+
+def split_side_by_side(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """H x W x 3 side-by-side image -> (colour LEFT half, sketch RIGHT half); an odd middle column is dropped."""
+    w = arr.shape[1]
+    half = w // 2
+    return arr[:, :half], arr[:, w - half :]
+
+
+def discover(src: str | os.PathLike) -> tuple[str, dict[str, list[PairItem]]]:
+    """Find the pairs under ``src``: returns (layout name, {split: [items]})."""
+    src = Path(src)
+    if not src.exists():
+        raise InputError(f"{src}: no such folder")
+    if not src.is_dir():
+        raise InputError(f"{src}: is a file, expected a folder of pairs")
+    sub = {p.name.lower(): p for p in src.iterdir() if p.is_dir()}
+    if "train" in sub or "val" in sub:
+        splits = {}
+        for name in ("train", "val"):
+            if name in sub:
+                splits[name] = [PairItem(p.name, sbs=str(p)) for p in list_images(sub[name])]
+        return "kaggle", splits
+    color_dir = sub.get("color") or sub.get("colour") or sub.get("colors") or sub.get("colours")
+    sketch_dir = sub.get("sketch") or sub.get("sketches")
+    if color_dir is not None and sketch_dir is not None:
+        colors = {p.stem: p for p in list_images(color_dir)}
+        items = [
+            PairItem(p.name, sketch=str(p), color=str(colors[p.stem]))
+            for p in list_images(sketch_dir)
+            if p.stem in colors
+        ]
+        return "folders", {"train": items}
+    return "flat", {"train": [PairItem(p.name, sbs=str(p)) for p in list_images(src)]}
+
+
+def load_pair(item: PairItem, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one pair as (sketch, colour) uint8 H x W x 3 arrays, resized to ``size`` if given."""
+    if item.sbs:
+        arr = np.asarray(open_image(item.sbs))
+        if arr.shape[1] < 2 * 8 or arr.shape[0] < 8:
+            raise InputError(f"{item.sbs}: too small ({arr.shape[1]}x{arr.shape[0]}) for a side-by-side pair")
+        color, sketch = split_side_by_side(arr)
+    else:
+        sketch, color = np.asarray(open_image(item.sketch)), np.asarray(open_image(item.color))
+    if size is not None:
+        sketch, color = resize_square(sketch, size), resize_square(color, size)
+    return sketch, color
+
+
+def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return np.ascontiguousarray(arr)
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    return np.asarray(im.resize((size, size), Image.BICUBIC, reducing_gap=None))
+
+
+def _load_for_cache(args):
+    item, size = args
+    try:
+        s, c = load_pair(item, size)
+        return item.name, np.stack([s, c]), None
+    except InputError as e:
+        return item.name, None, str(e)
+    except Exception as e:  # keep going on anything a single file can throw
+        return item.name, None, f"{item.files()[0]}: {type(e).__name__}: {e}"
+
+
+def _shard_key(items: list[PairItem], size: int) -> str:
+    h = hashlib.sha1(f"{CACHE_VERSION}:{size}".encode())
+    for it in items:
+        for f in it.files():
+            st = os.stat(f)
+            h.update(f"{it.name}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, workers: int | None = None,
+            progress: bool = True, shard_size: int = SHARD_SIZE) -> dict:
+    """Decode, split, resize and store every pair under ``src`` into the cache folder ``out``.
+
+    Returns the written index. Unreadable or odd files are skipped and listed in the index
+    (``skipped``); raises :class:`InputError` only when nothing usable was found.
+    """
+    from tqdm import tqdm
+
+    if size < 16 or size > 4096:
+        raise InputError(f"--size {size}: must be between 16 and 4096")
+    layout, splits = discover(src)
+    total = sum(len(v) for v in splits.values())
+    if total == 0:
+        raise InputError(f"{src}: no image files found (expected side-by-side PNGs, train/ and val/, or sketch/ and color/)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").exists() and not any(out.glob("*.npy")):
+        raise InputError(f"{out}: folder is not empty and is not a GANime cache; choose another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or os.cpu_count() or 1
+
+    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "size": size, "layout": layout,
+             "source": str(Path(src).resolve()), "splits": {}, "skipped": []}
+    keep: set[str] = set()
+    bar = tqdm(total=total, desc=f"prepare {size}px", unit="img", disable=not progress, file=sys.stderr)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        for split, items in splits.items():
+            shards, count = [], 0
+            for k in range(0, len(items), shard_size):
+                chunk = items[k : k + shard_size]
+                key = _shard_key(chunk, size)
+                fname = f"{split}-{k // shard_size:05d}-{key}.npy"
+                names_file = out / (fname[:-4] + ".json")
+                if (out / fname).exists() and names_file.exists():  # finished earlier: reuse
+                    meta = json.loads(names_file.read_text())
+                    bar.update(len(chunk))
+                else:
+                    jobs = [(it, size) for it in chunk]
+                    results = pool.map(_load_for_cache, jobs, chunksize=8) if pool else map(_load_for_cache, jobs)
+                    arrays, names, skipped = [], [], []
+                    for name, arr, err in results:
+                        bar.update(1)
+                        if arr is None:
+                            skipped.append(err)
+                        else:
+                            arrays.append(arr)
+                            names.append(name)
+                    data = np.stack(arrays) if arrays else np.zeros((0, 2, size, size, 3), np.uint8)
+                    buf = io.BytesIO()
+                    np.save(buf, data)
+                    atomic_write_bytes(out / fname, buf.getvalue())
+                    meta = {"names": names, "skipped": skipped}
+                    atomic_write_bytes(names_file, json.dumps(meta).encode())
+                keep.update({fname, names_file.name})
+                index["skipped"].extend(meta["skipped"])
+                if meta["names"]:
+                    shards.append({"file": fname, "count": len(meta["names"]), "names": meta["names"]})
+                    count += len(meta["names"])
+            index["splits"][split] = {"count": count, "shards": shards}
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+    usable = sum(s["count"] for s in index["splits"].values())
+    index["count"] = usable
+    if usable == 0:
+        raise InputError(
+            f"{src}: none of the {total} image files could be used ({index['skipped'][0] if index['skipped'] else ''})"
+        )
+    atomic_write_bytes(out / "index.json", json.dumps(index, indent=1).encode())
+    # Shards of earlier runs that no longer belong to the index are ours to remove.
+    for p in out.glob("*-?????-*.*"):
+        if p.suffix in (".npy", ".json") and p.name not in keep:
+            p.unlink()
+    return index
+
+
+class PairCache:
+    """A prepared cache folder (see :func:`prepare`), read through memory maps."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        idx = self.path / "index.json"
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such data folder")
+        if not idx.exists():
+            raise InputError(
+                f"{self.path}: not a prepared cache (no index.json); run 'ganime data prepare SRC {self.path}' first"
+            )
+        try:
+            self.index = json.loads(idx.read_text())
+        except ValueError:
+            raise InputError(f"{idx}: corrupt cache index (not JSON); run 'ganime data prepare' again") from None
+        if self.index.get("format") != CACHE_FORMAT:
+            raise InputError(f"{idx}: not a GANime pairs cache")
+        self.size = int(self.index["size"])
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s, v in self.index["splits"].items() if v["count"]]
+
+    def count(self, split: str | None = None) -> int:
+        if split is None:
+            return int(self.index["count"])
+        return int(self.index["splits"].get(split, {}).get("count", 0))
+
+    def names(self, split: str) -> list[str]:
+        return [n for sh in self._split(split)["shards"] for n in sh["names"]]
+
+    def _split(self, split: str) -> dict:
+        if split not in self.index["splits"] or not self.index["splits"][split]["count"]:
+            raise InputError(f"{self.path}: cache has no {split!r} split (has: {', '.join(self.splits)})")
+        return self.index["splits"][split]
+
+    def arrays(self, split: str) -> list[np.ndarray]:
+        """Memory-mapped (n, 2, S, S, 3) uint8 shards of ``split``."""
+        out = []
+        for sh in self._split(split)["shards"]:
+            f = self.path / sh["file"]
+            try:
+                a = np.load(f, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise InputError(f"{f}: unreadable cache shard ({e}); run 'ganime data prepare' again") from None
+            if a.shape[1:] != (2, self.size, self.size, 3) or a.shape[0] != sh["count"]:
+                raise InputError(f"{f}: cache shard has shape {a.shape}, index expects ({sh['count']}, 2, {self.size}, {self.size}, 3)")
+            out.append(a)
+        return out
+
+    def load(self, split: str | None = None) -> np.ndarray:
+        """All pairs of ``split`` (default: every split) as one in-memory (N, 2, S, S, 3) uint8 array."""
+        splits = [split] if split else self.splits
+        return np.concatenate([a for s in splits for a in self.arrays(s)], axis=0)
+
+
+def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Pairs from a prepared cache or a folder of side-by-side files, as ((N, 2, S, S, 3) uint8, names).
+
+    Used by evaluation; unreadable files in a folder are skipped with a warning on stderr.
+    """
+    p = Path(path)
+    if (p / "index.json").exists():
+        cache = PairCache(p)
+        arr = cache.load(split)
+        names = [n for s in ([split] if split else cache.splits) for n in cache.names(s)]
+        if cache.size != size:
+            import torch
+            import torch.nn.functional as F
+
+            t = torch.from_numpy(arr).float().reshape(-1, cache.size, cache.size, 3).permute(0, 3, 1, 2)
+            t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            arr = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).reshape(-1, 2, size, size, 3).numpy()
+        return arr, names
+    _, splits = discover(p)
+    items = splits.get(split, []) if split else [i for v in splits.values() for i in v]
+    arrays, names = [], []
+    for it in items:
+        try:
+            s, c = load_pair(it, size)
+        except InputError as e:
+            print(f"ganime: warning: skipped {e}", file=sys.stderr)
+            continue
+        arrays.append(np.stack([s, c]))
+        names.append(it.name)
+    if not arrays:
+        raise InputError(f"{p}: no usable pairs found")
+    return np.stack(arrays), names

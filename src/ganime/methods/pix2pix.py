@@ -1,0 +1,96 @@
+"""Pix2Pix (Isola et al. 2017), the paper's C-GAN: sketch -> colour with a U-Net and a PatchGAN.
+
+Notation: x = sketch (the paper's input), y = colour ground truth, G(x) = generated colour image,
+D(x, y) = PatchGAN logits on the channel-concatenated pair.
+
+    L_D = 1/2 [BCE(D(x, y), 1) + BCE(D(x, G(x)), 0)]
+    L_G = BCE(D(x, G(x)), 1) + lambda_l1 * |y - G(x)|_1          (lambda_l1 = 100)
+
+With ``net.hint_channels = 4`` the generator also receives a sparse colour-hint map (RGB + mask);
+the batch then carries ``hints``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganime.config import RunConfig
+from ganime.methods import register
+from ganime.methods.base import Method, gan_loss, set_requires_grad
+from ganime.nn.layers import init_weights
+from ganime.nn.patchgan import PatchDiscriminator
+from ganime.nn.unet import UNetGenerator
+
+
+def generator_input(batch: dict[str, torch.Tensor], hint_channels: int) -> torch.Tensor:
+    """The generator's input: the sketch, plus the hint map when the model takes hints."""
+    x = batch["sketch"]
+    if hint_channels:
+        hints = batch.get("hints")
+        if hints is None:
+            hints = x.new_zeros(x.shape[0], hint_channels, *x.shape[2:])
+        x = torch.cat([x, hints.to(x.dtype)], 1)
+    return x
+
+
+@register("pix2pix")
+class Pix2Pix(Method):
+    default_options = {"lambda_l1": 100.0}
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        super().__init__(cfg, device)
+        n = cfg.net
+        self.models["G"] = init_weights(self.build_generator(cfg))
+        self.models["D"] = init_weights(PatchDiscriminator(6, n.disc_base, n.disc_layers, n.norm))
+        self.to_device()
+        self.optimizers["G"] = self.adam(self.models["G"].parameters())
+        self.optimizers["D"] = self.adam(self.models["D"].parameters())
+
+    @staticmethod
+    def build_generator(cfg: RunConfig) -> nn.Module:
+        n = cfg.net
+        return UNetGenerator(3 + n.hint_channels, 3, n.gen_base, n.gen_depth, n.norm, n.dropout)
+
+    def train_step(self, batch):
+        G, D = self.models["G"], self.models["D"]
+        opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
+        x, y = batch["sketch"], batch["color"]
+        with self.autocast():
+            fake = G(generator_input(batch, self.cfg.net.hint_channels))
+
+            # Discriminator: real pairs -> 1, generated pairs -> 0.
+            set_requires_grad(D, True)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d_fake = gan_loss(D(torch.cat([x, fake.detach()], 1)), real=False)
+            loss_d_real = gan_loss(D(torch.cat([x, y], 1)), real=True)
+            loss_d = 0.5 * (loss_d_fake + loss_d_real)
+        loss_d.backward()
+        opt_d.step()
+
+        # Generator: fool D, stay close to the ground truth in L1.
+        set_requires_grad(D, False)
+        opt_g.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss_g_gan = gan_loss(D(torch.cat([x, fake], 1)), real=True)
+            loss_g_l1 = nn.functional.l1_loss(fake.float(), y.float())
+            loss_g = loss_g_gan + self.options["lambda_l1"] * loss_g_l1
+        loss_g.backward()
+        opt_g.step()
+        set_requires_grad(D, True)
+        return {
+            "G_gan": loss_g_gan.detach(),
+            "G_l1": loss_g_l1.detach(),
+            "D_real": loss_d_real.detach(),
+            "D_fake": loss_d_fake.detach(),
+        }
+
+    @torch.no_grad()
+    def sample(self, batch):
+        G = self.models["G"]
+        was = G.training
+        G.eval()
+        with self.autocast():
+            fake = G(generator_input(batch, self.cfg.net.hint_channels)).float()
+        G.train(was)
+        return [batch["sketch"].float(), batch["color"].float(), fake]

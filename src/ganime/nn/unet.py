@@ -1,0 +1,95 @@
+"""U-Net generator of Pix2Pix (Isola et al. 2017), the paper's C-GAN generator.
+
+Structure (``depth`` = number of stride-2 downsamplings, 8 at 256x256 so the bottleneck is 1x1):
+encoder ``C64-C128-C256-C512-C512-C512-C512-C512`` (4x4 convs, stride 2, LeakyReLU 0.2, no norm on
+the first), decoder mirrored with transposed convs, ReLU, skip concatenations, dropout 0.5 in the
+three innermost non-bottleneck decoder blocks, tanh output in [-1, 1]. With BatchNorm, convolutions
+followed by a norm carry no bias; with 3-channel input/output and 64 base channels this has exactly
+54,413,955 parameters, as the reference implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganime.nn.layers import norm_layer
+
+
+class UNetBlock(nn.Module):
+    """One level of the U: down(x) -> inner -> up, output concatenated with x (except outermost)."""
+
+    def __init__(
+        self,
+        outer: int,
+        inner: int,
+        in_channels: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        innermost: bool = False,
+        norm: str = "batch",
+        dropout: float = 0.0,
+        out_channels: int | None = None,
+    ):
+        super().__init__()
+        self.outermost = outermost
+        in_channels = outer if in_channels is None else in_channels
+        bias = norm != "batch"
+        down_conv = nn.Conv2d(in_channels, inner, 4, 2, 1, bias=bias)
+        up_in = inner if innermost else inner * 2
+        if outermost:
+            up_conv = nn.ConvTranspose2d(up_in, out_channels or outer, 4, 2, 1)
+            down = [down_conv]
+            up = [nn.ReLU(True), up_conv, nn.Tanh()]
+        elif innermost:
+            down = [nn.LeakyReLU(0.2, True), down_conv]
+            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer, 4, 2, 1, bias=bias), norm_layer(norm, outer)]
+        else:
+            down = [nn.LeakyReLU(0.2, True), down_conv, norm_layer(norm, inner)]
+            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer, 4, 2, 1, bias=bias), norm_layer(norm, outer)]
+            if dropout > 0:
+                up.append(nn.Dropout(dropout))
+        layers = down + ([submodule] if submodule is not None else []) + up
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UNetGenerator(nn.Module):
+    """Sketch (plus optional hint channels) -> colour image in [-1, 1].
+
+    Args:
+        in_channels: input channels (3 for an RGB sketch; 3 + 4 with colour hints RGB + mask).
+        out_channels: output channels (3).
+        base: channels after the first conv (the paper's ``ngf`` = 64).
+        depth: number of downsamplings; input sides must be multiples of ``2**depth``.
+        norm: ``"batch"`` (paper), ``"instance"`` or ``"none"``.
+        dropout: dropout in the three innermost decoder blocks (0.5 in the paper; it is the noise z).
+    """
+
+    def __init__(self, in_channels=3, out_channels=3, base=64, depth=8, norm="batch", dropout=0.5):
+        super().__init__()
+        if depth < 5:
+            raise ValueError(f"U-Net depth must be at least 5, got {depth}")
+        self.in_channels, self.out_channels, self.depth = in_channels, out_channels, depth
+        block = UNetBlock(base * 8, base * 8, innermost=True, norm=norm)
+        for _ in range(depth - 5):
+            block = UNetBlock(base * 8, base * 8, submodule=block, norm=norm, dropout=dropout)
+        block = UNetBlock(base * 4, base * 8, submodule=block, norm=norm)
+        block = UNetBlock(base * 2, base * 4, submodule=block, norm=norm)
+        block = UNetBlock(base, base * 2, submodule=block, norm=norm)
+        self.model = UNetBlock(
+            base, base, in_channels=in_channels, submodule=block, outermost=True, norm=norm,
+            out_channels=out_channels,
+        )
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2**self.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

@@ -1,0 +1,304 @@
+"""The one training loop, shared by every method.
+
+It owns everything around a method's ``train_step``: the run folder (``config.json``, ``log.jsonl``,
+``samples/``, checkpoints), progress, throughput, periodic evaluation hooks, non-finite-loss
+detection, Ctrl-C, exact resume, and (under ``torchrun``) distributed data parallelism.
+
+Run folder layout::
+
+    RUN/config.json          the resolved configuration (written once, checked on --resume)
+    RUN/log.jsonl            one JSON object per log interval and per epoch
+    RUN/samples/epoch_0001.png   sketch | truth | output rows for fixed samples
+    RUN/last.pt              the latest checkpoint (atomic; resume point)
+    RUN/epoch_0010.pt        kept every ``keep_every`` epochs, if asked
+
+Determinism: the data order depends on (seed, epoch), augmentation and dropout on (seed, global
+step), so ``--resume`` after an interruption at any step continues exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ganime.checkpoint import load_checkpoint, save_checkpoint
+from ganime.config import RunConfig
+from ganime.data.loader import PairLoader, step_seed
+from ganime.errors import InputError, TrainingDiverged
+from ganime.imageio import atomic_write_bytes
+from ganime.methods import get_method
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise InputError(f"--device {name}: unknown device (choose auto, cpu or cuda)")
+    return torch.device(name)
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    global_step: int
+    interrupted: bool = False
+    last_losses: dict = field(default_factory=dict)
+    images_per_second: float = 0.0
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to save and stop at the next step; a second one aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nganime: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Save sample rows (each N x 3 x H x W in [-1, 1]) as a PNG: one line per sample, rows side by side."""
+    import io
+
+    from PIL import Image
+
+    from ganime.imageio import tensor_to_uint8
+
+    cols = [tensor_to_uint8(r) for r in rows]  # each N x H x W x 3
+    lines = [np.concatenate([c[i] for c in cols], axis=1) for i in range(cols[0].shape[0])]
+    grid = np.concatenate(lines, axis=0)
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class Trainer:
+    """Drive ``method`` over ``pairs`` for ``cfg.train.epochs`` epochs, writing into ``out``.
+
+    Args:
+        cfg: the validated run configuration.
+        pairs: training pairs (N, 2, S, S, 3) uint8; methods that need unpaired data get a loader
+            of their own through ``loader``.
+        out: run folder. Must be new/empty unless ``resume``.
+        resume: continue from ``out/last.pt``.
+        hooks: callables ``hook(trainer, epoch)`` run after each epoch on the main process
+            (evaluation uses this).
+    """
+
+    def __init__(self, cfg: RunConfig, pairs: np.ndarray | None, out: str | Path, device: str = "auto",
+                 resume: bool = False, progress: bool = True, hooks: list[Callable] | None = None,
+                 loader=None, sample_pairs: np.ndarray | None = None, max_steps: int | None = None,
+                 dist=None):
+        self.cfg = cfg.validate()
+        self.out = Path(out)
+        self.device = resolve_device(device) if dist is None else dist.device
+        self.dist = dist
+        self.rank = dist.rank if dist else 0
+        self.world_size = dist.world_size if dist else 1
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        self.hooks = hooks or []
+        self.max_steps = max_steps
+        self._check_run_folder(resume)
+        t = cfg.train
+        method_cls = get_method(cfg.method)
+        torch.manual_seed(t.seed)
+        self.method = method_cls(cfg, self.device)
+        if dist is not None:
+            dist.wrap(self.method)
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        if resume:
+            self._load(self.out / "last.pt")
+        if loader is None:
+            if pairs is None:
+                raise InputError("no training data given")
+            if pairs.shape[2] != t.size:
+                raise InputError(
+                    f"the data cache holds {pairs.shape[2]}px images but the run is configured for {t.size}px; "
+                    f"prepare the data with --size {t.size} or pass --size {pairs.shape[2]}"
+                )
+            loader = PairLoader(
+                pairs, t.batch_size, self.device, seed=t.seed, size=t.size,
+                load_size=int(round(t.size * t.jitter)), flip=t.flip, sketch_augment=t.sketch_augment,
+                rank=self.rank, world_size=self.world_size,
+                hint_sampler=getattr(self.method, "hint_sampler", None),
+            )
+        self.loader = loader
+        if loader.steps_per_epoch < 1:
+            raise InputError(
+                f"only {loader.n} training pairs for a batch size of {t.batch_size}"
+                f"{' x ' + str(self.world_size) + ' processes' if self.world_size > 1 else ''}: "
+                "use a smaller --batch-size or more data"
+            )
+        sp = sample_pairs if sample_pairs is not None else (pairs[:8] if pairs is not None else None)
+        self.sample_batch = self._fixed_batch(sp) if sp is not None else None
+
+    # ---- run folder and checkpoints --------------------------------------------------------------
+    def _check_run_folder(self, resume: bool) -> None:
+        last = self.out / "last.pt"
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"{self.out}: exists and is not a folder")
+        if resume:
+            if not last.exists():
+                raise InputError(f"{self.out}: nothing to resume (no last.pt); drop --resume to start a new run")
+            saved = self.out / "config.json"
+            if saved.exists():
+                old = json.loads(saved.read_text())
+                if old.get("method") != self.cfg.method:
+                    raise InputError(f"{self.out}: holds a {old.get('method')} run, not {self.cfg.method}")
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            what = "a checkpoint" if last.exists() else "files"
+            raise InputError(
+                f"{self.out}: run folder already holds {what}; pass --resume to continue it or choose a new --out"
+            )
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
+            atomic_write_bytes(self.out / "config.json", self.cfg.to_json().encode())
+
+    def _load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, expect_method=self.cfg.method)
+        saved = ckpt["config"]
+        if saved.get("net") != self.cfg.to_dict()["net"]:
+            raise InputError(f"{path}: network settings differ from this run's (use the same --preset)")
+        self.method.load_state(ckpt)
+        p = ckpt["progress"]
+        self.epoch, self.step, self.global_step = p["epoch"], p["step"], p["global_step"]
+        if self.main:
+            print(f"ganime: resuming {path} at epoch {self.epoch + 1}, step {self.step}", file=sys.stderr)
+
+    def save(self, name: str = "last.pt") -> None:
+        if not self.main:
+            return
+        save_checkpoint(
+            self.out / name, method=self.cfg.method, config=self.cfg.to_dict(), state=self.method.state(),
+            progress={"epoch": self.epoch, "step": self.step, "global_step": self.global_step},
+        )
+
+    def log(self, record: dict) -> None:
+        if not self.main:
+            return
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _fixed_batch(self, pairs: np.ndarray) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(pairs)).to(self.device)
+        x = x.permute(0, 1, 4, 2, 3).float().div(127.5).sub(1.0)
+        return {"sketch": x[:, 0], "color": x[:, 1]}
+
+    def write_samples(self) -> None:
+        if not self.main or self.sample_batch is None:
+            return
+        rows = self.method.sample(self.sample_batch)
+        save_grid(rows, self.out / "samples" / f"epoch_{self.epoch:04d}.png")
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _check_finite(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        values = {k: float(v) for k, v in sums.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if self.dist is not None:
+            bad = self.dist.any_flag(bool(bad)) and (bad or ["(another process)"])
+        if bad:
+            raise TrainingDiverged(
+                f"loss {', '.join(bad)} became NaN/Inf at epoch {self.epoch + 1}, step {self.step}; "
+                f"stopped, and the last good checkpoint ({self.out / 'last.pt'}) is kept; try a lower --lr"
+            )
+        return values
+
+    def fit(self) -> TrainResult:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        spe = self.loader.steps_per_epoch
+        result = TrainResult(self.epoch, self.global_step)
+        images_per_step = t.batch_size * self.world_size
+        bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
+                   disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}")
+        self.method.train_mode(True)
+        with _StopFlag() as stop:
+            while self.epoch < t.epochs:
+                sums: dict[str, torch.Tensor] = {}
+                n_in_interval, t0 = 0, time.perf_counter()
+                epoch_sums: dict[str, float] = {}
+                epoch_steps = 0
+                for step, batch in self.loader.epoch(self.epoch, self.step, self.epoch * spe):
+                    torch.manual_seed(step_seed(t.seed, 3, self.rank, self.global_step))
+                    losses = self.method.train_step(batch)
+                    for k, v in losses.items():
+                        sums[k] = sums[k] + v if k in sums else v.clone()
+                    n_in_interval += 1
+                    self.step, self.global_step = step + 1, self.global_step + 1
+                    bar.update(1)
+                    last_of_epoch = self.step == spe
+                    stopping = stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps)
+                    if n_in_interval >= t.log_every or last_of_epoch or stopping:
+                        values = self._check_finite(sums)
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)
+                        dt = time.perf_counter() - t0
+                        ips = n_in_interval * images_per_step / max(dt, 1e-9)
+                        means = {k: v / n_in_interval for k, v in values.items()}
+                        for k, v in values.items():
+                            epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+                        epoch_steps += n_in_interval
+                        bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()}, "img/s": f"{ips:.1f}"})
+                        self.log({"kind": "step", "epoch": self.epoch + 1, "step": self.step,
+                                  "global_step": self.global_step, "img_s": round(ips, 2), "time": time.time(), **means})
+                        result.last_losses, result.images_per_second = means, ips
+                        sums, n_in_interval, t0 = {}, 0, time.perf_counter()
+                        if t.save_every_steps and self.global_step % t.save_every_steps == 0 and not last_of_epoch:
+                            self.save()
+                    if stopping and not last_of_epoch:
+                        self.save()
+                        result.interrupted = stop.requested
+                        result.epochs_done, result.global_step = self.epoch, self.global_step
+                        bar.close()
+                        if stop.requested and self.main:
+                            print(f"ganime: saved {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step}; "
+                                  "continue with --resume", file=sys.stderr)
+                        return result
+                # End of epoch: count it, write samples, checkpoints, epoch log, hooks.
+                self.epoch, self.step = self.epoch + 1, 0
+                self.write_samples()
+                self.save()
+                if t.keep_every and self.epoch % t.keep_every == 0:
+                    self.save(f"epoch_{self.epoch:04d}.pt")
+                self.log({"kind": "epoch", "epoch": self.epoch, "global_step": self.global_step, "time": time.time(),
+                          **{k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}})
+                if self.main:
+                    for hook in self.hooks:
+                        hook(self, self.epoch)
+                result.epochs_done, result.global_step = self.epoch, self.global_step
+                if stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps):
+                    result.interrupted = stop.requested
+                    break
+        bar.close()
+        return result
