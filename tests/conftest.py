@@ -96,3 +96,13 @@ def one_line_error(capsys) -> str:
     assert lines[0].startswith("ganime: error:"), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-only tests are skipped, with the reason, where no CUDA GPU is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
