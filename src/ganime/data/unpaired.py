@@ -56,7 +56,7 @@ def square_resize(arr: np.ndarray, size: int) -> np.ndarray:
 def load_folder(folder: str | os.PathLike, size: int, what: str = "images", progress: bool = True) -> np.ndarray:
     """Every image in ``folder`` (not recursive) as an (N, size, size, 3) uint8 array.
 
-    Unreadable files are skipped with a warning on stderr; a missing folder, or one without a single
+    Unreadable files are skipped with a warning on stderr (printed after decoding); a missing folder, or one without a single
     usable image, is an :class:`InputError` naming the folder and ``what`` it should hold.
     """
     from tqdm import tqdm
@@ -76,11 +76,12 @@ def load_folder(folder: str | os.PathLike, size: int, what: str = "images", prog
             out[n] = square_resize(np.asarray(open_image(f)), size)
         except InputError as e:
             skipped.append(str(e))
-            print(f"ganime: warning: skipped {e}", file=sys.stderr)
             continue
         n += 1
     if n == 0:
         raise InputError(f"{folder}: none of the {len(files)} image files could be read ({skipped[0]})")
+    for e in skipped:  # after the bar, and only when training goes ahead (an error stays one line)
+        print(f"ganime: warning: skipped {e}", file=sys.stderr)
     return out[:n]
 
 
