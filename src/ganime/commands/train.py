@@ -114,11 +114,11 @@ def add_cyclegan_parser(msub) -> None:
                                     "whose pairing is then ignored.")
     q.add_argument("--sketches", metavar="DIR", help="folder of line-art images (domain X)")
     q.add_argument("--colors", "--colours", dest="colors", metavar="DIR", help="folder of colour images (domain Y)")
-    q.add_argument("--data", help="prepared cache folder, used as two unpaired domains (instead of the folders)")
-    q.add_argument("--lambda-cycle", type=float, help="cycle-consistency weight (10 in the paper)")
-    q.add_argument("--lambda-identity", type=float,
+    q.add_argument("--data", metavar="CACHE", help="prepared cache folder, used as two unpaired domains (instead of the folders)")
+    q.add_argument("--lambda-cycle", type=float, metavar="W", help="cycle-consistency weight (10 in the paper)")
+    q.add_argument("--lambda-identity", type=float, metavar="W",
                    help="identity-loss weight as a fraction of --lambda-cycle (0: off, as in the paper; 0.5 in CycleGAN)")
-    q.add_argument("--pool-size", type=int, help="history of generated images shown to D (0: off, as in the paper; 50 in CycleGAN)")
+    q.add_argument("--pool-size", type=int, metavar="N", help="history of generated images shown to D (0: off, as in the paper; 50 in CycleGAN)")
     q.add_argument("--gan-mode", choices=["vanilla", "lsgan"], help="adversarial loss: vanilla BCE (paper) or least squares")
     add_common(q)
     q.set_defaults(func=run_cyclegan)
