@@ -29,6 +29,7 @@ def add_common(p) -> None:
     p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     p.add_argument("--dry-run", action="store_true", help="validate and print the configuration, then exit")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN/tensorboard")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -100,7 +101,7 @@ def run(args) -> int:
     if args.size is None and not args.resume and cache.size != cfg.train.size:
         cfg.train.size = cache.size
     trainer = Trainer(cfg, pairs, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-                      hooks=eval_hooks(args, cfg), max_steps=args.max_steps)
+                      hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard)
     res = trainer.fit()
     state = "interrupted" if res.interrupted else "finished"
     print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps; checkpoint {Path(args.out) / 'last.pt'}")
