@@ -166,7 +166,7 @@ def run_cyclegan(args) -> int:
                             load_size=int(round(t.size * t.jitter)), flip=t.flip)
     trainer = Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
                       hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
-                      max_steps=args.max_steps)
+                      max_steps=args.max_steps, tensorboard=args.tensorboard)
     res = trainer.fit()
     state = "interrupted" if res.interrupted else "finished"
     print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps "
