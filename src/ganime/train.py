@@ -154,7 +154,7 @@ class Trainer:
         self.loader = loader
         if loader.steps_per_epoch < 1:
             raise InputError(
-                f"only {loader.n} training pairs for a batch size of {t.batch_size}"
+                f"only {loader.n} training images for a batch size of {t.batch_size}"
                 f"{' x ' + str(self.world_size) + ' processes' if self.world_size > 1 else ''}: "
                 "use a smaller --batch-size or more data"
             )
