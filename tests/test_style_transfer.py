@@ -155,7 +155,8 @@ def test_gatys_loss_decreases_and_keeps_content_size(vgg, pair_small, optimizer)
     out, losses = g.run(sketch, colour)
     assert out.size == sketch.size and out.mode == "RGB"
     assert len(losses) == 3 and all(np.isfinite(losses))
-    assert losses[-1] < 0.8 * losses[0], losses
+    # Adam falls fast; torch's L-BFGS starts with a tiny step (see docs/style-transfer.md)
+    assert losses[-1] < (0.8 if optimizer == "adam" else 0.95) * losses[0], losses
     assert np.asarray(out).std() > 5  # not a blank image
 
 

