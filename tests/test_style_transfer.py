@@ -48,8 +48,7 @@ def fast():
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    """Call ``ganime.cli.main`` with only the stylize command registered; returns (rc, stdout, stderr)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["stylize"])
+    """Call ``ganime.cli.main(["stylize", ...])``; returns (rc, stdout, stderr)."""
 
     def call(*argv):
         rc = cli.main(["stylize", *map(str, argv)])

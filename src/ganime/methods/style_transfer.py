@@ -340,9 +340,10 @@ def make_style_transfer(method: str, **options):
 
 def split_pair(im: Image.Image) -> tuple[Image.Image, Image.Image]:
     """Kaggle side-by-side pair -> (colour LEFT half, sketch RIGHT half); an odd middle column is dropped."""
-    w, h = im.size
-    half = w // 2
-    return im.crop((0, 0, half, h)), im.crop((w - half, 0, w, h))
+    from ganime.data.pairs import split_side_by_side
+
+    colour, sketch = split_side_by_side(np.asarray(im.convert("RGB")))
+    return Image.fromarray(np.ascontiguousarray(colour)), Image.fromarray(np.ascontiguousarray(sketch))
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
