@@ -137,7 +137,7 @@ def colorizer_model(name: str, colorizer) -> WebModel:
     def run(sketch, hints_im=None, style=None):
         return colorizer(sketch, hints_im)
 
-    what = f"{colorizer.method} model, {colorizer.size}px working size"
+    what = f"{colorizer.size}px model"
     return WebModel(name, "colorizer", run, hints=hints,
                     description=what + (", takes colour hints" if hints else ""),
                     info={"method": colorizer.method, "size": colorizer.size,

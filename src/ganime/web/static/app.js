@@ -55,7 +55,7 @@ async function loadServerInfo() {
     for (const m of models.models) {
       const opt = document.createElement("option");
       opt.value = m.name;
-      opt.textContent = m.description ? `${m.name} — ${m.description}` : m.name;
+      opt.textContent = m.description ? `${m.name} (${m.description})` : m.name;
       opt.selected = m.name === models.default;
       sel.append(opt);
     }
@@ -73,7 +73,7 @@ function onMethodChange() {
   $("hint-tools").disabled = !hints;
   $("hint-tools").classList.toggle("off", !hints);
   canvas.classList.toggle("off", !hints);
-  $("method-note").textContent = m ? (hints ? "takes colour hints" : "takes no colour hints") : "";
+  $("method-note").textContent = m && !hints ? "this model takes no colour hints" : "";
   $("style-group").hidden = !(m && m.needs_style);
   updateButtons();
 }
