@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: tiny test models gain nothing from more, and two threads thrash on a shared 2-core machine.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -96,3 +97,13 @@ def one_line_error(capsys) -> str:
     assert lines[0].startswith("ganime: error:"), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-only tests are skipped, with the reason, where no CUDA GPU is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -193,3 +193,15 @@ def test_colorizer_maps_hints_through_the_same_geometry(tmp_path):
     mask = x[0, 6]
     assert mask[16:24, 0:8].min() == 1 and mask.sum() == 64
     assert torch.allclose(x[0, 3, 16, 0], torch.tensor(1.0)) and torch.allclose(x[0, 4, 16, 0], torch.tensor(-1.0))
+
+
+def test_colour_input_is_flagged(tiny_checkpoint, tmp_path, capsys):
+    from ganime.colorize import looks_coloured
+
+    colour = synthetic_color(2, 64)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    assert looks_coloured(Image.open(tmp_path / "red.png"))
+    assert not looks_coloured(synthetic_sketch(colour))
+    assert main(["colorize", str(tmp_path / "red.png"), "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "looks like a colour image" in capsys.readouterr().err
