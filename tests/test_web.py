@@ -220,6 +220,30 @@ def test_colorize_with_each_model_and_hints(srv):
     assert not np.array_equal(np.asarray(plain), np.asarray(other))
 
 
+def test_colour_picture_gets_a_warning_header(srv):
+    status, headers, body = srv.post({"image": png(Image.new("RGB", (64, 64), (200, 30, 30)))})
+    result_image(status, headers, body, (64, 64))
+    assert "not line art" in headers["X-Ganime-Warning"]
+    assert "X-Ganime-Warning" not in srv.post({"image": png(sketch(64, 64))})[1]
+
+
+def test_cyclegan_checkpoint_is_offered(hint_checkpoint, tmp_path):
+    from tests.test_cyclegan import random_domains, run_trainer
+    from tests.test_cyclegan import tiny_config as cyclegan_config
+
+    run_trainer(cyclegan_config(), tmp_path / "cg", *random_domains(nx=2, ny=2), max_steps=1)
+    s = Running(models_from_checkpoints([hint_checkpoint, tmp_path / "cg" / "last.pt"], "cpu", style=False))
+    try:
+        m = {x["name"]: x for x in json.loads(s.request("GET", "/api/models")[2])["models"]}
+        assert m["cyclegan"]["method"] == "cyclegan" and m["cyclegan"]["hints"] is False
+        result_image(*s.post({"image": png(sketch(45, 37, "L")), "method": "cyclegan"}), (45, 37))
+        msg = error_of(*s.post({"image": png(sketch(45, 37)), "method": "cyclegan",
+                                "hints": png(hint_strokes(45, 37))}), 400)
+        assert "does not take colour hints" in msg and "choose one of pix2pix" in msg
+    finally:
+        s.close()
+
+
 def test_colorize_result_equals_direct_colorizer_call(srv, models):
     im = sketch(45, 77)
     body = srv.post({"image": png(im), "hints": png(hint_strokes(45, 77))})[2]

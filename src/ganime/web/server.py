@@ -580,4 +580,9 @@ class Handler(BaseHTTPRequestHandler):
         out = model.run(sketch, hints, style)
         if out.size != sketch.size:  # every model promises this; a mismatch is a bug, not bad input
             raise RuntimeError(f"{name} returned {out.size}, expected {sketch.size}")
-        self._send(200, png_bytes(out.convert("RGB")), "image/png", {"X-Ganime-Method": name})
+        headers = {"X-Ganime-Method": name}
+        from ganime.colorize import looks_coloured
+
+        if model.kind == "colorizer" and looks_coloured(sketch):
+            headers["X-Ganime-Warning"] = "the image looks like a colour picture, not line art; the result may be poor"
+        self._send(200, png_bytes(out.convert("RGB")), "image/png", headers)

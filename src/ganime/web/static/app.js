@@ -30,6 +30,11 @@ const ctx = canvas.getContext("2d");
 
 function setState(s) { document.body.dataset.state = s; }
 
+function showNotice(msg) {
+  $("notice").textContent = msg || "";
+  $("notice").hidden = !msg;
+}
+
 function showError(msg) {
   const el = $("error");
   el.textContent = msg;
@@ -229,6 +234,7 @@ async function colorize() {
   const m = currentModel();
   if (!state.file || !m) return;
   showError("");
+  showNotice("");
   setState("working");
   updateButtons();
   $("colorize").textContent = "Colouring…";
@@ -246,6 +252,7 @@ async function colorize() {
       if (r.status === 503) msg += ` (retry in ${r.headers.get("Retry-After") || "a few"} s)`;
       throw new Error(msg);
     }
+    showNotice(r.headers.get("X-Ganime-Warning") ? `Note: ${r.headers.get("X-Ganime-Warning")}.` : "");
     const blob = await r.blob();
     clearResult();
     state.resultUrl = URL.createObjectURL(blob);
