@@ -157,12 +157,15 @@ def test_models_say_which_take_hints(srv):
 
 
 def test_style_transfer_listed_only_when_importable(monkeypatch, models):
-    assert style_transfer_model("cpu") is None  # no ganime.methods.style_transfer (or its deps) here
+    import ganime.methods
+
+    # Without the module (or its optional dependencies) there is no entry.
+    monkeypatch.setitem(sys.modules, "ganime.methods.style_transfer", None)
+    monkeypatch.delattr(ganime.methods, "style_transfer", raising=False)
+    assert style_transfer_model("cpu") is None
     fake = types.ModuleType("ganime.methods.style_transfer")
     fake.make_style_transfer = lambda method, **kw: (lambda content, style: style.resize(content.size).convert("RGB"))
     monkeypatch.setitem(sys.modules, "ganime.methods.style_transfer", fake)
-    import ganime.methods
-
     monkeypatch.setattr(ganime.methods, "style_transfer", fake, raising=False)
     st = style_transfer_model("cpu")
     assert st is not None and st.needs_style and not st.hints
