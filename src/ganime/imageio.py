@@ -61,10 +61,15 @@ def _to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return im
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+class ImageTooLarge(InputError):
+    """The image's header claims more pixels than allowed (checked before decoding)."""
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, keep_alpha: bool = False) -> Image.Image:
     """Read ``path`` as an 8-bit RGB PIL image, or raise one :class:`InputError` sentence.
 
-    EXIF orientation is applied; alpha is composited on white; 16-bit and palette images are converted.
+    EXIF orientation is applied; alpha is composited on white (or kept, as RGBA, with ``keep_alpha``);
+    16-bit and palette images are converted.
     """
     path = Path(path)
     if not path.exists():
@@ -72,34 +77,49 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an image file")
     try:
-        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return decode_image(f, str(path), max_pixels, keep_alpha)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    if size == 0:
-        raise InputError(f"{path}: empty file (0 bytes), not an image")
+
+
+def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bool = False) -> Image.Image:
+    """Decode ``source`` (bytes or a binary file object) with the checks of :func:`open_image`.
+
+    ``name`` stands for the input in messages (a path, or an upload's field name). The pixel limit is
+    checked from the header before anything is decoded (:class:`ImageTooLarge`).
+    """
+    import io
+
+    f = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    start = f.tell()
+    empty = not f.read(1)
+    f.seek(start)
+    if empty:
+        raise InputError(f"{name}: empty file (0 bytes), not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(path)
+            im = Image.open(f)
             w, h = im.size
             if w <= 0 or h <= 0:
-                raise InputError(f"{path}: image has no pixels ({w}x{h})")
+                raise InputError(f"{name}: image has no pixels ({w}x{h})")
             if w * h > max_pixels:
-                raise InputError(
-                    f"{path}: image is {w}x{h} pixels, over the limit of {max_pixels:,} pixels"
-                )
+                raise ImageTooLarge(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels:,} pixels")
             im.load()
             im = ImageOps.exif_transpose(im)
+            if keep_alpha:
+                return im.convert("RGBA")
             return _to_rgb(im)
     except InputError:
         raise
     except MemoryError:
-        raise InputError(f"{path}: image too large to decode") from None
+        raise InputError(f"{name}: image too large to decode") from None
     except Exception as e:  # PIL raises many types for bad data
         kind = type(e).__name__
         if kind == "UnidentifiedImageError":
-            raise InputError(f"{path}: not a readable image (unknown or corrupt format)") from None
-        raise InputError(f"{path}: corrupt or truncated image ({kind}: {e})") from None
+            raise InputError(f"{name}: not a readable image (unknown or corrupt format)") from None
+        raise InputError(f"{name}: corrupt or truncated image ({kind}: {e})") from None
 
 
 def image_to_uint8(im: Image.Image) -> np.ndarray:

@@ -47,14 +47,7 @@ def run(args) -> int:
 
 
 def open_hints(path):
-    """Open a hint image keeping its alpha channel (open_image would flatten it)."""
-    from pathlib import Path
-
-    from PIL import Image
-
-    from ganime.errors import InputError
+    """Open a hint image keeping its alpha channel, with the checks of any input."""
     from ganime.imageio import open_image
 
-    open_image(path)  # the same checks as any input (missing, empty, corrupt, too large)
-    with Image.open(Path(path)) as im:
-        return im.convert("RGBA")
+    return open_image(path, keep_alpha=True)

@@ -29,7 +29,6 @@ import ipaddress
 import json
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -243,35 +242,19 @@ def parse_multipart(body: bytes, boundary: str) -> dict[str, tuple[str | None, b
 
 
 def decode_image(data: bytes, label: str, max_pixels: int, keep_alpha: bool = False) -> Image.Image:
-    """Upload bytes -> PIL image with :func:`ganime.imageio.open_image`'s checks and messages.
+    """Upload bytes -> PIL image with :func:`ganime.imageio.decode_image`'s checks and messages.
 
-    The pixel limit is checked from the header before anything is decoded (HTTPError 413); every other
-    problem (empty, not an image, truncated, corrupt) is a one-line InputError naming ``label``.
-    ``keep_alpha`` returns RGBA (hint strokes) instead of RGB composited on white.
+    An image whose header claims more than ``max_pixels`` is refused before decoding (HTTPError 413);
+    every other problem (empty, not an image, truncated, corrupt) is a one-line InputError naming
+    ``label``. ``keep_alpha`` returns RGBA (hint strokes) instead of RGB composited on white.
     """
-    from ganime.imageio import open_image
+    from ganime.imageio import ImageTooLarge
+    from ganime.imageio import decode_image as decode
 
-    if not data:
-        raise InputError(f"{label}: empty file (0 bytes), not an image")
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
-            w, h = probe.size
-    except Exception:  # noqa: BLE001 - open_image below names the problem
-        w = h = 0
-    if w * h > max_pixels:
-        raise HTTPError(413, f"{label}: image is {w}x{h} pixels, over this server's limit of {max_pixels:,} pixels")
-    # open_image works on paths; a private temporary file keeps its checks and messages in one place.
-    with tempfile.TemporaryDirectory(prefix="ganime-web-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(data)
-        try:
-            im = open_image(path, max_pixels=max_pixels)
-            if keep_alpha:
-                with Image.open(path) as raw:
-                    im = raw.convert("RGBA")
-        except InputError as e:
-            raise InputError(str(e).replace(str(path), label)) from None
-    return im
+        return decode(data, label, max_pixels, keep_alpha)
+    except ImageTooLarge as e:
+        raise HTTPError(413, str(e).replace("over the limit", "over this server's limit")) from None
 
 
 def png_bytes(im: Image.Image) -> bytes:
