@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "data",
     "train",
     "colorize",
+    "export",
+    "benchmark",
 ]
 
 
