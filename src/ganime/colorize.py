@@ -42,10 +42,11 @@ class Colorizer:
     def __init__(self, generator: torch.nn.Module, cfg: RunConfig, method: str, device: torch.device,
                  source: str = "", fast: str | None = None):
         self.generator = generator.eval().to(device)
-        if fast:  # opt-in fast path (ganime.fast): "fp32" (same outputs), "bf16", or "auto"
+        if fast:  # opt-in fast path (ganime.fast): "fp32" (same outputs), "bf16" or "auto", "+compile" optional
             from ganime.fast import optimize_generator
 
-            self.generator = optimize_generator(self.generator, device, fast)
+            precision, _, comp = fast.partition("+")
+            self.generator = optimize_generator(self.generator, device, precision, compile=comp == "compile")
         self.cfg, self.method, self.device, self.source = cfg, method, device, source
         self.size = cfg.train.size
         self.hint_channels = cfg.net.hint_channels

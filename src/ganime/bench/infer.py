@@ -87,7 +87,7 @@ def run(args) -> dict:
     result.update(main)
     if args.small and not args.checkpoint and args.preset != "small":
         sg, _ = calibrated_generator("small")
-        small = _compare(sg, x, device, precision, args, label="small", onnx=False, memory=False)
+        small = _compare(sg, x, device, precision, args, label="small", memory=False)
         result["small"] = {k: small[k] for k in ("ours_ms", "reference_ms", "ratio", "variants_ms", "max_abs_diff")}
     return result
 
