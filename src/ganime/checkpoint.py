@@ -91,11 +91,18 @@ def load_checkpoint(path: str | os.PathLike, expect_method: str | None = None) -
 
 
 def _load_torch(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            looks_like_zip = f.read(4) == b"PK\x03\x04"
+        what = "corrupt or truncated" if looks_like_zip else "not a PyTorch checkpoint file"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({what})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0][:160]
-        raise CheckpointError(f"{path}: refused to load: holds objects other than tensors ({msg})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds Python objects other than tensors and plain containers "
+            "(possibly unsafe, or not from GANime)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {msg})") from None

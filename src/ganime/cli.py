@@ -20,8 +20,12 @@ COMMAND_MODULES = [
     "data",
     "train",
     "colorize",
+<<<<<<< HEAD
     "export",
     "benchmark",
+=======
+    "stylize",
+>>>>>>> main
 ]
 
 

@@ -115,6 +115,13 @@ class Colorizer:
         return out.resize(sketch.size, Image.BICUBIC) if out.size != sketch.size else out
 
 
+def looks_coloured(im: Image.Image) -> bool:
+    """True when over a quarter of the pixels are clearly chromatic: a colour picture, not line art."""
+    small = np.asarray(im.convert("RGB").resize((64, 64)), dtype=np.int16)
+    chroma = small.max(-1) - small.min(-1)
+    return bool((chroma > 40).mean() > 0.25)
+
+
 def collect_inputs(inputs: list[str]) -> list[Path]:
     """Files and folders (their images, not recursive) -> image paths, with one-line errors."""
     files: list[Path] = []
@@ -165,6 +172,9 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
             failed.append(str(e))
             print(f"ganime: skipped {e}", file=sys.stderr)
             continue
+        if looks_coloured(im):
+            print(f"ganime: warning: {f}: looks like a colour image, not line art; the result may be poor",
+                  file=sys.stderr)
         save_png(colorizer(im), t, overwrite=overwrite)
         written.append(str(t))
     return {"written": written, "failed": failed}

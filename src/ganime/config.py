@@ -140,4 +140,7 @@ def make_config(method: str, preset: str = "paper", options: dict | None = None,
     if bad:
         raise InputError(f"unknown training settings: {', '.join(sorted(bad))}")
     train = dataclasses.replace(train, **overrides)
-    return RunConfig(method=method, preset=preset, net=net, train=train, options=dict(options or {}))
+    from ganime.methods import get_method  # the method owns its option defaults
+
+    resolved = {**get_method(method).default_options, **(options or {})}
+    return RunConfig(method=method, preset=preset, net=net, train=train, options=resolved)

@@ -115,7 +115,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, pairs: np.ndarray | None, out: str | Path, device: str = "auto",
                  resume: bool = False, progress: bool = True, hooks: list[Callable] | None = None,
                  loader=None, sample_pairs: np.ndarray | None = None, max_steps: int | None = None,
-                 dist=None):
+                 dist=None, tensorboard: bool = False):
         self.cfg = cfg.validate()
         self.out = Path(out)
         self.device = resolve_device(device) if dist is None else dist.device
@@ -127,6 +127,7 @@ class Trainer:
         self.hooks = hooks or []
         self.max_steps = max_steps
         self._check_run_folder(resume)
+        self.tb = self._tensorboard() if tensorboard and self.main else None
         t = cfg.train
         method_cls = get_method(cfg.method)
         torch.manual_seed(t.seed)
@@ -153,7 +154,7 @@ class Trainer:
         self.loader = loader
         if loader.steps_per_epoch < 1:
             raise InputError(
-                f"only {loader.n} training pairs for a batch size of {t.batch_size}"
+                f"only {loader.n} training images for a batch size of {t.batch_size}"
                 f"{' x ' + str(self.world_size) + ' processes' if self.world_size > 1 else ''}: "
                 "use a smaller --batch-size or more data"
             )
@@ -205,11 +206,24 @@ class Trainer:
             progress={"epoch": self.epoch, "step": self.step, "global_step": self.global_step},
         )
 
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InputError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
     def log(self, record: dict) -> None:
         if not self.main:
             return
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            prefix = record["kind"]
+            x = record.get("global_step", 0)
+            for k, v in record.items():
+                if k not in ("kind", "epoch", "step", "global_step", "time") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, x)
 
     def _fixed_batch(self, pairs: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(pairs)).to(self.device)

@@ -41,10 +41,7 @@ def run_prepare(args) -> int:
     index = prepare(args.src, args.out, size=args.size, workers=args.workers, progress=not args.no_progress)
     counts = ", ".join(f"{k} {v['count']}" for k, v in index["splits"].items())
     print(f"prepared {index['count']} pairs ({counts}) at {index['size']}px in {args.out}")
-    if index["skipped"]:
-        print(f"skipped {len(index['skipped'])} unusable files:", file=sys.stderr)
-        for s in index["skipped"]:
-            print(f"  {s}", file=sys.stderr)
+    _report_skipped(index["skipped"], "unusable")
     return 0
 
 
@@ -53,11 +50,16 @@ def run_sketchify(args) -> int:
 
     r = sketchify_folder(args.src, args.out, args.extractor, args.seed, args.size, progress=not args.no_progress)
     print(f"wrote {r['written']} pairs to {args.out} (kept {r['kept']} existing)")
-    if r["failed"]:
-        print(f"skipped {len(r['failed'])} unreadable files:", file=sys.stderr)
-        for s in r["failed"]:
-            print(f"  {s}", file=sys.stderr)
+    _report_skipped(r["failed"], "unreadable")
     return 0
+
+
+def _report_skipped(problems: list[str], what: str) -> None:
+    """List the files a command skipped, one per line, on stderr."""
+    if problems:
+        print(f"skipped {len(problems)} {what} files:", file=sys.stderr)
+        for s in problems:
+            print(f"  {s}", file=sys.stderr)
 
 
 def run_download(args) -> int:

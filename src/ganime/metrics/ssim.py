@@ -1,0 +1,90 @@
+"""SSIM and PSNR with the settings of the GANime paper (Vu & Yang), i.e. those of ``tf.image.ssim``.
+
+Settings: 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, data range L = 255 on 8-bit RGB,
+population (biased) local statistics, 'valid' filtering (only windows that lie wholly inside the image,
+so an HxW image yields an (H-10)x(W-10) SSIM map), the map averaged per channel, then the channels
+averaged. Per pixel, with local means mu, variances s^2 and covariance s_xy::
+
+    SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)),
+    C1 = (K1 L)^2, C2 = (K2 L)^2
+
+This equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=255, channel_axis=-1)``: skimage filters the whole image
+(reflecting at the borders) but then crops (win_size - 1) / 2 = 5 pixels from every side before
+averaging, which leaves exactly TF's 'valid' windows. The tests check this to 1e-4 on real images.
+
+Images: see :mod:`ganime.metrics._images` (uint8 NHWC, or float NCHW in [-1, 1] quantised to 8 bits).
+Everything is computed in float64; results are per image so that callers can report mean and std.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ganime.errors import InputError
+from ganime.metrics._images import as_uint8_nchw, check_pair
+
+WINDOW = 11
+SIGMA = 1.5
+K1 = 0.01
+K2 = 0.03
+DATA_RANGE = 255.0
+
+
+def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, centred (as TF's ``_fspecial_gauss``), float64."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-0.5 * (coords / sigma) ** 2)
+    return g / g.sum()
+
+
+def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter of NCHW float64, 'valid' positions only, each channel alone."""
+    c = x.shape[1]
+    kh = g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    kw = g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
+
+
+def _ssim_batch(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    c1 = (K1 * DATA_RANGE) ** 2
+    c2 = (K2 * DATA_RANGE) ** 2
+    mx, my = _filter_valid(x, g), _filter_valid(y, g)
+    sxx = _filter_valid(x * x, g) - mx * mx
+    syy = _filter_valid(y * y, g) - my * my
+    sxy = _filter_valid(x * y, g) - mx * my
+    smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return smap.mean(dim=(2, 3)).mean(dim=1)
+
+
+def ssim(fake, real, batch_size: int = 16) -> torch.Tensor:
+    """SSIM of each output against its ground truth: a float64 tensor of shape (N,).
+
+    ``fake`` and ``real`` are batches of equal shape, each uint8 NHWC or float NCHW in [-1, 1]
+    (float is quantised to 8 bits first). Images must be at least 11x11 pixels.
+    """
+    x = as_uint8_nchw(fake, "outputs")
+    y = as_uint8_nchw(real, "ground truth")
+    check_pair(x, y)
+    if min(x.shape[2], x.shape[3]) < WINDOW:
+        raise InputError(f"SSIM needs images of at least {WINDOW}x{WINDOW} pixels, got {x.shape[3]}x{x.shape[2]}")
+    g = gaussian_window()
+    out = [
+        _ssim_batch(x[i : i + batch_size].double(), y[i : i + batch_size].double(), g)
+        for i in range(0, x.shape[0], batch_size)
+    ]
+    return torch.cat(out)
+
+
+def psnr(fake, real) -> torch.Tensor:
+    """PSNR in dB of each output against its ground truth (data range 255, MSE over all pixels and
+    channels, as ``tf.image.psnr``): float64 tensor of shape (N,). Identical images give +inf."""
+    x = as_uint8_nchw(fake, "outputs")
+    y = as_uint8_nchw(real, "ground truth")
+    check_pair(x, y)
+    mse = (x.double() - y.double()).pow(2).mean(dim=(1, 2, 3))
+    with torch.no_grad():
+        return 20 * math.log10(DATA_RANGE) - 10 * torch.log10(mse)

@@ -1,0 +1,207 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganime.checkpoint import load_checkpoint, save_checkpoint
+from ganime.cli import main
+from ganime.colorize import Colorizer
+from ganime.errors import CheckpointError
+from tests.conftest import one_line_error, synthetic_color, synthetic_sketch
+
+
+def huge_header_png(path, w=100_000, h=100_000):
+    """A tiny file whose PNG header claims w x h pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def odd_inputs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    base = synthetic_sketch(synthetic_color(3, 100))
+    base.resize((37, 91)).save(d / "tall.png")
+    base.convert("L").resize((300, 120)).save(d / "grey.png")
+    rgba = base.convert("RGBA").resize((64, 64))
+    a = np.array(rgba)
+    a[..., 3] = 128
+    Image.fromarray(a, "RGBA").save(d / "rgba.png")
+    base.convert("P").save(d / "palette.png")
+    arr16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(arr16).save(d / "sixteen.png")
+    base.convert("1").save(d / "bilevel.png")
+    Image.new("RGB", (3, 2), "white").save(d / "tiny.jpg")
+    return d
+
+
+def test_colorize_keeps_each_input_size_and_handles_modes(tiny_checkpoint, odd_inputs, tmp_path):
+    out = tmp_path / "out"
+    assert main(["colorize", str(odd_inputs), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
+    for src in odd_inputs.iterdir():
+        res = Image.open(out / f"{src.stem}.png")
+        assert res.size == Image.open(src).size and res.mode == "RGB", src.name
+
+
+def test_colorize_never_overwrites_without_permission(tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tall.png").write_bytes(b"mine")
+    args = ["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
+    assert main(args) != 0
+    assert "already exists" in one_line_error(capsys)
+    assert (out / "tall.png").read_bytes() == b"mine"
+    assert main(args + ["--overwrite"]) == 0
+    assert Image.open(out / "tall.png").size == (37, 91)
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("zero", "empty file"),
+    ("text", "not a readable image"),
+    ("huge", "over the limit"),
+    ("missing", "no such file"),
+    ("emptydir", "holds no image"),
+    ("truncated", "corrupt or truncated"),
+])
+def test_bad_inputs_give_one_line_and_nonzero_exit(kind, needle, tiny_checkpoint, tmp_path, capsys):
+    p = tmp_path / "bad.png"
+    if kind == "zero":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("hello, I am not a PNG")
+    elif kind == "huge":
+        huge_header_png(p)
+    elif kind == "emptydir":
+        p = tmp_path / "emptydir"
+        p.mkdir()
+    elif kind == "truncated":
+        buf = io.BytesIO()
+        synthetic_color(1, 64).save(buf, format="PNG")
+        p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out = tmp_path / "out"
+    rc = main(["colorize", str(p), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert needle in err and str(p.name) in err and "Traceback" not in err
+    assert not list(out.glob("*.png")) if out.exists() else True
+
+
+def test_a_bad_file_among_good_ones_is_skipped(tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    (odd_inputs / "broken.png").write_bytes(b"")
+    out = tmp_path / "out"
+    assert main(["colorize", str(odd_inputs), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"]) == 0
+    assert "broken.png" in capsys.readouterr().err
+    assert len(list(out.glob("*.png"))) == 7
+
+
+class Evil:
+    """Unpickling this runs code: loading must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_checkpoint(kind, path, good):
+    if kind == "corrupt":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "foreign":
+        torch.save({"weight": torch.zeros(3)}, path)
+    elif kind == "pickle":
+        torch.save({"format": "ganime-checkpoint", "obj": Evil(path.parent / "pwned")}, path)
+    elif kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "newer":
+        ck = torch.load(good, weights_only=True)
+        ck["format_version"] = 99
+        torch.save(ck, path)
+    elif kind == "missing":
+        pass
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("corrupt", "corrupt or truncated"), ("foreign", "not a GANime checkpoint"), ("pickle", "refused"),
+    ("text", "not a readable checkpoint"), ("empty", "empty file"), ("newer", "newer"), ("missing", "no such checkpoint"),
+])
+def test_bad_checkpoints_give_one_line(kind, needle, tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    ck = tmp_path / "model.pt"
+    _bad_checkpoint(kind, ck, tiny_checkpoint)
+    rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(ck), "--out", str(tmp_path / "o")])
+    assert rc != 0
+    line = one_line_error(capsys)
+    assert needle in line and "model.pt" in line
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_of_another_method_is_refused_where_a_method_is_expected(tiny_checkpoint):
+    with pytest.raises(CheckpointError, match="is a pix2pix checkpoint, but cyclegan"):
+        load_checkpoint(tiny_checkpoint, expect_method="cyclegan")
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_checkpoint):
+    ck = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "copy.pt"
+    save_checkpoint(path, method=ck["method"], config=ck["config"],
+                    state={"models": ck["models"], "optimizers": ck["optimizers"], "extra": ck.get("extra", {})},
+                    progress=ck["progress"])
+    again = load_checkpoint(path)
+    assert again["config"] == ck["config"] and again["progress"] == ck["progress"]
+    for k, v in ck["models"]["G"].items():
+        assert torch.equal(v, again["models"]["G"][k])
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_safetensors_export_loads_and_matches(tmp_path, tiny_checkpoint):
+    from ganime.checkpoint import export_safetensors
+
+    ck = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "model.safetensors"
+    export_safetensors(path, method="pix2pix", config=ck["config"], generator_state=ck["models"]["G"], dtype=torch.float32)
+    a, b = Colorizer.from_checkpoint(tiny_checkpoint, "cpu"), Colorizer.from_checkpoint(path, "cpu")
+    sk = synthetic_sketch(synthetic_color(5, 80))
+    assert np.array_equal(np.asarray(a(sk)), np.asarray(b(sk)))
+
+
+def test_colorizer_maps_hints_through_the_same_geometry(tmp_path):
+    """A hint-aware model receives the hint where the user painted it, after the letterbox fit."""
+    from ganime.config import RunConfig
+    from ganime.nn.unet import UNetGenerator
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    cfg.net.hint_channels = 4
+    col = Colorizer(UNetGenerator(7, 3, 8, 6), cfg, "pix2pix", torch.device("cpu"))
+    sketch = Image.new("RGB", (128, 64), "white")
+    hints = Image.new("RGBA", (128, 64), (0, 0, 0, 0))
+    hints.paste((255, 0, 0, 255), (0, 0, 16, 16))
+    x, box = col.prepare(sketch, hints)
+    assert x.shape == (1, 7, 64, 64) and box == (0, 16, 64, 48)
+    mask = x[0, 6]
+    assert mask[16:24, 0:8].min() == 1 and mask.sum() == 64
+    assert torch.allclose(x[0, 3, 16, 0], torch.tensor(1.0)) and torch.allclose(x[0, 4, 16, 0], torch.tensor(-1.0))
+
+
+def test_colour_input_is_flagged(tiny_checkpoint, tmp_path, capsys):
+    from ganime.colorize import looks_coloured
+
+    colour = synthetic_color(2, 64)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    assert looks_coloured(Image.open(tmp_path / "red.png"))
+    assert not looks_coloured(synthetic_sketch(colour))
+    assert main(["colorize", str(tmp_path / "red.png"), "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "looks like a colour image" in capsys.readouterr().err

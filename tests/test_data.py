@@ -1,0 +1,225 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ganime.cli import main
+from ganime.data import augment, sketch
+from ganime.data.loader import PairLoader
+from ganime.data.pairs import PairCache, discover, prepare, split_side_by_side
+from ganime.errors import InputError
+from tests.conftest import SHARED_DATA, one_line_error, synthetic_color, synthetic_sketch
+
+
+def test_split_side_by_side_colour_left_sketch_right():
+    arr = np.zeros((4, 10, 3), np.uint8)
+    arr[:, :5] = 200
+    arr[:, 5:] = 10
+    color, sk = split_side_by_side(arr)
+    assert color.shape == sk.shape == (4, 5, 3)
+    assert (color == 200).all() and (sk == 10).all()
+    odd = np.arange(4 * 11 * 3, dtype=np.uint8).reshape(4, 11, 3)
+    c, s = split_side_by_side(odd)
+    assert c.shape == s.shape == (4, 5, 3)
+    assert (c == odd[:, :5]).all() and (s == odd[:, 6:]).all()
+
+
+def test_discover_the_three_layouts(tmp_path, make_pairs):
+    kaggle = tmp_path / "kaggle"
+    make_pairs(3, folder=kaggle / "train")
+    make_pairs(2, folder=kaggle / "val")
+    layout, splits = discover(kaggle)
+    assert layout == "kaggle" and len(splits["train"]) == 3 and len(splits["val"]) == 2
+
+    flat = make_pairs(4, folder=tmp_path / "flat")
+    layout, splits = discover(flat)
+    assert layout == "flat" and len(splits["train"]) == 4
+
+    both = tmp_path / "both"
+    (both / "sketch").mkdir(parents=True)
+    (both / "color").mkdir()
+    for i in range(3):
+        c = synthetic_color(i)
+        c.save(both / "color" / f"{i}.png")
+        synthetic_sketch(c).save(both / "sketch" / f"{i}.png")
+    synthetic_sketch(c).save(both / "sketch" / "orphan.png")
+    layout, splits = discover(both)
+    assert layout == "folders" and len(splits["train"]) == 3
+
+
+def test_prepare_writes_a_cache_matching_the_sources(tmp_path, make_pairs):
+    src = tmp_path / "kaggle"
+    make_pairs(5, size=64, folder=src / "train")
+    make_pairs(2, size=64, folder=src / "val", start=10)
+    idx = prepare(src, tmp_path / "cache", size=32, workers=1, progress=False)
+    assert idx["splits"]["train"]["count"] == 5 and idx["splits"]["val"]["count"] == 2
+    cache = PairCache(tmp_path / "cache")
+    arr = cache.load("train")
+    assert arr.shape == (5, 2, 32, 32, 3) and arr.dtype == np.uint8
+    # [:, 0] is the sketch (right half), [:, 1] the colour (left half).
+    full = np.asarray(Image.open(src / "train" / "pair_000.png"))
+    color, sk = split_side_by_side(full)
+    want_sketch = np.asarray(Image.fromarray(sk).resize((32, 32), Image.BICUBIC))
+    assert np.abs(arr[0, 0].astype(int) - want_sketch).max() <= 1
+    assert np.abs(arr[0, 1].astype(int) - np.asarray(Image.fromarray(color).resize((32, 32), Image.BICUBIC))).max() <= 1
+
+
+def test_prepare_rerun_reuses_shards_and_skips_bad_files(tmp_path, make_pairs, capsys):
+    src = make_pairs(4)
+    (src / "empty.png").write_bytes(b"")
+    (src / "text.png").write_text("not an image")
+    out = tmp_path / "cache"
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "empty.png" in err and "text.png" in err
+    shard = next(out.glob("train-*.npy"))
+    mtime = shard.stat().st_mtime_ns
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    assert shard.stat().st_mtime_ns == mtime  # reused, not rewritten
+    # A new source file invalidates the shard; the stale one is removed.
+    make_pairs(1, start=50, folder=src)
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "2", "--no-progress"]) == 0
+    assert not shard.exists()
+    assert PairCache(out).count("train") == 5
+    assert len(list(out.glob("train-*.npy"))) == 1
+
+
+def test_prepare_with_nothing_usable_fails_in_one_line(tmp_path, capsys):
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"")
+    assert main(["data", "prepare", str(src), str(tmp_path / "out"), "--no-progress"]) != 0
+    assert "could be used" in one_line_error(capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["data", "prepare", str(empty), str(tmp_path / "out2"), "--no-progress"]) != 0
+    assert "no image files" in one_line_error(capsys)
+    assert main(["data", "prepare", str(tmp_path / "missing"), str(tmp_path / "out3")]) != 0
+    assert "no such folder" in one_line_error(capsys)
+
+
+def test_prepare_refuses_a_foreign_non_empty_output(tmp_path, make_pairs, capsys):
+    src = make_pairs(2)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert main(["data", "prepare", str(src), str(out), "--no-progress"]) != 0
+    assert "not a GANime cache" in one_line_error(capsys)
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "kaggle-sample").exists(), reason="../shared/data not present")
+def test_prepare_real_kaggle_pairs(tmp_path):
+    idx = prepare(SHARED_DATA / "kaggle-sample", tmp_path / "cache", size=64, workers=2, progress=False)
+    assert idx["count"] == 33 and not idx["skipped"]
+
+
+def test_resize_crop_flip_equals_resize_then_crop():
+    x = torch.rand(3, 6, 32, 32)
+    ox, oy, fl = torch.tensor([0, 3, 4]), torch.tensor([4, 0, 2]), torch.tensor([False, True, False])
+    out = augment.resize_crop_flip(x, 32, 36, ox, oy, fl)
+    big = F.interpolate(x, size=(36, 36), mode="bilinear", align_corners=False)
+    for i in range(3):
+        crop = big[i, :, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
+        if fl[i]:
+            crop = crop.flip(-1)
+        assert torch.allclose(out[i], crop, atol=1e-5)
+
+
+def test_augmentation_keeps_sketch_and_colour_aligned():
+    color = torch.rand(8, 3, 64, 64) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    s2, c2 = augment.augment_pair(color.clone(), color, 64, 72, True, g)
+    assert torch.equal(s2, c2)  # same image in, same crop and flip out
+    assert not torch.allclose(c2, color)
+
+
+def test_loader_batches_are_deterministic_and_shuffled_per_epoch():
+    pairs = np.random.default_rng(0).integers(0, 255, (10, 2, 32, 32, 3), dtype=np.uint8)
+    make = lambda: PairLoader(pairs, 4, torch.device("cpu"), seed=3, size=32, load_size=36, sketch_augment=0.5)  # noqa
+    a, b = make(), make()
+    assert a.steps_per_epoch == 2
+    assert not torch.equal(a.order(0), a.order(1))
+    ba = [bt for _, bt in a.epoch(1, 0, 2)]
+    bb = [bt for _, bt in b.epoch(1, 1, 2)]
+    assert torch.equal(ba[1]["sketch"], bb[0]["sketch"]) and torch.equal(ba[1]["color"], bb[0]["color"])
+    assert ba[0]["sketch"].shape == (4, 3, 32, 32)
+    assert ba[0]["color"].min() >= -1 and ba[0]["color"].max() <= 1
+
+
+def test_loader_shards_an_epoch_across_ranks():
+    pairs = np.zeros((12, 2, 8, 8, 3), np.uint8)
+    parts = [PairLoader(pairs, 2, torch.device("cpu"), seed=1, rank=r, world_size=3).order(0) for r in range(3)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(12))
+
+
+@pytest.mark.parametrize("name", ["xdog", "pencil", "sobel"])
+def test_extractors_give_dark_lines_on_white(name):
+    img = torch.from_numpy(np.array(synthetic_color(1, 64))).permute(2, 0, 1)[None].float() / 255
+    params = {k: (lo + hi) / 2 for k, (lo, hi) in sketch.PARAM_RANGES[name].items()}
+    out = sketch.extract(img, name, **params)
+    assert out.shape == img.shape and out.min() >= 0 and out.max() <= 1
+    assert (out[0, 0] > 0.9).float().mean() > 0.6  # mostly paper
+    assert (out[0, 0] < 0.5).float().mean() > 0.01  # some ink
+    assert torch.equal(out[:, 0], out[:, 1])
+
+
+def test_random_extract_is_deterministic_per_seed():
+    img = torch.rand(6, 3, 32, 32)
+    a = sketch.random_extract(img, torch.Generator().manual_seed(5))
+    b = sketch.random_extract(img, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
+    src = tmp_path / "colour"
+    src.mkdir()
+    for i in range(3):
+        synthetic_color(i, 48).save(src / f"c{i}.png")
+    (src / "broken.webp").write_bytes(b"RIFF0000WEBPjunk")
+    out = tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--seed", "1", "--no-progress"]) == 0
+    assert "broken.webp" in capsys.readouterr().err
+    im = Image.open(out / "c0.png")
+    assert im.size == (96, 48)
+    first = (out / "c0.png").read_bytes()
+    (out / "c1.png").write_bytes(b"user's own file")
+    assert main(["data", "sketchify", str(src), str(out), "--seed", "2", "--no-progress"]) == 0
+    assert (out / "c0.png").read_bytes() == first and (out / "c1.png").read_bytes() == b"user's own file"
+    capsys.readouterr()
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "crayon"]) != 0
+    assert "crayon" in one_line_error(capsys)
+
+
+def test_download_without_credentials_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nokaggle"))
+    assert main(["data", "download", str(tmp_path / "kaggle")]) != 0
+    msg = one_line_error(capsys)
+    assert "Kaggle credentials" in msg and "ganime data prepare" in msg
+
+
+def test_download_places_the_split_folders(tmp_path, make_pairs):
+    from ganime.data.download import download
+
+    fake_cache = tmp_path / "kagglehub" / "versions" / "1" / "data"
+    make_pairs(2, folder=fake_cache / "train")
+    make_pairs(1, folder=fake_cache / "val")
+    root = download(tmp_path / "out", downloader=lambda: tmp_path / "kagglehub")
+    assert (root / "train").is_dir() and len(list((root / "val").iterdir())) == 1
+    assert discover(root)[0] == "kaggle"
+
+
+def test_download_network_failure_is_one_line(tmp_path):
+    from ganime.data.download import download
+    from ganime.errors import GanimeError
+
+    def offline():
+        raise ConnectionError("Name or service not known")
+
+    with pytest.raises(GanimeError, match="download failed.*by hand"):
+        download(tmp_path / "out", downloader=offline)

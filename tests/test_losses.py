@@ -1,0 +1,47 @@
+import math
+
+import pytest
+import torch
+
+from ganime.methods import get_method
+from ganime.methods.base import gan_loss
+from tests.conftest import tiny_config
+
+
+def test_gan_loss_values_on_fixed_logits():
+    z = torch.zeros(2, 1, 30, 30)
+    assert gan_loss(z, True).item() == pytest.approx(math.log(2))
+    assert gan_loss(z, False).item() == pytest.approx(math.log(2))
+    big = torch.full((1, 1, 4, 4), 20.0)
+    assert gan_loss(big, True).item() == pytest.approx(0.0, abs=1e-8)
+    assert gan_loss(big, False).item() == pytest.approx(20.0, abs=1e-6)
+    mixed = torch.tensor([[[[2.0, -1.0]]]])
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(1.0))) / 2
+    assert gan_loss(mixed, True).item() == pytest.approx(expected)
+
+
+def test_pix2pix_generator_loss_is_gan_plus_lambda_l1(monkeypatch):
+    cfg = tiny_config()
+    m = get_method("pix2pix")(cfg, torch.device("cpu"))
+    # A discriminator that always answers 0 makes every GAN term log 2.
+    for mod in (m.models["D"],):
+        for p in mod.parameters():
+            torch.nn.init.zeros_(p)
+    x = torch.zeros(2, 3, 64, 64)
+    y = torch.full((2, 3, 64, 64), 0.5)
+    with torch.no_grad():
+        fake = m.models["G"](x)
+    expected_l1 = (fake - y).abs().mean().item()
+    m.models["G"].eval()  # no dropout, BN running stats: same fake in the step
+    torch.manual_seed(0)
+    losses = m.train_step({"sketch": x, "color": y})
+    assert losses["G_gan"].item() == pytest.approx(math.log(2), rel=1e-5)
+    assert losses["D_real"].item() == pytest.approx(math.log(2), rel=1e-5)
+    assert losses["G_l1"].item() == pytest.approx(expected_l1, rel=1e-4)
+
+
+def test_unknown_method_lists_valid_names():
+    from ganime.errors import InputError
+
+    with pytest.raises(InputError, match="pix2pix"):
+        get_method("pix3pix")

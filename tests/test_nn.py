@@ -1,0 +1,61 @@
+import torch
+
+from ganime.config import make_config
+from ganime.methods import get_method
+from ganime.nn.layers import count_parameters
+from ganime.nn.patchgan import PatchDiscriminator, receptive_field
+from ganime.nn.unet import UNetGenerator
+
+
+def test_paper_generator_matches_reference_parameter_count():
+    assert count_parameters(UNetGenerator(3, 3, 64, 8, "batch", 0.5)) == 54_413_955
+
+
+def test_paper_discriminator_parameter_count_and_30x30_output():
+    d = PatchDiscriminator(6, 64, 3, "batch")
+    assert count_parameters(d) == 2_768_705
+    with torch.no_grad():
+        assert d(torch.zeros(1, 6, 256, 256)).shape == (1, 1, 30, 30)
+
+
+def test_patchgan_receptive_field_is_70_pixels():
+    assert receptive_field(PatchDiscriminator(6, 64, 3)) == 70
+
+
+def test_receptive_field_measured_by_gradient():
+    """Independently of the formula: the input pixels that influence one output unit span 70x70."""
+    d = PatchDiscriminator(1, 4, 3, norm="none")
+    x = torch.randn(1, 1, 128, 128, requires_grad=True)
+    y = d(x)
+    y[0, 0, y.shape[2] // 2, y.shape[3] // 2].backward()
+    rows = x.grad[0, 0].abs().sum(1).nonzero()
+    cols = x.grad[0, 0].abs().sum(0).nonzero()
+    assert rows.max() - rows.min() + 1 == 70
+    assert cols.max() - cols.min() + 1 == 70
+
+
+def test_unet_shapes_and_range():
+    g = UNetGenerator(7, 3, 8, 6).eval()
+    with torch.no_grad():
+        y = g(torch.randn(2, 7, 64, 64))
+    assert y.shape == (2, 3, 64, 64)
+    assert y.abs().max() <= 1
+
+
+def test_pix2pix_paper_preset_builds_the_paper_networks():
+    cfg = make_config("pix2pix", "paper")
+    assert (cfg.train.lr, cfg.train.beta1, cfg.train.beta2, cfg.train.eps) == (2e-4, 0.5, 0.999, 1e-7)
+    assert cfg.train.epochs == 150 and cfg.train.batch_size == 32
+    assert round(cfg.train.size * cfg.train.jitter) == 286
+    m = get_method("pix2pix")(cfg, torch.device("cpu"))
+    assert m.options["lambda_l1"] == 100.0
+    assert count_parameters(m.models["G"]) == 54_413_955
+    assert count_parameters(m.models["D"]) == 2_768_705
+    opt = m.optimizers["G"].param_groups[0]
+    assert opt["betas"] == (0.5, 0.999) and opt["eps"] == 1e-7 and opt["lr"] == 2e-4
+
+
+def test_small_preset_is_much_smaller():
+    cfg = make_config("pix2pix", "small")
+    g = get_method("pix2pix").build_generator(cfg)
+    assert count_parameters(g) < 54_413_955 / 10

@@ -1,0 +1,190 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ganime.checkpoint import load_checkpoint
+from ganime.cli import main
+from ganime.errors import InputError, TrainingDiverged
+from ganime.train import Trainer
+from tests.conftest import one_line_error, tiny_config, tiny_pairs
+
+
+def _tensors(state):
+    out = {}
+    for group, d in state.items():
+        if isinstance(d, dict):
+            for k, v in _tensors(d).items():
+                out[f"{group}.{k}"] = v
+        elif isinstance(d, torch.Tensor):
+            out[group] = d
+    return out
+
+
+def test_smoke_run_writes_logs_samples_config_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    res = Trainer(tiny_config(epochs=2), tiny_pairs(4), out, device="cpu", progress=False).fit()
+    assert res.epochs_done == 2 and res.global_step == 4
+    assert json.loads((out / "config.json").read_text())["method"] == "pix2pix"
+    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [l for l in lines if l["kind"] == "step"]
+    assert len(steps) == 4 and all(np.isfinite(l["G_l1"]) and l["img_s"] > 0 for l in steps)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["method"] == "pix2pix" and ckpt["progress"] == {"epoch": 2, "step": 0, "global_step": 4}
+    assert set(ckpt["models"]) == {"G", "D"} and set(ckpt["optimizers"]) == {"G", "D"}
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])
+def test_resume_continues_exactly(tmp_path, stop_at):
+    cfg = tiny_config(epochs=2, sketch_augment=0.5)
+    pairs = tiny_pairs(4)
+    Trainer(cfg, pairs, tmp_path / "a", device="cpu", progress=False).fit()
+    part = Trainer(cfg, pairs, tmp_path / "b", device="cpu", progress=False, max_steps=stop_at).fit()
+    assert part.global_step == stop_at
+    Trainer(cfg, pairs, tmp_path / "b", device="cpu", progress=False, resume=True).fit()
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    ta, tb = _tensors({"m": a["models"], "o": a["optimizers"]}), _tensors({"m": b["models"], "o": b["optimizers"]})
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def test_run_folder_is_never_clobbered(tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False).fit()
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(InputError, match="--resume"):
+        Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False)
+    assert (out / "last.pt").read_bytes() == before
+    with pytest.raises(InputError, match="nothing to resume"):
+        Trainer(tiny_config(), tiny_pairs(4), tmp_path / "new", device="cpu", resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    t = Trainer(tiny_config(epochs=3), tiny_pairs(4), out, device="cpu", progress=False)
+    real_step = t.method.train_step
+    calls = {"n": 0}
+
+    def poisoned(batch):
+        calls["n"] += 1
+        losses = real_step(batch)
+        if calls["n"] == 3:
+            losses["G_l1"] = torch.tensor(float("nan"))
+        return losses
+
+    t.method.train_step = poisoned
+    with pytest.raises(TrainingDiverged, match="NaN"):
+        t.fit()
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["progress"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["models"]["G"].values() if v.is_floating_point())
+
+
+def test_batch_larger_than_data_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="smaller --batch-size"):
+        Trainer(tiny_config(batch_size=8), tiny_pairs(4), tmp_path / "r", device="cpu")
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        Trainer(tiny_config(), tiny_pairs(4), tmp_path / "r", device="cuda")
+
+
+# ---- the command line, on real 256px small-preset runs --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache256(tmp_path_factory):
+    from ganime.data.pairs import prepare
+    from tests.conftest import side_by_side, synthetic_color, synthetic_sketch
+
+    src = tmp_path_factory.mktemp("src")
+    for i in range(4):
+        c = synthetic_color(i, 256)
+        side_by_side(c, synthetic_sketch(c)).save(src / f"{i}.png")
+    out = tmp_path_factory.mktemp("cache") / "c"
+    prepare(src, out, size=256, workers=1, progress=False)
+    return out
+
+
+def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["batch_size"] == 32 and cfg["options"]["lambda_l1"] == 100.0
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "pix2pix", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) != 0
+    assert "no such data folder" in one_line_error(capsys)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "huge"]) != 0
+    assert "unknown preset" in one_line_error(capsys)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--epochs", "0"]) != 0
+    assert "epochs must be at least 1" in one_line_error(capsys)
+
+
+def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small",
+            "--batch-size", "2", "--epochs", "2", "--no-progress", "--device", "cpu"]
+    assert main(args + ["--max-steps", "1"]) == 0
+    assert load_checkpoint(out / "last.pt")["progress"]["global_step"] == 1
+    assert main(args) != 0  # exists, no --resume
+    assert "--resume" in one_line_error(capsys)
+    assert main(args + ["--resume"]) == 0
+    assert load_checkpoint(out / "last.pt")["progress"] == {"epoch": 2, "step": 0, "global_step": 4}
+
+
+def _start(cache, out, *extra):
+    cmd = [sys.executable, "-m", "ganime", "train", "pix2pix", "--data", str(cache), "--out", str(out),
+           "--preset", "small", "--batch-size", "1", "--epochs", "50", "--device", "cpu", "--no-progress",
+           "--log-every", "1", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_steps(out, n, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        log = out / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        time.sleep(0.1)
+    raise AssertionError("training made no progress")
+
+
+def test_ctrl_c_saves_and_exits_cleanly(cache256, tmp_path):
+    out = tmp_path / "run"
+    p = _start(cache256, out)
+    _wait_for_steps(out, 2, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["progress"]["global_step"] >= 2
+
+
+def test_kill_9_never_leaves_a_corrupt_checkpoint(cache256, tmp_path):
+    out = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    steps = 0
+    for attempt in range(3):
+        p = _start(cache256, out, "--save-every-steps", "1", *(["--resume"] if attempt else []))
+        _wait_for_steps(out, steps + 2, p)
+        time.sleep(float(rng.uniform(0, 0.5)))
+        p.kill()  # SIGKILL: no handler runs
+        p.wait()
+        ckpt = load_checkpoint(out / "last.pt")  # must always load
+        assert ckpt["progress"]["global_step"] >= steps
+        steps = ckpt["progress"]["global_step"]
+        assert not [f for f in os.listdir(out) if f.endswith(".tmp") and not f.startswith(".")]
