@@ -20,12 +20,9 @@ COMMAND_MODULES = [
     "data",
     "train",
     "colorize",
-<<<<<<< HEAD
+    "stylize",
     "export",
     "benchmark",
-=======
-    "stylize",
->>>>>>> main
 ]
 
 
