@@ -1,0 +1,312 @@
+// GANime page: pick or drop a sketch, paint colour hints over it, send both to /api/colorize.
+// Plain JavaScript, no build step, nothing loaded from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const PALETTE = [
+  ["skin", "#f6d5c3"], ["blush", "#f29ac2"], ["red", "#e0453a"], ["orange", "#f39a3d"],
+  ["blonde", "#f2d16b"], ["brown hair", "#7a4a2a"], ["green", "#4caf50"], ["sky blue", "#8fd3f4"],
+  ["blue", "#3a6fe0"], ["purple", "#8e5cc4"], ["grey", "#9e9e9e"], ["black", "#222222"], ["white", "#ffffff"],
+];
+const MAX_UNDO = 20;
+
+const state = {
+  file: null,          // the sketch File as picked (sent unchanged)
+  stem: "sketch",
+  models: [],
+  limits: null,
+  painted: false,      // any hint stroke on the canvas
+  eraser: false,
+  undo: [],            // [{data: ImageData, painted}]
+  drawing: false,
+  last: null,
+  resultUrl: null,
+  sketchUrl: null,
+};
+
+const canvas = $("hints");
+const ctx = canvas.getContext("2d");
+
+function setState(s) { document.body.dataset.state = s; }
+
+function showNotice(msg) {
+  $("notice").textContent = msg || "";
+  $("notice").hidden = !msg;
+}
+
+function showError(msg) {
+  const el = $("error");
+  el.textContent = msg;
+  el.hidden = !msg;
+  if (msg) setState("error");
+}
+
+function currentModel() {
+  return state.models.find((m) => m.name === $("method").value) || null;
+}
+
+// ---- server info ------------------------------------------------------------------------------
+async function loadServerInfo() {
+  try {
+    const [health, models] = await Promise.all([
+      fetch("/api/health").then((r) => r.json()),
+      fetch("/api/models").then((r) => r.json()),
+    ]);
+    state.limits = health.limits;
+    state.models = models.models;
+    const sel = $("method");
+    sel.replaceChildren();
+    for (const m of models.models) {
+      const opt = document.createElement("option");
+      opt.value = m.name;
+      opt.textContent = m.description ? `${m.name} (${m.description})` : m.name;
+      opt.selected = m.name === models.default;
+      sel.append(opt);
+    }
+    $("server-status").textContent = `GANime ${health.version} · ${health.models.length} model(s) on ${health.device}`;
+    onMethodChange();
+  } catch (e) {
+    $("server-status").textContent = "Cannot reach the GANime server. Is `ganime serve` running?";
+    showError(`Cannot load the server's models: ${e.message}`);
+  }
+}
+
+function onMethodChange() {
+  const m = currentModel();
+  const hints = !!(m && m.hints);
+  $("hint-tools").disabled = !hints;
+  $("hint-tools").classList.toggle("off", !hints);
+  canvas.classList.toggle("off", !hints);
+  $("method-note").textContent = m && !hints ? "this model takes no colour hints" : "";
+  $("style-group").hidden = !(m && m.needs_style);
+  updateButtons();
+}
+
+function updateButtons() {
+  const m = currentModel();
+  const needStyle = m && m.needs_style && !$("style-file").files.length;
+  $("colorize").disabled = !state.file || !m || needStyle || document.body.dataset.state === "working";
+  $("undo").disabled = state.undo.length === 0;
+}
+
+// ---- the sketch -------------------------------------------------------------------------------
+function loadSketch(file) {
+  showError("");
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(`${file.name} is not an image (${file.type}).`);
+    return;
+  }
+  if (state.limits && file.size > state.limits.max_upload_bytes) {
+    const mb = (state.limits.max_upload_bytes / 1048576).toFixed(1);
+    showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; this server accepts up to ${mb} MB.`);
+    return;
+  }
+  const url = URL.createObjectURL(file);
+  const img = $("sketch");
+  img.onload = () => {
+    const w = img.naturalWidth, h = img.naturalHeight;
+    if (state.limits && w * h > state.limits.max_pixels) {
+      showError(`${file.name} is ${w}x${h} pixels; this server accepts up to ${state.limits.max_pixels.toLocaleString()} pixels.`);
+      return;
+    }
+    if (state.sketchUrl) URL.revokeObjectURL(state.sketchUrl);
+    state.sketchUrl = url;
+    state.file = file;
+    state.stem = file.name.replace(/\.[^.]*$/, "") || "sketch";
+    // The hint canvas has the sketch's own resolution; CSS scales it for display.
+    canvas.width = w;
+    canvas.height = h;
+    ctx.clearRect(0, 0, w, h);
+    state.painted = false;
+    state.undo = [];
+    img.hidden = false;
+    canvas.hidden = false;
+    $("drop").classList.remove("empty");
+    $("file-name").textContent = `${file.name} · ${w}×${h}`;
+    clearResult();
+    setState("ready");
+    updateButtons();
+  };
+  img.onerror = () => {
+    URL.revokeObjectURL(url);
+    showError(`${file.name} is not a readable image.`);
+  };
+  img.src = url;
+}
+
+function clearResult() {
+  if (state.resultUrl) URL.revokeObjectURL(state.resultUrl);
+  state.resultUrl = null;
+  $("result").hidden = true;
+  $("result").removeAttribute("src");
+  $("result-placeholder").hidden = false;
+  $("result-stage").classList.add("empty");
+  $("download").hidden = true;
+}
+
+// ---- painting hints ---------------------------------------------------------------------------
+function canvasPoint(e) {
+  const r = canvas.getBoundingClientRect();
+  return { x: (e.clientX - r.left) * canvas.width / r.width, y: (e.clientY - r.top) * canvas.height / r.height,
+           scale: canvas.width / r.width };
+}
+
+function pushUndo() {
+  state.undo.push({ data: ctx.getImageData(0, 0, canvas.width, canvas.height), painted: state.painted });
+  if (state.undo.length > MAX_UNDO) state.undo.shift();
+  updateButtons();
+}
+
+function strokeTo(p) {
+  ctx.globalCompositeOperation = state.eraser ? "destination-out" : "source-over";
+  ctx.strokeStyle = ctx.fillStyle = $("color").value;
+  ctx.lineWidth = Number($("brush").value) * p.scale;
+  ctx.lineCap = ctx.lineJoin = "round";
+  ctx.beginPath();
+  if (state.last) {
+    ctx.moveTo(state.last.x, state.last.y);
+    ctx.lineTo(p.x, p.y);
+    ctx.stroke();
+  } else {
+    ctx.arc(p.x, p.y, ctx.lineWidth / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  state.last = p;
+  if (!state.eraser) state.painted = true;
+}
+
+canvas.addEventListener("pointerdown", (e) => {
+  if (canvas.classList.contains("off") || e.button !== 0) return;
+  e.preventDefault();
+  canvas.setPointerCapture(e.pointerId);
+  pushUndo();
+  state.drawing = true;
+  state.last = null;
+  strokeTo(canvasPoint(e));
+});
+canvas.addEventListener("pointermove", (e) => { if (state.drawing) strokeTo(canvasPoint(e)); });
+for (const ev of ["pointerup", "pointercancel"]) {
+  canvas.addEventListener(ev, () => { state.drawing = false; state.last = null; });
+}
+
+function undo() {
+  const prev = state.undo.pop();
+  if (!prev) return;
+  ctx.putImageData(prev.data, 0, 0);
+  state.painted = prev.painted;
+  updateButtons();
+}
+
+function clearHints() {
+  if (!state.file) return;
+  pushUndo();
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  state.painted = false;
+}
+
+function setEraser(on) {
+  state.eraser = on;
+  $("eraser").setAttribute("aria-pressed", String(on));
+  canvas.classList.toggle("erasing", on);
+}
+
+function buildPalette() {
+  for (const [name, hex] of PALETTE) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "swatch";
+    b.title = name;
+    b.setAttribute("aria-label", `Paint ${name} (${hex})`);
+    b.style.backgroundColor = hex;  // CSSOM, allowed by the page's content security policy
+    b.addEventListener("click", () => { $("color").value = hex; setEraser(false); });
+    $("palette").append(b);
+  }
+}
+
+// ---- colorize ---------------------------------------------------------------------------------
+function canvasBlob() {
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function colorize() {
+  const m = currentModel();
+  if (!state.file || !m) return;
+  showError("");
+  showNotice("");
+  setState("working");
+  updateButtons();
+  $("colorize").textContent = "Colouring…";
+  $("result-stage").setAttribute("aria-busy", "true");
+  try {
+    const form = new FormData();
+    form.append("image", state.file, state.file.name);
+    form.append("method", m.name);
+    if (m.hints && state.painted) form.append("hints", await canvasBlob(), "hints.png");
+    if (m.needs_style) form.append("style", $("style-file").files[0]);
+    const r = await fetch("/api/colorize", { method: "POST", body: form });
+    if (!r.ok) {
+      let msg = `${r.status} ${r.statusText}`;
+      try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+      if (r.status === 503) msg += ` (retry in ${r.headers.get("Retry-After") || "a few"} s)`;
+      throw new Error(msg);
+    }
+    showNotice(r.headers.get("X-Ganime-Warning") ? `Note: ${r.headers.get("X-Ganime-Warning")}.` : "");
+    const blob = await r.blob();
+    clearResult();
+    state.resultUrl = URL.createObjectURL(blob);
+    const out = $("result");
+    await new Promise((resolve, reject) => { out.onload = resolve; out.onerror = reject; out.src = state.resultUrl; });
+    out.hidden = false;
+    $("result-placeholder").hidden = true;
+    $("result-stage").classList.remove("empty");
+    const dl = $("download");
+    dl.href = state.resultUrl;
+    dl.download = `${state.stem}-colored.png`;
+    dl.hidden = false;
+    dl.setAttribute("aria-disabled", "false");
+    setState("done");
+  } catch (e) {
+    showError(`Colorize failed: ${e.message || e}`);
+  } finally {
+    $("colorize").textContent = "Colorize";
+    $("result-stage").setAttribute("aria-busy", "false");
+    updateButtons();
+  }
+}
+
+// ---- wiring -----------------------------------------------------------------------------------
+function init() {
+  setState("idle");
+  buildPalette();
+  $("file").addEventListener("change", (e) => loadSketch(e.target.files[0]));
+  $("style-file").addEventListener("change", updateButtons);
+  $("method").addEventListener("change", onMethodChange);
+  $("brush").addEventListener("input", () => { $("brush-value").textContent = $("brush").value; });
+  $("color").addEventListener("input", () => setEraser(false));
+  $("eraser").addEventListener("click", () => setEraser(!state.eraser));
+  $("undo").addEventListener("click", undo);
+  $("clear").addEventListener("click", clearHints);
+  $("colorize").addEventListener("click", colorize);
+  document.addEventListener("keydown", (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === "z" && !e.target.matches("input, select")) { e.preventDefault(); undo(); }
+  });
+  const drop = $("drop");
+  drop.addEventListener("keydown", (e) => {
+    if ((e.key === "Enter" || e.key === " ") && e.target === drop) { e.preventDefault(); $("file").click(); }
+  });
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) loadSketch(e.dataTransfer.files[0]);
+  });
+  // A click on the empty panel opens the file picker; once a sketch is shown, clicks paint.
+  drop.addEventListener("click", (e) => { if (drop.classList.contains("empty")) $("file").click(); });
+  loadServerInfo();
+  updateButtons();
+}
+
+init();

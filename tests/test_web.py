@@ -1,0 +1,494 @@
+"""The web API (ganime serve): every endpoint, every bad input (4xx + JSON, never 5xx), limits,
+concurrency and the default bind address. A real server on 127.0.0.1, port 0, in a thread."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import sys
+import threading
+import types
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from ganime.cli import build_parser, main
+from ganime.web.server import Limits, colorizer_model, make_server, models_from_checkpoints, style_transfer_model
+from tests.conftest import one_line_error, synthetic_color, synthetic_sketch, tiny_config, tiny_pairs
+from tests.test_colorize import huge_header_png
+
+
+# ---- fixtures and helpers -----------------------------------------------------------------------
+
+def make_hint_checkpoint(folder):
+    """A tiny hint-aware Pix2Pix (3 + 4 input channels), trained for two steps."""
+    from ganime.train import Trainer
+
+    cfg = tiny_config(epochs=1)
+    cfg.net.hint_channels = 4
+    Trainer(cfg, tiny_pairs(4), folder / "run", device="cpu", progress=False).fit()
+    return folder / "run" / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def hint_checkpoint(tmp_path_factory):
+    return make_hint_checkpoint(tmp_path_factory.mktemp("hintrun"))
+
+
+@pytest.fixture(scope="module")
+def models(hint_checkpoint, tiny_checkpoint):
+    """pix2pix (takes hints, the default) and pix2pix-2 (no hints)."""
+    return models_from_checkpoints([hint_checkpoint, tiny_checkpoint], "cpu", style=False)
+
+
+class Running:
+    """A server started in a thread; ``.request(...)`` talks to it with http.client."""
+
+    def __init__(self, models, limits=None, **kw):
+        self.log: list[str] = []
+        self.server = make_server(models, "127.0.0.1", 0, limits or Limits(), log_line=self.log.append, **kw)
+        self.host, self.port = self.server.server_address[:2]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            conn.close()
+
+    def post(self, fields, path="/api/colorize", **kw):
+        body, ctype = multipart(fields)
+        return self.request("POST", path, body, {"Content-Type": ctype}, **kw)
+
+
+@pytest.fixture(scope="module")
+def srv(models):
+    s = Running(models)
+    yield s
+    s.close()
+
+
+def multipart(fields: dict) -> tuple[bytes, str]:
+    """fields: name -> bytes (a file part) or str (a plain field)."""
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f"--{boundary}\r\n".encode())
+        if isinstance(value, str):
+            out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        else:
+            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+                      f"Content-Type: application/octet-stream\r\n\r\n".encode())
+            out.write(value + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(im: Image.Image, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def sketch(w=64, h=64, mode="RGB") -> Image.Image:
+    return synthetic_sketch(synthetic_color(5, 96)).resize((w, h)).convert(mode)
+
+
+def hint_strokes(w, h) -> Image.Image:
+    im = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.line([(w // 4, h // 4), (3 * w // 4, 3 * h // 4)], fill=(230, 40, 40, 255), width=max(3, w // 8))
+    d.ellipse([w // 2, 0, w - 1, h // 3], fill=(40, 90, 230, 255))
+    return im
+
+
+def error_of(status, headers, body, expect):
+    assert status == expect, (status, body[:300])
+    assert headers["Content-Type"] == "application/json"
+    msg = json.loads(body)["error"]
+    assert isinstance(msg, str) and msg and "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def result_image(status, headers, body, size):
+    assert status == 200, body[:300]
+    assert headers["Content-Type"] == "image/png"
+    im = Image.open(io.BytesIO(body))
+    assert im.format == "PNG" and im.mode == "RGB" and im.size == size
+    return im
+
+
+# ---- GET endpoints ------------------------------------------------------------------------------
+
+def test_health(srv):
+    status, headers, body = srv.request("GET", "/api/health")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    h = json.loads(body)
+    from ganime import __version__
+
+    assert h["status"] == "ok" and h["version"] == __version__ and h["device"] == "cpu"
+    assert h["models"] == ["pix2pix", "pix2pix-2"] and h["default"] == "pix2pix"
+    assert h["limits"]["max_upload_bytes"] == Limits().max_upload_bytes
+
+
+def test_models_say_which_take_hints(srv):
+    status, _, body = srv.request("GET", "/api/models")
+    assert status == 200
+    m = json.loads(body)
+    assert m["default"] == "pix2pix"
+    by_name = {x["name"]: x for x in m["models"]}
+    assert set(by_name) == {"pix2pix", "pix2pix-2"}
+    assert by_name["pix2pix"]["hints"] is True and by_name["pix2pix-2"]["hints"] is False
+    assert all(x["kind"] == "colorizer" and not x["needs_style"] for x in m["models"])
+    assert by_name["pix2pix"]["source"] == "last.pt"  # a file name, never the server's full paths
+
+
+def test_style_transfer_listed_only_when_importable(monkeypatch, models):
+    import ganime.methods
+
+    # Without the module (or its optional dependencies) there is no entry.
+    monkeypatch.setitem(sys.modules, "ganime.methods.style_transfer", None)
+    monkeypatch.delattr(ganime.methods, "style_transfer", raising=False)
+    assert style_transfer_model("cpu") is None
+    fake = types.ModuleType("ganime.methods.style_transfer")
+    fake.make_style_transfer = lambda method, **kw: (lambda content, style: style.resize(content.size).convert("RGB"))
+    monkeypatch.setitem(sys.modules, "ganime.methods.style_transfer", fake)
+    monkeypatch.setattr(ganime.methods, "style_transfer", fake, raising=False)
+    st = style_transfer_model("cpu")
+    assert st is not None and st.needs_style and not st.hints
+    s = Running({**models, st.name: st})
+    try:
+        names = [m["name"] for m in json.loads(s.request("GET", "/api/models")[2])["models"]]
+        assert names == ["pix2pix", "pix2pix-2", "style-fast"]
+        im = png(sketch(40, 30))
+        assert "needs a 'style'" in error_of(*s.post({"image": im, "method": "style-fast"}), 400)
+        red = png(Image.new("RGB", (10, 10), (200, 0, 0)))
+        out = result_image(*s.post({"image": im, "method": "style-fast", "style": red}), (40, 30))
+        assert out.getpixel((5, 5)) == (200, 0, 0)
+        assert "takes no 'style'" in error_of(*s.post({"image": im, "style": red}), 400)
+    finally:
+        s.close()
+
+
+def test_page_and_static_files(srv):
+    status, headers, body = srv.request("GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    for needle in ('id="file"', 'id="hints"', 'id="colorize"', 'id="method"', "/app.js", "/style.css"):
+        assert needle in page
+    assert "http://" not in page and "https://" not in page  # works offline: nothing from a CDN
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    for path, ctype in (("/app.js", "text/javascript"), ("/style.css", "text/css")):
+        status, headers, body = srv.request("GET", path)
+        assert status == 200 and headers["Content-Type"].startswith(ctype) and body
+    status, headers, body = srv.request("HEAD", "/api/health")
+    assert status == 200 and body == b""
+
+
+# ---- colorize -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("w,h,mode,fmt", [
+    (64, 64, "RGB", "PNG"),
+    (37, 91, "RGB", "PNG"),       # odd, tall
+    (300, 120, "L", "PNG"),       # greyscale, wide
+    (65, 33, "RGBA", "PNG"),      # alpha is composited on white
+    (50, 70, "P", "PNG"),         # palette
+    (3, 2, "RGB", "JPEG"),        # tiny JPEG
+])
+def test_colorize_answers_png_at_input_size(srv, w, h, mode, fmt):
+    result_image(*srv.post({"image": png(sketch(w, h, mode), fmt)}), (w, h))
+
+
+def test_colorize_with_each_model_and_hints(srv):
+    im = sketch(80, 60)
+    plain = result_image(*srv.post({"image": png(im)}), (80, 60))
+    hinted = result_image(*srv.post({"image": png(im), "hints": png(hint_strokes(80, 60))}), (80, 60))
+    assert not np.array_equal(np.asarray(plain), np.asarray(hinted))  # the hints reached the model
+    # An empty 'hints' part (nothing painted) is the same as none.
+    assert png(plain) == png(result_image(*srv.post({"image": png(im), "hints": b""}), (80, 60)))
+    other = result_image(*srv.post({"image": png(im), "method": "pix2pix-2"}), (80, 60))
+    assert not np.array_equal(np.asarray(plain), np.asarray(other))
+
+
+def test_colour_picture_gets_a_warning_header(srv):
+    status, headers, body = srv.post({"image": png(Image.new("RGB", (64, 64), (200, 30, 30)))})
+    result_image(status, headers, body, (64, 64))
+    assert "not line art" in headers["X-Ganime-Warning"]
+    assert "X-Ganime-Warning" not in srv.post({"image": png(sketch(64, 64))})[1]
+
+
+def test_cyclegan_checkpoint_is_offered(hint_checkpoint, tmp_path):
+    from tests.test_cyclegan import random_domains, run_trainer
+    from tests.test_cyclegan import tiny_config as cyclegan_config
+
+    run_trainer(cyclegan_config(), tmp_path / "cg", *random_domains(nx=2, ny=2), max_steps=1)
+    s = Running(models_from_checkpoints([hint_checkpoint, tmp_path / "cg" / "last.pt"], "cpu", style=False))
+    try:
+        m = {x["name"]: x for x in json.loads(s.request("GET", "/api/models")[2])["models"]}
+        assert m["cyclegan"]["method"] == "cyclegan" and m["cyclegan"]["hints"] is False
+        result_image(*s.post({"image": png(sketch(45, 37, "L")), "method": "cyclegan"}), (45, 37))
+        msg = error_of(*s.post({"image": png(sketch(45, 37)), "method": "cyclegan",
+                                "hints": png(hint_strokes(45, 37))}), 400)
+        assert "does not take colour hints" in msg and "choose one of pix2pix" in msg
+    finally:
+        s.close()
+
+
+def test_colorize_result_equals_direct_colorizer_call(srv, models):
+    im = sketch(45, 77)
+    body = srv.post({"image": png(im), "hints": png(hint_strokes(45, 77))})[2]
+    direct = models["pix2pix"].run(im, hint_strokes(45, 77))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(direct))
+
+
+# ---- bad input: 4xx with a JSON sentence, never 5xx ---------------------------------------------
+
+def truncated_png() -> bytes:
+    data = png(sketch(64, 64))
+    return data[: len(data) // 2]
+
+
+def huge_png(tmp_path) -> bytes:
+    p = tmp_path / "huge.png"
+    huge_header_png(p)
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("case,status,needle", [
+    ("no image field", 400, "missing the 'image' field"),
+    ("text file", 400, "not a readable image"),
+    ("zero bytes", 400, "empty file"),
+    ("truncated png", 400, "corrupt or truncated"),
+    ("100000x100000 header", 413, "over this server's limit"),
+    ("wrong method", 400, "choose one of pix2pix, pix2pix-2"),
+    ("hints to a model without hints", 400, "does not take colour hints"),
+    ("hints of another size", 400, "paint hints at the image's size"),
+    ("corrupt hints", 400, "hints: not a readable image"),
+])
+def test_bad_colorize_input(srv, tmp_path, case, status, needle):
+    good = png(sketch(40, 40))
+    fields = {
+        "no image field": {"method": "pix2pix", "hints": png(hint_strokes(40, 40))},
+        "text file": {"image": b"hello, I am not a PNG"},
+        "zero bytes": {"image": b""},
+        "truncated png": {"image": truncated_png()},
+        "100000x100000 header": {"image": huge_png(tmp_path)},
+        "wrong method": {"image": good, "method": "picasso"},
+        "hints to a model without hints": {"image": good, "method": "pix2pix-2", "hints": png(hint_strokes(40, 40))},
+        "hints of another size": {"image": good, "hints": png(hint_strokes(41, 40))},
+        "corrupt hints": {"image": good, "hints": b"GIF89a nonsense"},
+    }[case]
+    msg = error_of(*srv.post(fields), status)
+    assert needle in msg, msg
+
+
+@pytest.mark.parametrize("case,status", [
+    ("not multipart", 415),
+    ("no closing boundary", 400),
+    ("part without a name", 400),
+    ("field twice", 400),
+    ("chunked body", 411),
+    ("bad content-length", 400),
+])
+def test_bad_request_bodies(srv, case, status):
+    good = png(sketch(32, 32))
+    body, ctype = multipart({"image": good})
+    if case == "not multipart":
+        r = srv.request("POST", "/api/colorize", good, {"Content-Type": "image/png"})
+    elif case == "no closing boundary":
+        r = srv.request("POST", "/api/colorize", body[: body.rindex(b"--", 0, len(body) - 4) - 2],
+                        {"Content-Type": ctype})
+    elif case == "part without a name":
+        r = srv.request("POST", "/api/colorize", body.replace(b'name="image"; ', b""), {"Content-Type": ctype})
+    elif case == "field twice":
+        b = ctype.split("=")[1].encode()
+        twice = body.replace(b"--" + b + b"--", body[: body.index(b"--" + b + b"--")] + b"--" + b + b"--", 1)
+        r = srv.request("POST", "/api/colorize", twice, {"Content-Type": ctype})
+    elif case == "chunked body":
+        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+        conn.request("POST", "/api/colorize", body=iter([body]), headers={"Content-Type": ctype},
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        r = (resp.status, dict(resp.getheaders()), resp.read())
+        conn.close()
+    else:
+        r = raw_request(srv, b"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: lots\r\n\r\n")
+    error_of(*r, status)
+
+
+def raw_request(srv, data: bytes):
+    """Send raw bytes; parse the answer with http.client."""
+    with socket.create_connection((srv.host, srv.port), timeout=30) as s:
+        s.sendall(data)
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        return resp.status, dict(resp.getheaders()), resp.read()
+
+
+@pytest.mark.parametrize("method,path,status,allow", [
+    ("GET", "/nope", 404, None),
+    ("POST", "/nope", 404, None),
+    ("GET", "/api/colorize", 405, "POST"),
+    ("POST", "/api/health", 405, "GET, HEAD"),
+    ("PUT", "/api/colorize", 405, "POST"),
+    ("DELETE", "/", 405, "GET, HEAD"),
+    ("GET", "/../../etc/passwd", 404, None),
+    ("GET", "/server.py", 404, None),
+])
+def test_unknown_paths_and_verbs(srv, method, path, status, allow):
+    body = b"x" * 100 if method in ("POST", "PUT") else None
+    status_, headers, resp = srv.request(method, path, body)
+    error_of(status_, headers, resp, status)
+    if allow:
+        assert headers["Allow"] == allow
+
+
+def test_only_localhost_host_names_on_loopback(srv):
+    status, headers, body = srv.request("GET", "/api/health", headers={"Host": "evil.example:8000"})
+    assert "only answers to localhost" in error_of(status, headers, body, 403)
+    assert srv.request("GET", "/api/health", headers={"Host": f"localhost:{srv.port}"})[0] == 200
+
+
+# ---- limits -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(models):
+    """A server with a 20 kB upload limit and a 100x100 pixel limit."""
+    s = Running(models, Limits(max_upload_bytes=20_000, max_pixels=10_000))
+    yield s
+    s.close()
+
+
+def test_upload_over_byte_limit_is_413_from_content_length(small):
+    big = png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8)))
+    assert len(big) > 20_000
+    msg = error_of(*small.post({"image": big}), 413)
+    assert "over this server's limit of 20,000 bytes" in msg
+    # A much larger upload still gets its answer (not a connection reset) ...
+    huge = b"\0" * 3_000_000
+    assert error_of(*small.post({"image": huge}), 413)
+    # ... also when it announces itself with Expect: 100-continue (curl does), and sends nothing.
+    body, ctype = multipart({"image": huge})
+    head = (f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    status, headers, resp = raw_request(small, head)
+    assert error_of(status, headers, resp, 413) and headers.get("Connection") == "close"
+    # The server is fine afterwards.
+    result_image(*small.post({"image": png(sketch(50, 50))}), (50, 50))
+
+
+def test_pixel_limit(small):
+    assert "101x100 pixels, over this server's limit of 10,000" in error_of(
+        *small.post({"image": png(sketch(101, 100))}), 413)
+    result_image(*small.post({"image": png(sketch(100, 100))}), (100, 100))
+
+
+def test_busy_server_answers_503_with_retry_after(models):
+    s = Running(models, Limits(max_active=1, max_queue=0))
+    try:
+        assert s.server.gate.enter()  # someone else is colouring
+        status, headers, body = s.post({"image": png(sketch(32, 32))})
+        error_of(status, headers, body, 503)
+        assert int(headers["Retry-After"]) > 0
+        s.server.gate.leave()
+        result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))
+    finally:
+        s.close()
+
+
+# ---- concurrency --------------------------------------------------------------------------------
+
+def test_concurrent_requests_match_sequential(srv):
+    inputs = [(png(sketch(48, 40)), png(hint_strokes(48, 40))), (png(sketch(33, 57)), None)]
+    expected = [srv.post({"image": im, **({"hints": h} if h else {})})[2] for im, h in inputs]
+
+    def one(i):
+        im, h = inputs[i % 2]
+        status, headers, body = srv.post({"image": im, **({"hints": h} if h else {})})
+        return i, status, body
+
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(one, range(16)))
+    for i, status, body in results:
+        assert status == 200
+        assert body == expected[i % 2], f"request {i} differs from the sequential result"
+
+
+# ---- logging, CLI, bind address -----------------------------------------------------------------
+
+def test_one_log_line_per_request(models):
+    s = Running(models)
+    try:
+        s.request("GET", "/api/health")
+        s.post({"image": b"nope"})
+        s.request("GET", "/missing")
+    finally:
+        s.close()
+    assert len(s.log) == 3, s.log
+    assert '"GET /api/health" 200' in s.log[0]
+    assert '"POST /api/colorize" 400' in s.log[1] and "not a readable image" in s.log[1]
+    assert '"GET /missing" 404' in s.log[2]
+
+
+def test_binds_localhost_by_default(models):
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 20
+    server = make_server(models, port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1" and server.loopback_only()
+    finally:
+        server.server_close()
+
+
+def test_serve_command_prints_url_and_stops_on_ctrl_c(monkeypatch, capsys, tiny_checkpoint):
+    from ganime.web.server import GanimeServer
+
+    seen = {}
+
+    def fake_forever(self, poll_interval=0.5):
+        seen["address"] = self.server_address
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GanimeServer, "serve_forever", fake_forever)
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert seen["address"][0] == "127.0.0.1"
+    assert f"http://127.0.0.1:{seen['address'][1]}/" in out and "pix2pix" in out
+
+
+def test_serve_without_a_model_is_one_line(monkeypatch, capsys, tmp_path):
+    import ganime.colorize
+
+    monkeypatch.setattr(ganime.colorize, "DEFAULT_WEIGHTS", tmp_path / "none.safetensors")
+    assert main(["serve", "--port", "0"]) == 2
+    assert "no --checkpoint given" in one_line_error(capsys)
+
+
+def test_serve_port_in_use_is_one_line(capsys, tiny_checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port), "--device", "cpu"]) == 2
+    assert "already in use" in one_line_error(capsys)
+
+
+def test_colorizer_model_wraps_a_colorizer(tiny_checkpoint):
+    from ganime.colorize import Colorizer
+
+    m = colorizer_model("x", Colorizer.from_checkpoint(tiny_checkpoint, "cpu"))
+    assert m.public()["hints"] is False and m.public()["method"] == "pix2pix"
+    assert m.run(sketch(20, 30)).size == (20, 30)

@@ -1,0 +1,158 @@
+"""The page in a real headless Chromium (Selenium): upload a sketch, paint a hint, colorize, read back.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium chromium-driver``);
+skipped, saying why, only when they are missing or cannot start. Set GANIME_WRITE_SCREENSHOT=1 to
+also refresh docs/web-screenshot.png (with GANIME_WEB_TEST_CHECKPOINT=<a hint-aware model> so that it
+shows a real result rather than the grey of the two-step test model).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganime.imageio import open_image
+
+from tests.test_web import Running, hint_checkpoint, models_from_checkpoints  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SKETCH = ROOT / "examples" / "adp-test1.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    for exe, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(exe, os.X_OK):
+            pytest.skip(f"{exe} not found: install Debian's {pkg} (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1100",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    try:
+        # An explicit driver path: selenium-manager would try to download one.
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    except Exception as e:  # noqa: BLE001 - any failure to start means "no usable browser here"
+        pytest.skip(f"headless Chromium could not start: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    driver.set_script_timeout(120)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(hint_checkpoint):  # noqa: F811
+    # GANIME_WEB_TEST_CHECKPOINT: serve a real (hint-aware) model instead, e.g. for the docs screenshot.
+    ckpt = os.environ.get("GANIME_WEB_TEST_CHECKPOINT") or hint_checkpoint
+    s = Running(models_from_checkpoints([ckpt], "cpu", style=False))
+    yield s
+    s.close()
+
+
+def wait_state(driver, states, timeout=120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return document.body.dataset.state") in states)
+    return driver.execute_script("return document.body.dataset.state")
+
+
+def test_colorize_in_the_browser(browser, page, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d = browser
+    d.get(f"http://127.0.0.1:{page.port}/")
+    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.getElementById('method').options.length") > 0)
+    assert "model(s) on cpu" in d.find_element(By.ID, "server-status").text
+    assert d.find_element(By.ID, "colorize").get_attribute("disabled")  # nothing to colour yet
+
+    d.find_element(By.ID, "file").send_keys(str(SKETCH))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    w, h = Image.open(SKETCH).size
+    canvas = d.find_element(By.ID, "hints")
+    # The canvas has the sketch's own resolution, whatever size it is shown at.
+    assert d.execute_script("const c = arguments[0]; return [c.width, c.height]", canvas) == [w, h]
+
+    # Paint one stroke across the middle of the sketch.
+    shown = canvas.size
+    ActionChains(d).move_to_element_with_offset(canvas, -shown["width"] // 4, 0).click_and_hold() \
+        .move_by_offset(shown["width"] // 8, 10).move_by_offset(shown["width"] // 8, -10) \
+        .move_by_offset(shown["width"] // 8, 10).release().perform()
+    painted = d.execute_script(
+        "const c = arguments[0]; const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < a.length; i += 4) if (a[i] > 0) n++; return n;", canvas)
+    assert painted > 100, "the drag painted nothing on the hint canvas"
+
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+    result = d.find_element(By.ID, "result")
+    assert result.is_displayed()
+    assert d.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", result) == [w, h]
+
+    # Read the PNG behind the download link back into Python.
+    link = d.find_element(By.ID, "download")
+    assert link.is_displayed() and link.get_attribute("download") == "adp-test1-colored.png"
+    b64 = d.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0].href).then(r => r.arrayBuffer()).then(buf => {"
+        "  let s = ''; const u = new Uint8Array(buf);"
+        "  for (let i = 0; i < u.length; i += 8192) s += String.fromCharCode.apply(null, u.subarray(i, i + 8192));"
+        "  done(btoa(s)); }).catch(e => done('ERR ' + e));", link)
+    assert not b64.startswith("ERR"), b64
+    data = base64.b64decode(b64)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    im = Image.open(io.BytesIO(data))
+    assert im.size == (w, h) and im.mode == "RGB"
+    # The hints were sent (the server refuses hints of another size than the sketch, so they were the
+    # canvas at natural size) and changed the result: it differs from colouring without hints.
+    assert any('"POST /api/colorize" 200' in line for line in page.log), page.log
+    without = page.server.models[page.server.default_model].run(open_image(SKETCH))
+    assert not np.array_equal(np.asarray(im), np.asarray(without)), "the painted hint did not reach the model"
+
+    shot = tmp_path / "web.png"
+    d.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] > 0
+    if os.environ.get("GANIME_WRITE_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "web-screenshot.png")
+
+
+def test_page_shows_api_errors(browser, page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    d.get(f"http://127.0.0.1:{page.port}/")
+    wait_state(d, ("idle",), 30)
+    # A file that claims to be an image but is not: the browser cannot show it either.
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    d.find_element(By.ID, "file").send_keys(str(bad))
+    assert wait_state(d, ("error",), 30) == "error"
+    assert "not a readable image" in d.find_element(By.ID, "error").text
+
+    # An API error reaches the page: an SVG is an image to the browser but not to the server.
+    svg = tmp_path / "vector.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="48">'
+                   '<rect width="64" height="48" fill="white"/><circle cx="32" cy="24" r="20" stroke="black"/></svg>')
+    d.find_element(By.ID, "file").send_keys(str(svg))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("error", "done"), 60) == "error"
+    err = d.find_element(By.ID, "error")
+    assert err.is_displayed() and "image: not a readable image" in err.text, err.text
+    assert any('"POST /api/colorize" 400' in line for line in page.log)
