@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "colorize",
     "stylize",
     "serve",
+    "export",
+    "benchmark",
 ]
 
 

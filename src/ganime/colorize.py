@@ -40,15 +40,21 @@ class Colorizer:
     """
 
     def __init__(self, generator: torch.nn.Module, cfg: RunConfig, method: str, device: torch.device,
-                 source: str = ""):
+                 source: str = "", fast: str | None = None):
         self.generator = generator.eval().to(device)
+        if fast:  # opt-in fast path (ganime.fast): "fp32" (same outputs), "bf16" or "auto", "+compile" optional
+            from ganime.fast import optimize_generator
+
+            precision, _, comp = fast.partition("+")
+            self.generator = optimize_generator(self.generator, device, precision, compile=comp == "compile")
         self.cfg, self.method, self.device, self.source = cfg, method, device, source
         self.size = cfg.train.size
         self.hint_channels = cfg.net.hint_channels
         self._lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "Colorizer":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+                        fast: str | None = None) -> "Colorizer":
         from ganime.train import resolve_device
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -66,7 +72,7 @@ class Colorizer:
             gen.load_state_dict(state)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit the network in its own config ({str(e)[:120]})") from None
-        return cls(gen, cfg, ckpt["method"], dev, source=str(path))
+        return cls(gen, cfg, ckpt["method"], dev, source=str(path), fast=fast)
 
     def _fit(self, im: Image.Image, resample, fill) -> tuple[Image.Image, tuple[int, int, int, int]]:
         s = self.size

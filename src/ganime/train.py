@@ -175,6 +175,8 @@ class Trainer:
                 if old.get("method") != self.cfg.method:
                     raise InputError(f"{self.out}: holds a {old.get('method')} run, not {self.cfg.method}")
             return
+        if not self.main:  # DDP: rank 0 checks and creates the folder; the others would race with it
+            return
         if self.out.exists() and any(self.out.iterdir()):
             what = "a checkpoint" if last.exists() else "files"
             raise InputError(

@@ -100,11 +100,24 @@ def run(args) -> int:
     pairs, cache = load_training_pairs(args.data, cfg.train.size)
     if args.size is None and not args.resume and cache.size != cfg.train.size:
         cfg.train.size = cache.size
-    trainer = Trainer(cfg, pairs, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-                      hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard)
-    res = trainer.fit()
-    state = "interrupted" if res.interrupted else "finished"
-    print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps; checkpoint {Path(args.out) / 'last.pt'}")
+    # Under torchrun (RANK/WORLD_SIZE set): one process per device, --batch-size per process.
+    from ganime.distributed import from_env
+
+    dist = from_env(args.device)
+    try:
+        trainer = Trainer(cfg, pairs, args.out, device=args.device, resume=args.resume,
+                          progress=not args.no_progress, hooks=eval_hooks(args, cfg), max_steps=args.max_steps,
+                          tensorboard=args.tensorboard, dist=dist)
+        res = trainer.fit()
+    except BaseException:
+        if dist is not None:
+            dist.close(wait=False)  # the other processes may be inside a collective: no barrier
+        raise
+    if dist is not None:
+        dist.close()
+    if dist is None or dist.main:
+        state = "interrupted" if res.interrupted else "finished"
+        print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps; checkpoint {Path(args.out) / 'last.pt'}")
     return 130 if res.interrupted else 0
 
 

@@ -1,0 +1,103 @@
+"""Exports of a trained generator: ONNX (for onnxruntime and other runtimes) and safetensors.
+
+``ganime export onnx --checkpoint CKPT --out model.onnx [--size 512]`` writes the sketch -> colour
+generator with BatchNorm folded into the convolutions (see :mod:`ganime.fast`), float32, input
+``sketch`` (N x C x H x W in [-1, 1]; N, H and W dynamic, H and W multiples of ``2**depth``) and
+output ``color`` (N x 3 x H x W in [-1, 1]). The run configuration and method name are stored in
+the model's metadata (``ganime_config``, ``ganime_method``). :class:`OnnxGenerator` runs such a file
+with onnxruntime behind the generator's torch call signature.
+
+``ganime export safetensors`` writes fp16 generator weights for inference (what ``colorize`` and the
+web app load; half the size of the float32 weights, and free of pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ganime.errors import InputError
+
+
+def _load_generator(checkpoint: str | os.PathLike):
+    from ganime.colorize import Colorizer
+
+    c = Colorizer.from_checkpoint(checkpoint, "cpu")
+    return c.generator, c.cfg, c.method
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
+                opset: int = 17) -> dict:
+    """Write the checkpoint's generator as ONNX to ``out``; returns a small report dict."""
+    from ganime.fast import fold_batchnorm
+    from ganime.imageio import atomic_write_bytes
+
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ModuleNotFoundError:
+        raise InputError("ONNX export needs the onnx package: pip install 'ganime[onnx]'") from None
+    gen, cfg, method = _load_generator(checkpoint)
+    size = size or cfg.train.size
+    multiple = 2**cfg.net.gen_depth
+    if size < multiple or size % multiple:
+        raise InputError(f"--size {size}: must be a multiple of {multiple} for this generator")
+    folded = fold_batchnorm(gen).float()
+    in_ch = 3 + cfg.net.hint_channels
+    x = torch.zeros(1, in_ch, size, size)
+    import io
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            folded, (x,), buf, dynamo=False, opset_version=opset, input_names=["sketch"], output_names=["color"],
+            dynamic_axes={"sketch": {0: "batch", 2: "height", 3: "width"},
+                          "color": {0: "batch", 2: "height", 3: "width"}},
+        )
+    import onnx
+
+    model = onnx.load_from_string(buf.getvalue())
+    for k, v in {"ganime_method": method, "ganime_config": json.dumps(cfg.to_dict(), sort_keys=True),
+                 "ganime_input_multiple": str(multiple)}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    data = model.SerializeToString()
+    atomic_write_bytes(out, data)
+    return {"out": str(out), "bytes": len(data), "size": size, "method": method, "input_channels": in_ch}
+
+
+class OnnxGenerator:
+    """Run an exported ONNX generator with onnxruntime: torch tensor in, torch tensor out."""
+
+    def __init__(self, path_or_bytes, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ModuleNotFoundError:
+            raise InputError("running ONNX models needs onnxruntime: pip install 'ganime[onnx]'") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().float().cpu().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+
+
+def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp16") -> dict:
+    """Write the checkpoint's generator weights (fp16 by default) with its config as safetensors."""
+    from ganime.checkpoint import export_safetensors as write
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in dtypes:
+        raise InputError(f"--dtype {dtype}: choose one of {', '.join(dtypes)}")
+    gen, cfg, method = _load_generator(checkpoint)
+    write(out, method=method, config=cfg.to_dict(), generator_state=gen.state_dict(), dtype=dtypes[dtype])
+    return {"out": str(out), "bytes": Path(out).stat().st_size, "method": method, "dtype": dtype}

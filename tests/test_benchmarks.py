@@ -1,0 +1,78 @@
+"""Each benchmark runs end to end at tiny sizes and prints one JSON line with its keys (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ganime.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_json(capsys, argv: list[str]) -> dict:
+    code = main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0, out
+    return json.loads(out[-1])
+
+
+def test_infer_json(capsys):
+    r = _run_json(capsys, ["benchmark", "infer", "--preset", "small", "--size", "256", "--reps", "1",
+                           "--no-small", "--json"])
+    for k in ("ours_ms", "reference_ms", "ratio", "variants_ms", "max_abs_diff", "tolerance", "outputs_match",
+              "peak_memory_mb", "device", "size", "threads"):
+        assert k in r, k
+    assert r["outputs_match"] is True
+    assert r["max_abs_diff"]["fp32"] < 1e-4
+
+
+def test_train_json(capsys):
+    r = _run_json(capsys, ["benchmark", "train", "--preset", "small", "--batch-size", "2", "--size", "256",
+                           "--steps", "2", "--rounds", "1", "--warmup", "1", "--pairs", "4", "--png-size", "128",
+                           "--workers", "1", "--json"])
+    for k in ("ours_img_s", "reference_img_s", "ratio", "device", "shapes", "peak_memory_mb", "batch_size"):
+        assert k in r, k
+    assert r["ours_img_s"] > 0 and r["reference_img_s"] > 0
+    assert r["shapes"]["sketch"] == [2, 3, 256, 256]
+
+
+def test_data_json(capsys):
+    r = _run_json(capsys, ["benchmark", "data", "--pairs", "4", "--png-size", "128", "--size", "64",
+                           "--batch-size", "2", "--batches", "1", "--rounds", "1", "--workers", "1", "--json"])
+    for k in ("prepare_img_s", "prepare_one_process_img_s", "ours_img_s", "reference_img_s", "ratio",
+              "ours_batches_s", "reference_batches_s", "png_size"):
+        assert k in r, k
+    assert r["png_size"] == "128x256"
+
+
+def test_registry_takes_new_benchmarks(capsys):
+    from ganime.commands import benchmark
+
+    def add(p):
+        p.add_argument("--n", type=int, default=1)
+        p.add_argument("--json", action="store_true")
+
+    benchmark.register_benchmark("table1", add, lambda args: {"rows": args.n})
+    try:
+        assert _run_json(capsys, ["benchmark", "table1", "--n", "3", "--json"]) == {"rows": 3}
+    finally:
+        del benchmark.BENCHMARKS["table1"]
+
+
+def test_unknown_benchmark_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["benchmark", "nope"])
+    err = capsys.readouterr().err
+    assert "train" in err and "infer" in err and "data" in err
+
+
+@pytest.mark.parametrize("name", ["train", "infer", "data"])
+def test_scripts_are_thin_wrappers(name):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"bench_{name}.py"), "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and f"benchmark {name}" in r.stdout

@@ -1,0 +1,145 @@
+"""BatchNorm folding, the fast inference path, ONNX and safetensors exports, and their CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganime.checkpoint import save_checkpoint
+from ganime.cli import main
+from ganime.config import make_config
+from ganime.fast import fold_batchnorm, optimize_generator
+from ganime.nn.layers import init_weights
+from ganime.nn.patchgan import PatchDiscriminator
+from ganime.nn.unet import UNetGenerator
+
+
+def _with_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    torch.manual_seed(0)
+    return _with_stats(init_weights(UNetGenerator(3, 3, base=8, depth=6)))
+
+
+def test_folding_removes_batchnorm_and_keeps_outputs(small_unet):
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    folded = fold_batchnorm(small_unet)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in small_unet.modules())  # original untouched
+    with torch.no_grad():
+        assert torch.allclose(folded(x), small_unet(x), atol=1e-5)
+
+
+def test_folding_the_patchgan():
+    torch.manual_seed(0)
+    d = _with_stats(init_weights(PatchDiscriminator(6, 8, 3)))
+    x = torch.randn(2, 6, 70, 70)
+    with torch.no_grad():
+        assert torch.allclose(fold_batchnorm(d)(x), d(x), atol=1e-5)
+
+
+def test_fast_generator_fp32_and_bf16(small_unet):
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        ref = small_unet(x)
+    fp32 = optimize_generator(small_unet, "cpu", "fp32")
+    out = fp32(x)
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == ref.shape
+    assert (out - ref).abs().max() < 1e-5
+    bf16 = optimize_generator(small_unet, "cpu", "bf16")
+    assert (bf16(x) - ref).abs().max() < 6e-2
+
+
+def test_unknown_precision_is_a_sentence(small_unet):
+    from ganime.errors import InputError
+
+    with pytest.raises(InputError, match="precision"):
+        optimize_generator(small_unet, "cpu", "fp8")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from ganime.methods import get_method
+
+    cfg = make_config("pix2pix", "small")
+    cfg.net.gen_base, cfg.net.disc_base = 8, 8
+    torch.manual_seed(0)
+    method = get_method("pix2pix")(cfg, torch.device("cpu"))
+    _with_stats(method.models["G"])
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    save_checkpoint(path, method="pix2pix", config=cfg.to_dict(), state=method.state(),
+                    progress={"epoch": 1, "step": 0, "global_step": 1})
+    return path
+
+
+def test_colorizer_fast_path_matches(checkpoint):
+    from ganime.colorize import Colorizer
+
+    sketch = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    slow = Colorizer.from_checkpoint(checkpoint, "cpu")
+    fast = Colorizer.from_checkpoint(checkpoint, "cpu", fast="fp32")
+    a, b = np.asarray(slow(sketch), dtype=int), np.asarray(fast(sketch), dtype=int)
+    assert a.shape == b.shape == (300, 200, 3)
+    assert np.abs(a - b).max() <= 1  # float32 rounding may flip one 8-bit level
+    auto = Colorizer.from_checkpoint(checkpoint, "cpu", fast="auto")
+    assert np.abs(np.asarray(auto(sketch), dtype=int) - a).mean() < 2
+
+
+def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from ganime.colorize import Colorizer
+    from ganime.export import OnnxGenerator
+
+    out = tmp_path / "g.onnx"
+    assert main(["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    gen = Colorizer.from_checkpoint(checkpoint, "cpu").generator
+    x = torch.rand(2, 3, 512, 256) * 2 - 1  # dynamic batch, height and width
+    with torch.no_grad():
+        ref = gen(x)
+    got = OnnxGenerator(out)(x)
+    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-4
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["ganime_method"] == "pix2pix" and "gen_base" in meta["ganime_config"]
+    # refuses to overwrite, and wants the right suffix: one-line errors
+    assert main(["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) != 0
+    assert main(["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "g.pt")]) != 0
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_safetensors_export_is_fp16_and_loads(checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    from ganime.colorize import Colorizer
+
+    out = tmp_path / "g.safetensors"
+    assert main(["export", "safetensors", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    tensors = load_file(out)
+    assert {v.dtype for k, v in tensors.items() if "num_batches" not in k} == {torch.float16}
+    c = Colorizer.from_checkpoint(out, "cpu")
+    slow = Colorizer.from_checkpoint(checkpoint, "cpu")
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        assert (c.generator(x) - slow.generator(x)).abs().max() < 2e-2
+    assert out.stat().st_size < 0.6 * sum(v.numel() * 4 for v in tensors.values())
+
+
+def test_export_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["export", "onnx", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such checkpoint" in err[0]
