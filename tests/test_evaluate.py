@@ -186,9 +186,15 @@ def fake_trainer(tmp_path, size=64):
                            global_step=7, log=logged.append, logged=logged)
 
 
-def test_eval_hook_uses_val_split_restores_mode_and_skips_off_epochs(tmp_path):
+def test_eval_hook_uses_val_split_restores_mode_and_skips_off_epochs(tmp_path, monkeypatch):
+    """With Inception where installed: the real features are computed once per run, the outputs' each time."""
+    import ganime.metrics.fid as fid
     from ganime.data.pairs import prepare
     from ganime.evaluate import training_eval_hook
+
+    calls = []
+    real_load = fid.load_inception
+    monkeypatch.setattr(fid, "load_inception", lambda device="cpu": calls.append(device) or real_load(device))
 
     src = tmp_path / "kaggle"
     for split, n, start in (("train", 6, 0), ("val", 3, 100)):
@@ -198,14 +204,21 @@ def test_eval_hook_uses_val_split_restores_mode_and_skips_off_epochs(tmp_path):
     prepare(src, tmp_path / "cache", size=64, workers=1, progress=False)
     tr = fake_trainer(tmp_path)
     tr.method.generator.train()
-    hook = training_eval_hook(tmp_path / "cache", every=2, with_inception=False)
+    hook = training_eval_hook(tmp_path / "cache", every=2, with_inception=has_inception)
     hook(tr, 1)
     assert not (tr.out / "metrics.jsonl").exists()
     hook(tr, 2)
     assert tr.method.generator.training  # train mode restored
-    rec = json.loads((tr.out / "metrics.jsonl").read_text())
-    assert rec["epoch"] == 2 and rec["n"] == 3 and "val split" in rec["validation"] and rec["global_step"] == 7
+    hook(tr, 3)
+    hook(tr, 4)
+    recs = [json.loads(l) for l in (tr.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [2, 4]
+    rec = recs[0]
+    assert rec["n"] == 3 and "val split" in rec["validation"] and rec["global_step"] == 7
     assert tr.logged[0]["kind"] == "eval" and "ssim_mean" in tr.logged[0]
+    if has_inception:
+        assert rec["fid"] is not None and rec["kid_mean"] is not None
+        assert len(calls) == 3  # real once, outputs twice
 
 
 def test_eval_hook_in_a_training_run_writes_jsonl_and_figure7(make_pairs, tmp_path):
