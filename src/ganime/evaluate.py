@@ -416,12 +416,17 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def table_row(r: dict, label: str | None = None) -> str:
-    kid = "—" if r.get("kid_mean") is None else f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
+    if r.get("kid_mean") is None:
+        kid = "—"
+    elif r.get("kid_std") is None or r["kid_std"] < 1e-9:  # every KID subset was the whole set (n <= subset size): no spread to show
+        kid = f"{r['kid_mean']:.4f}"
+    else:
+        kid = f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
     return (f"| {label or r['method']} | {r['n']} | {_fmt(r.get('fid'), 1)} | {_fmt(r['ssim_mean'])} | "
             f"{_fmt(r['ssim_std'])} | {kid} | {_fmt(r.get('lpips_mean'))} | {_fmt(r['psnr_mean'], 2)} |")
 
 
-TABLE_HEADER = ("| method | n | FID | SSIM mean | SSIM std | KID (mean ± std) | LPIPS | PSNR (dB) |\n"
+TABLE_HEADER = ("| method | n | FID | SSIM mean | SSIM std | KID | LPIPS | PSNR (dB) |\n"
                 "|---|---|---|---|---|---|---|---|")
 
 
