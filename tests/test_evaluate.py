@@ -88,8 +88,9 @@ def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, m
     ("bad-n", "--n 0"),
     ("missing-checkpoint", "no such checkpoint"),
     ("floor-with-checkpoint", "takes no --checkpoint"),
+    ("no-default-model", "ships no default model"),
 ])
-def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys, monkeypatch):
     pairs = make_pairs(2, size=32)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -103,7 +104,12 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
         "bad-n": ["--method", "white", *base, "--n", 0],
         "missing-checkpoint": ["--method", "pix2pix", "--checkpoint", tmp_path / "x.pt", *base],
         "floor-with-checkpoint": ["--method", "white", "--checkpoint", tiny_checkpoint, *base],
+        "no-default-model": ["--method", "default", *base],
     }[case]
+    if case == "no-default-model":
+        import ganime.colorize
+
+        monkeypatch.setattr(ganime.colorize, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
     assert evaluate_cli(*args) == 2
     assert expect in one_line_error(capsys)
     assert not (tmp_path / "out").exists()

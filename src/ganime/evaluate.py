@@ -195,7 +195,11 @@ def _model_generator(method: str, checkpoint: str | None, device: torch.device, 
     if method == "default":
         if checkpoint:
             raise InputError("--method default evaluates the shipped model; drop --checkpoint (or use --method pix2pix/cyclegan)")
-        path = default_checkpoint()
+        try:
+            path = default_checkpoint()
+        except InputError:
+            raise InputError("--method default: this install ships no default model; evaluate a trained one with "
+                             "--method pix2pix --checkpoint RUN/last.pt") from None
     else:
         if not checkpoint:
             raise InputError(f"--method {method} needs --checkpoint RUN/last.pt (or an exported .safetensors)")
