@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "train",
     "colorize",
     "stylize",
+    "evaluate",
     "serve",
     "export",
     "benchmark",

@@ -91,6 +91,15 @@ register_benchmark("infer", add_infer_args, _lazy("ganime.bench.infer"))
 register_benchmark("data", add_data_args, _lazy("ganime.bench.data"))
 
 
+def _register_table1() -> None:
+    from ganime.commands.evaluate import add_table1_args, run_table1  # the paper's Table 1 lives with evaluation
+
+    register_benchmark("table1", add_table1_args, run_table1)
+
+
+_register_table1()
+
+
 def register(sub) -> None:
     p = sub.add_parser("benchmark", help="measure speed against the reference recipe (train, infer, data)",
                        description="Measure GANime against the pix2pix/CycleGAN reference recipe in the same run.")

@@ -1,0 +1,140 @@
+"""``ganime evaluate --method M --data PAIRS --out DIR`` and the ``table1`` benchmark (the paper's Table 1).
+
+``add_table1_args(p)`` / ``run_table1(args)`` follow the ``ganime benchmark`` registry's interface
+(``add_args(parser)``, ``run(args) -> flat dict``); ``ganime.commands.benchmark`` registers them as ``table1``.
+"""
+
+from __future__ import annotations
+
+METHOD_HELP = ("pix2pix or cyclegan (with --checkpoint), default (the shipped model), gatys or fast "
+               "(style transfer, each sketch styled by its own pair's colour image), or a floor: identity "
+               "(the sketch itself) or white (a blank page)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model on held-out pairs: SSIM, PSNR, LPIPS, FID, KID",
+        description="Colour every sketch of a pair set with one method, then write DIR/images/, DIR/metrics.json, "
+                    "DIR/metrics.md and DIR/grid.png (sketch | truth | output). Protocols: docs/evaluation.md.")
+    p.add_argument("--method", required=True, help=METHOD_HELP)
+    p.add_argument("--data", required=True, metavar="PAIRS",
+                   help="a prepared cache (ganime data prepare) or a folder of side-by-side pairs (colour left, sketch right)")
+    p.add_argument("--out", required=True, metavar="DIR", help="result folder (new or empty, unless --overwrite)")
+    p.add_argument("--checkpoint", help="a run's last.pt (or run folder) or an exported .safetensors")
+    p.add_argument("--n", type=int, help="evaluate a seeded random subset of N pairs (default: all)")
+    p.add_argument("--split", help="only this split of a cache or Kaggle folder (train or val; default: all)")
+    p.add_argument("--size", type=int, default=256, help="evaluation size in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of KID's subsets (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--iterations", type=int, default=1000, help="gatys: optimiser steps per image (default 1000, the paper's)")
+    p.add_argument("--no-inception", action="store_true", help="skip FID and KID (the slow part on a CPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in DIR")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ganime.evaluate import check_out_dir, evaluate, format_report, load_pairs, make_generator
+
+    from ganime.train import resolve_device
+
+    check_out_dir(args.out, args.overwrite)  # before any slow work
+    device = resolve_device(args.device)
+    gen = make_generator(args.method, args.checkpoint, device, args.size, args.iterations, not args.no_progress)
+    pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed, args.split)
+    meta = {"data": str(Path(args.data).resolve()), "split": args.split, "n_available": total}
+    r = evaluate(args.method, pairs, names, device=device, iterations=args.iterations, seed=args.seed,
+                 with_inception=not args.no_inception, progress=not args.no_progress, out=args.out,
+                 overwrite=args.overwrite, meta=meta, generator=gen)
+    print(format_report(r))
+    print(f"\nwrote {args.out}/metrics.json, metrics.md, grid.png and {len(names)} images in {args.out}/images")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# ganime benchmark table1
+
+
+def add_table1_args(p) -> None:
+    """the paper's Table 1 (FID, SSIM) with KID, LPIPS, PSNR and floors"""
+    p.description = ("The GANime paper's Table 1 -- FID, SSIM mean and SSIM std -- with KID, LPIPS and PSNR, for the "
+                     "given models and style-transfer methods and the identity and white floors, on one seeded set "
+                     "of pairs; markdown and JSON. The paper's numbers are printed beside, for reference only.")
+    p.add_argument("--data", required=True, metavar="PAIRS", help="prepared cache or folder of side-by-side pairs")
+    p.add_argument("--pix2pix", metavar="CKPT", help="a Pix2Pix checkpoint")
+    p.add_argument("--cyclegan", metavar="CKPT", help="a CycleGAN checkpoint")
+    p.add_argument("--default", action="store_true", help="also the shipped default model")
+    p.add_argument("--styles", default="", help="comma-separated style-transfer methods: gatys, fast (default: none)")
+    p.add_argument("--n", type=int, default=100, help="seeded subset of N pairs (default 100, the paper's; all if fewer)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="also write DIR/table1.md, DIR/table1.json and DIR/<method>/ results")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--gatys-iterations", type=int, default=1000, help="Gatys optimiser steps per image (default 1000)")
+    p.add_argument("--no-inception", action="store_true", help="skip FID and KID")
+    p.add_argument("--no-progress", action="store_true")
+    if not any(a.dest == "device" for a in p._actions):
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    if not any(a.dest == "json" for a in p._actions):
+        p.add_argument("--json", action="store_true", help="print the results as one JSON line (last on stdout)")
+
+
+def run_table1(args) -> dict:
+    """Evaluate every requested row on one pair set (real features computed once); print the markdown
+    table and the paper's numbers; return a flat dict ``{row}_{metric}: value``."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from ganime.errors import InputError
+    from ganime.evaluate import (
+        PAPER_FID_WARNING, PAPER_TABLE1, STYLE_METHODS, _json_ready, check_out_dir, evaluate, format_paper_reference,
+        format_table, load_pairs, make_generator, make_inception,
+    )
+    from ganime.imageio import atomic_write_bytes
+    from ganime.train import resolve_device
+
+    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    bad = [s for s in styles if s not in STYLE_METHODS]
+    if bad:
+        raise InputError(f"--styles {','.join(bad)}: unknown; choose from {', '.join(STYLE_METHODS)}")
+    rows = [("pix2pix", args.pix2pix), ("cyclegan", args.cyclegan)]
+    rows = [(m, c) for m, c in rows if c] + ([("default", None)] if args.default else [])
+    rows += [(s, None) for s in styles] + [("identity", None), ("white", None)]
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_out_dir(out, args.overwrite)
+    device = resolve_device(getattr(args, "device", "auto"))
+    progress = not args.no_progress
+    # Load every model first, so a bad checkpoint fails before minutes of work.
+    gens = [make_generator(m, c, device, args.size, args.gatys_iterations, progress) for m, c in rows]
+    pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed)
+    inception = None if args.no_inception else make_inception(str(device), progress)
+    meta = {"data": str(Path(args.data).resolve()), "n_available": total}
+    results = []
+    for (method, _), gen in zip(rows, gens):
+        print(f"table1: {method} ...", file=sys.stderr)
+        r = evaluate(method, pairs, names, device=device, iterations=args.gatys_iterations, seed=args.seed,
+                     inception=inception, with_inception=not args.no_inception, progress=progress,
+                     out=(out / method) if out else None, overwrite=args.overwrite, meta=meta, generator=gen)
+        results.append(r)
+    labels = [f"{r['method']} ({r['iterations']} it.)" if r["method"] == "gatys" else r["method"] for r in results]
+    subset = f"{len(names)} of {total} pairs (seed {args.seed})" if len(names) < total else f"all {total} pairs"
+    md = (f"Table 1 on {args.data}: {subset} at {args.size}x{args.size}, {device}\n\n"
+          + format_table(results, labels)
+          + "\n\nKID is the number to read: FID over fewer than 2,000 images is strongly biased upward.\n\n"
+          + format_paper_reference())
+    print(md)
+    flat: dict = {"n": len(names), "n_available": total, "size": args.size, "seed": args.seed}
+    for r in results:
+        for k in ("fid", "ssim_mean", "ssim_std", "kid_mean", "kid_std", "lpips_mean", "psnr_mean", "seconds_per_image"):
+            flat[f"{r['method']}_{k}"] = _json_ready({k: r.get(k)})[k]
+    if out is not None:
+        doc = {"rows": [_json_ready(r) for r in results], "labels": labels, "pairs": names, **flat,
+               "paper": PAPER_TABLE1, "paper_warning": PAPER_FID_WARNING}
+        atomic_write_bytes(out / "table1.json", (json.dumps(doc, indent=1) + "\n").encode())
+        atomic_write_bytes(out / "table1.md", (md + "\n").encode())
+        print(f"\nwrote {out}/table1.md and table1.json", file=sys.stderr)
+    return flat

