@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Measure the figures of docs/model-card.md for a model (default: the shipped one).
+#
+#   scripts/model_card.sh WORK [--checkpoint CKPT]
+#
+# Test sets (../shared/data, never committed): anime-busts/test sketchified with the random extractor
+# and seed 2026 (100 pairs), and the 22 Kaggle pairs held out by scripts/build_default_model.sh
+# (WORK/kaggle-heldout, made by that script). Floors (sketch as output, all-white) are measured beside.
+set -euo pipefail
+work=${1:?usage: model_card.sh WORK [--checkpoint CKPT]}; shift
+data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
+model=(--method default); [[ ${1:-} == --checkpoint ]] && model=(--method pix2pix --checkpoint "$2")
+ganime data sketchify "$data/anime-busts/test" "$work/busts-test-pairs" --seed 2026 --no-progress
+mkdir -p "$work/card"
+for set in busts-test-pairs kaggle-heldout; do
+  for m in model identity white; do
+    out="$work/card/$set-$m"
+    args=("${model[@]}"); [[ $m != model ]] && args=(--method "$m")
+    ganime evaluate "${args[@]}" --data "$work/$set" --out "$out" --overwrite --no-progress > /dev/null
+    python3 - "$out/metrics.json" "$set" "$m" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+f = lambda k, d=3: "n/a" if m.get(k) is None else f"{m[k]:.{d}f}"
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {m['n']} | {f('ssim_mean')} ± {f('ssim_std')} | {f('psnr_mean', 2)} | "
+      f"{f('lpips_mean')} | {f('fid', 1)} | {f('kid_mean', 4)} |")
+PY
+  done
+done
