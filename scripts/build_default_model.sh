@@ -5,7 +5,9 @@
 #
 # Data (../shared/data, never committed): anime-busts/train sketchified with randomized extractors
 # (seed 0), plus every third file of kaggle-sample in sorted order (i % 3 == 0, 11 pairs); the other
-# 22 Kaggle pairs are held out for the model card. Resumable: rerunning continues the run in WORK/run.
+# 22 Kaggle pairs are held out for the model card. The 11 Kaggle training pairs are repeated
+# KAGGLE_REPEAT times (default 30) so the model also learns their full-body, white-paper look, which
+# the 3,200 busts lack. Resumable: rerunning continues the run in WORK/run.
 set -euo pipefail
 work=${1:?usage: build_default_model.sh WORK [train args]}; shift
 data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
@@ -18,7 +20,10 @@ for f in $(ls "$data/kaggle-sample"/*.png | sort); do
   ln -sf "$f" "$dst/$(basename "$f")"
   i=$((i + 1))
 done
-for f in "$work"/busts-train-pairs/*.png "$work"/kaggle-train/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/$(basename "$f")"; done
+for f in "$work"/busts-train-pairs/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/$(basename "$f")"; done
+for r in $(seq 1 "${KAGGLE_REPEAT:-30}"); do
+  for f in "$work"/kaggle-train/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/r$r-$(basename "$f")"; done
+done
 ganime data prepare "$work/mixed" "$work/cache" --no-progress
 resume=(); [[ -f "$work/run/last.pt" ]] && resume=(--resume)
 ganime train pix2pix --data "$work/cache" --out "$work/run" --hints --sketch-augment 0.5 \
