@@ -264,3 +264,22 @@ def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp
     bad = p.parse_args(["--data", str(folder), "--styles", "gatys,monet"])
     with pytest.raises(Exception, match="monet"):
         run_table1(bad)
+
+
+def test_paper_background_keeps_the_blank_paper(tiny_checkpoint, make_pairs, tmp_path):
+    """--background paper copies the sketch's paper (connected to the border) into the output."""
+    from ganime.colorize import paper_background
+    from ganime.evaluate import evaluate, load_pairs, make_generator
+
+    sk = np.full((64, 64, 3), 255, np.uint8)
+    sk[16:48, 16] = sk[16:48, 47] = sk[16, 16:48] = sk[47, 16:48] = 0  # a closed square outline
+    mask = paper_background(sk)
+    assert mask[0, 0] and mask[5, 60] and not mask[30, 30] and not mask[16, 20]
+    pairs, names, _ = load_pairs(make_pairs(3), 64, None, 0, None)
+    gen = make_generator("pix2pix", str(tiny_checkpoint), "cpu", 64, progress=False, background="paper")
+    r = evaluate("pix2pix", pairs, names, device="cpu", with_inception=False, progress=False, generator=gen)
+    assert r["background"] == "paper"
+    outs = gen[0](pairs[:, 0], pairs[:, 1])
+    for s, o in zip(pairs[:, 0], outs):
+        m = paper_background(s)
+        assert np.array_equal(o[m], s[m])

@@ -188,7 +188,8 @@ def generate_with(generator: torch.nn.Module, sketches: np.ndarray, hint_channel
     return out
 
 
-def _model_generator(method: str, checkpoint: str | None, device: torch.device, progress: bool):
+def _model_generator(method: str, checkpoint: str | None, device: torch.device, progress: bool,
+                     background: str = "model"):
     from ganime.checkpoint import load_checkpoint
     from ganime.colorize import Colorizer, default_checkpoint
 
@@ -225,6 +226,20 @@ def _model_generator(method: str, checkpoint: str | None, device: torch.device, 
                                        disable=not progress, leave=False)])
 
     info["model_size"] = col.size
+    info["background"] = background
+    if background == "paper":
+        from PIL import Image
+
+        from ganime.colorize import keep_paper
+
+        plain = gen
+
+        def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:  # noqa: F811
+            outs = plain(sketches, colours)
+            return np.stack([np.asarray(keep_paper(Image.fromarray(s), Image.fromarray(o)))
+                             for s, o in zip(sketches, outs)])
+    elif background != "model":
+        raise InputError(f"unknown --background {background!r}: choose model or paper")
     return gen, info
 
 
@@ -254,7 +269,8 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
 
 
 def make_generator(method: str, checkpoint: str | None = None, device: str | torch.device = "cpu",
-                   size: int = 256, iterations: int = 1000, progress: bool = True) -> tuple[Callable, dict]:
+                   size: int = 256, iterations: int = 1000, progress: bool = True,
+                   background: str = "model") -> tuple[Callable, dict]:
     """``(generate(sketches, colours) -> outputs, info)`` for a method name of :data:`METHODS` (uint8 NHWC)."""
     if method not in METHODS:
         raise InputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
@@ -263,7 +279,7 @@ def make_generator(method: str, checkpoint: str | None = None, device: str | tor
 
         device = resolve_device(device)
     if method in MODEL_METHODS:
-        return _model_generator(method, checkpoint, device, progress)
+        return _model_generator(method, checkpoint, device, progress, background)
     if checkpoint:
         raise InputError(f"--method {method} takes no --checkpoint")
     if method in STYLE_METHODS:
@@ -354,7 +370,7 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     if method in STYLE_METHODS:
         result["notes"] = result["notes"] + [STYLE_NOTE]
     if out is not None:
-        write_results(out, result, sketches, colours, outputs, names)
+        write_results(out, result, sketches, colours, outputs, names, progress)
     result["_outputs"] = outputs  # for callers (table1); dropped from the JSON
     return result
 
@@ -381,7 +397,7 @@ def _json_ready(result: dict) -> dict:
 
 
 def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.ndarray, outputs: np.ndarray,
-                  names: list[str]) -> None:
+                  names: list[str], progress: bool = True) -> None:
     from tqdm import tqdm
 
     images = out / "images"
@@ -397,7 +413,7 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
     images.mkdir(parents=True, exist_ok=True)
     files = _image_names(names)
     for arr, f in tqdm(list(zip(outputs, files)), desc="save images", unit="img", file=sys.stderr,
-                       disable=len(files) < 50, leave=False):
+                       disable=not progress or len(files) < 50, leave=False):
         save_png_array(arr, images / f)
     save_png_array(make_grid(sketches, colours, outputs), out / "grid.png")
     record = _json_ready(result)
