@@ -93,8 +93,12 @@ def run(args) -> dict:
         gen, cfg = calibrated_generator(args.preset, hint_channels=4 if getattr(args, "hints", False) else 0)
         preset = args.preset + (" + 4 hint channels" if getattr(args, "hints", False) else "")
     x = with_hints(sketch_inputs(args.size, 1), gen.in_channels)
+    import os
+
     result = {"benchmark": "infer", "preset": preset, "size": args.size, "batch": 1,
-              "precision": precision, **machine(device)}
+              "precision": precision, **machine(device),
+              # On a shared CPU, OpenMP's spin-waiting threads make every op wait for a preempted peer.
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
     main = _compare(gen, x, device, precision, args, label=str(preset))
     result.update(main)
     if args.small and not args.checkpoint and args.preset != "small":

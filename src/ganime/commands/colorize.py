@@ -18,6 +18,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def passive_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the user
+    chose a policy. On a CPU shared with other work, spinning threads wait for preempted peers at
+    every op: 2-3x slower inference here (docs/performance.md). Only effective before torch loads."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def run(args) -> int:
     import sys
 
@@ -25,6 +36,7 @@ def run(args) -> int:
     from ganime.errors import InputError
     from ganime.imageio import open_image, save_png
 
+    passive_openmp_threads()
     ckpt = args.checkpoint or default_checkpoint()
     colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast)
     if args.hints:

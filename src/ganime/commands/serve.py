@@ -58,6 +58,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import errno
 
+    from ganime.commands.colorize import passive_openmp_threads
+
+    passive_openmp_threads()  # before torch loads
+
     from ganime.colorize import default_checkpoint
     from ganime.errors import InputError
     from ganime.train import resolve_device
