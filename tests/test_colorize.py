@@ -205,3 +205,28 @@ def test_colour_input_is_flagged(tiny_checkpoint, tmp_path, capsys):
     assert main(["colorize", str(tmp_path / "red.png"), "--checkpoint", str(tiny_checkpoint),
                  "--out", str(tmp_path / "o")]) == 0
     assert "looks like a colour image" in capsys.readouterr().err
+
+
+def test_colorize_fast_default_stays_within_tolerance_of_off(tiny_checkpoint, tmp_path):
+    """--fast auto (the default) against --fast off (eager float32): same sizes, pixels within the
+    bf16 tolerance (6e-2 in [-1, 1] = 8 levels max, 1 level mean); --fast fp32 within one level."""
+    src = tmp_path / "in"
+    src.mkdir()
+    synthetic_sketch(synthetic_color(5, 100)).resize((90, 70)).save(src / "a.png")
+    outs = {}
+    for mode in ("off", "auto", "fp32", "bf16", None):
+        argv = ["colorize", str(src), "--out", str(tmp_path / str(mode)), "--checkpoint", str(tiny_checkpoint),
+                "--device", "cpu", "--no-progress"] + (["--fast", mode] if mode else [])
+        assert main(argv) == 0
+        outs[mode] = np.asarray(Image.open(tmp_path / str(mode) / "a.png"), dtype=int)
+    ref = outs["off"]
+    assert np.abs(outs["fp32"] - ref).max() <= 1
+    for mode in ("auto", "bf16", None):
+        d = np.abs(outs[mode] - ref)
+        assert outs[mode].shape == ref.shape and d.max() <= 8 and d.mean() <= 1.0, (mode, d.max(), d.mean())
+
+
+def test_colorize_rejects_an_unknown_fast_mode(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["colorize", str(tmp_path), "--out", str(tmp_path / "o"), "--checkpoint", str(tiny_checkpoint),
+              "--fast", "fp8"])

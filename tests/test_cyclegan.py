@@ -269,3 +269,83 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     if case in ("missing", "empty", "corrupt"):
         assert str(bad) in line
     assert not (tmp_path / "run").exists()
+
+
+# ---- DDP ---------------------------------------------------------------------------------------------
+
+def test_loader_shards_both_domains_per_rank():
+    x, y = random_domains(nx=9, ny=4)
+    full = UnpairedLoader(x, y, batch_size=2, device=torch.device("cpu"), seed=3)
+    shards = [UnpairedLoader(x, y, batch_size=2, device=torch.device("cpu"), seed=3, rank=r, world_size=2)
+              for r in (0, 1)]
+    assert shards[0].steps_per_epoch == 9 // 4
+    fx, fy = full.order(1)
+    (x0, y0), (x1, y1) = shards[0].order(1), shards[1].order(1)
+    # Rank r takes every 2nd index of the full order from r: the two shares interleave to it, no overlap.
+    assert torch.equal(torch.stack([x0[:4], x1[:4]], 1).flatten(), fx[:8])
+    assert torch.equal(torch.stack([y0[:4], y1[:4]], 1).flatten(), fy[:8])
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str, argv: list[str]) -> None:
+    """One torchrun-like process: the environment torchrun sets, the tiny preset, the real CLI."""
+    import json
+    import os
+    from pathlib import Path
+
+    import ganime.distributed as gd
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    config_mod.PRESETS["tiny"] = TINY
+    wrap = gd.Distributed.wrap
+
+    def recording_wrap(self, method):
+        wrap(self, method)
+        wrapped = sorted(k for k, m in method.models.items() if isinstance(m, gd.DDP))
+        Path(folder, f"wrapped{rank}.json").write_text(json.dumps(wrapped))
+
+    gd.Distributed.wrap = recording_wrap
+    rc = main(argv)
+    Path(folder, f"rc{rank}").write_text(str(rc))
+
+
+def _spawn(world: int, folder, argv, timeout: float = 240) -> list[int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.spawn(_ddp_worker, args=(world, port, str(folder), argv), nprocs=world, join=False)
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError("DDP CycleGAN processes did not finish (hang?)")
+    return [int((folder / f"rc{r}").read_text()) for r in range(world)]
+
+
+def test_cyclegan_under_ddp_two_gloo_processes(tmp_path):
+    import json
+
+    from ganime.colorize import Colorizer
+
+    sk = write_images(tmp_path / "sk", 8, seed=1, grey=True)
+    co = write_images(tmp_path / "co", 6, seed=2)
+    run = tmp_path / "run"
+    base = ["train", "cyclegan", "--sketches", str(sk), "--colors", str(co), "--out", str(run), "--preset", "tiny",
+            "--device", "cpu", "--no-progress", "--log-every", "1", "--epochs", "3"]
+    assert _spawn(2, tmp_path, base + ["--max-steps", "2"]) == [0, 0]
+    for r in (0, 1):  # every network of the method is under DDP
+        assert json.loads((tmp_path / f"wrapped{r}.json").read_text()) == ["D_X", "D_Y", "F", "G"]
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["progress"]["global_step"] == 2
+    for key in ("G", "F", "D_X", "D_Y"):
+        assert not any(k.startswith("module.") for k in ckpt["models"][key])  # plain state dicts
+    Colorizer.from_checkpoint(run / "last.pt", "cpu")  # loads in single-process code
+    # 8 sketches / (batch 2 x 2 processes) = 2 steps per epoch: --max-steps 3 resumes into epoch 2.
+    assert _spawn(2, tmp_path, base + ["--resume", "--max-steps", "3"]) == [0, 0]
+    assert torch.load(run / "last.pt", weights_only=False)["progress"]["global_step"] == 3

@@ -146,3 +146,74 @@ def test_torchrun_trains_resumes_and_writes_plain_checkpoints(tmp_path):
     r = subprocess.run(base + ["--resume", "--max-steps", "2"], capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert torch.load(run / "last.pt", weights_only=True)["progress"]["global_step"] == 2
+
+
+def _worker_pids(torchrun_pid: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (its children, RANK from their environment)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == torchrun_pid:
+            ranks = [int(e[5:]) for e in env if e.startswith(b"RANK=")]
+            if ranks:
+                out[ranks[0]] = int(d.name)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or sys.platform != "linux", reason="needs Linux /proc and signals")
+@pytest.mark.parametrize("target", ["terminal", "one-rank"])
+def test_ctrl_c_under_torchrun_stops_every_rank_at_the_same_step(tmp_path, target):
+    """SIGINT to the whole process group (a terminal's Ctrl-C: torchrun forwards it once more) or to
+    rank 1 alone: both ranks agree on the step, rank 0 saves last.pt, all exit, --resume continues."""
+    import json
+    import signal
+    import time
+
+    _write_pairs(tmp_path / "src", 8)
+    from ganime.data.pairs import prepare
+
+    prepare(tmp_path / "src", tmp_path / "cache", size=256, workers=1, progress=False)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ganime",
+            "train", "pix2pix", "--data", str(tmp_path / "cache"), "--out", str(run), "--preset", "small",
+            "--device", "cpu", "--batch-size", "2", "--no-progress", "--log-every", "1"]
+    p = subprocess.Popen(base + ["--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and p.poll() is None:
+            log = run / "log.jsonl"
+            if log.exists() and sum(1 for l in log.read_text().splitlines() if '"step"' in l) >= 3:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, p.communicate()[1][-3000:]
+        workers = _worker_pids(p.pid)
+        assert sorted(workers) == [0, 1], workers
+        if target == "terminal":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            os.kill(workers[1], signal.SIGINT)
+        out, err = p.communicate(timeout=120)  # hangs (until the test times out) if the ranks disagree
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    for pid in workers.values():  # both ranks have exited
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert "interrupted" in out, (out, err[-3000:])
+    assert "Expected to have finished reduction" not in err and "timed out" not in err.lower(), err[-3000:]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    step = ckpt["progress"]["global_step"]
+    logged = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert step >= 3 and max(r["global_step"] for r in logged) == step
+    r = subprocess.run(base + ["--resume", "--max-steps", str(step + 1)], capture_output=True, text=True, env=env,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(run / "last.pt", weights_only=True)["progress"]["global_step"] == step + 1

@@ -143,3 +143,44 @@ def test_export_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["export", "onnx", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such checkpoint" in err[0]
+
+
+# ---- prepacked oneDNN path (the CPU default of the fast path) ----------------------------------------
+
+def test_cpu_fast_path_is_prepacked_and_matches_for_any_shape(small_unet):
+    from ganime.bench.infer import TOLERANCE, MEAN_TOLERANCE
+
+    fp32 = optimize_generator(small_unet, "cpu", "fp32")
+    bf16 = optimize_generator(small_unet, "cpu", "bf16")
+    eager = optimize_generator(small_unet, "cpu", "bf16", pack=False)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    assert fp32.packed is not None and bf16.packed is not None and eager.packed is None
+    g = torch.Generator().manual_seed(1)
+    for shape in [(1, 3, 128, 128), (2, 3, 64, 192), (1, 3, 128, 128)]:  # batch, non-square, cached again
+        x = torch.rand(*shape, generator=g) * 2 - 1
+        with torch.no_grad():
+            ref = small_unet(x)
+        d32 = (fp32(x) - ref).abs()
+        assert d32.max() < 1e-5, d32.max()
+        d16 = (bf16(x) - ref).abs()
+        assert d16.max() < TOLERANCE["bf16"] and d16.mean() < MEAN_TOLERANCE["bf16"], (d16.max(), d16.mean())
+    assert len(fp32.packed._packs) == 2  # one packing per input shape
+
+
+def test_prepacked_path_with_hint_channels_and_fallbacks():
+    torch.manual_seed(0)
+    hinted = _with_stats(init_weights(UNetGenerator(7, 3, base=8, depth=5)))
+    x = torch.rand(1, 7, 64, 64) * 2 - 1
+    with torch.no_grad():
+        ref = hinted(x)
+    fast = optimize_generator(hinted, "cpu", "fp32")
+    fast.prepare(x.shape)
+    assert (fast(x) - ref).abs().max() < 1e-5
+    # InstanceNorm cannot be folded: not the packed pattern, the eager fast path still matches.
+    inst = init_weights(UNetGenerator(3, 3, base=8, depth=5, norm="instance")).eval()
+    f = optimize_generator(inst, "cpu", "fp32")
+    assert f.packed is None
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert (f(x) - inst(x)).abs().max() < 1e-5

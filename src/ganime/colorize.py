@@ -68,11 +68,6 @@ class Colorizer:
     def __init__(self, generator: torch.nn.Module, cfg: RunConfig, method: str, device: torch.device,
                  source: str = "", fast: str | None = None, background: str = "model"):
         self.generator = generator.eval().to(device)
-        if fast:  # opt-in fast path (ganime.fast): "fp32" (same outputs), "bf16" or "auto", "+compile" optional
-            from ganime.fast import optimize_generator
-
-            precision, _, comp = fast.partition("+")
-            self.generator = optimize_generator(self.generator, device, precision, compile=comp == "compile")
         self.cfg, self.method, self.device, self.source = cfg, method, device, source
         if background not in BACKGROUNDS:
             raise InputError(f"unknown background {background!r}: choose one of {', '.join(BACKGROUNDS)}")
@@ -80,6 +75,17 @@ class Colorizer:
         self.background = background
         self.size = cfg.train.size
         self.hint_channels = cfg.net.hint_channels
+        if fast and fast != "off":
+            # Fast path (ganime.fast): "fp32" (same outputs to ~1e-6), "bf16" or "auto" (bf16 where the
+            # hardware has it: outputs within ~2 8-bit levels), "+compile" optional. The CLI's default is
+            # "auto"; the library's default (None) is the plain eager model.
+            from ganime.fast import optimize_generator
+
+            precision, _, comp = fast.partition("+")
+            in_channels = getattr(self.generator, "in_channels", None)
+            self.generator = optimize_generator(self.generator, device, precision, compile=comp == "compile")
+            if in_channels:  # pack the weights for the one input shape now, not on the first image
+                self.generator.prepare((1, in_channels, self.size, self.size))
         self._lock = threading.Lock()
 
     @classmethod

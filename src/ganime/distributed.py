@@ -10,7 +10,17 @@ hook of :class:`ganime.train.Trainer`:
   each network in :class:`DDP` (a DistributedDataParallel whose ``state_dict`` is the plain module's,
   so checkpoints written under DDP load in single-process code and in ``colorize`` unchanged);
 - ``any_flag(bool)`` is true on every process when it is true on any (non-finite losses stop all);
+- ``agree_stop(bool)`` turns each process's own Ctrl-C flag into one decision shared by all (below);
 - ``close()`` waits for every process and leaves the process group.
+
+Ctrl-C: in a terminal SIGINT reaches torchrun and every worker; torchrun then forwards SIGINT to
+the workers again and SIGKILLs them 30 s later (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``). Each worker's
+handler only sets its own flag (a second signal does not abort under DDP: it is torchrun's echo),
+and after every step every process contributes its flag to a small all-reduce (MAX) on a Gloo
+group of CPU tensors, started asynchronously and read one step later, so it costs no GPU
+synchronisation and no wait. All processes read the same vote at the same step, so they save and
+stop at the same step (rank 0 writes ``last.pt``) and leave cleanly, whichever of them got the
+signal (a terminal's Ctrl-C, or ``kill -INT`` of one rank).
 
 Each process trains on its own share of each epoch's seeded permutation (``PairLoader`` takes
 ``rank``/``world_size``), with ``--batch-size`` images per process; only rank 0 logs, writes samples
@@ -72,6 +82,8 @@ class Distributed:
     def __init__(self, rank: int, world_size: int, device: torch.device, sync_bn: bool = True):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.sync_bn = sync_bn
+        self._vote_group = None  # a Gloo group for the stop votes (created collectively on first use)
+        self._vote = None  # (work, tensor) of the vote in flight
 
     @property
     def main(self) -> bool:
@@ -94,6 +106,29 @@ class Distributed:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def agree_stop(self, requested: bool) -> bool:
+        """One call per training step on every process: the shared stop decision.
+
+        Starts this step's vote (MAX of every process's ``requested``) without waiting for it and
+        returns the result of the previous step's vote, so every process gets the same answer at the
+        same step. The first call returns False.
+        """
+        if self._vote_group is None:
+            backend = tdist.get_backend()
+            self._vote_group = tdist.group.WORLD if backend == "gloo" else tdist.new_group(backend="gloo")
+        previous = self._finish_vote()
+        t = torch.tensor([1.0 if requested else 0.0])
+        self._vote = (tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=self._vote_group, async_op=True), t)
+        return previous
+
+    def _finish_vote(self) -> bool:
+        if self._vote is None:
+            return False
+        work, t = self._vote
+        self._vote = None
+        work.wait()
+        return bool(t.item() > 0)
+
     def barrier(self) -> None:
         if self.device.type == "cuda":
             tdist.barrier(device_ids=[self.device.index])
@@ -105,6 +140,7 @@ class Distributed:
         if tdist.is_initialized():
             try:
                 if wait:
+                    self._finish_vote()  # every process started the same votes: the last one completes
                     self.barrier()
             finally:
                 tdist.destroy_process_group()

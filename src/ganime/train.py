@@ -59,10 +59,16 @@ class TrainResult:
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to save and stop at the next step; a second one aborts at once."""
+    """First Ctrl-C asks the loop to save and stop at the next step; a second one aborts at once.
 
-    def __init__(self):
+    Under DDP (``abort_on_second=False``) every signal only sets the flag: torchrun forwards the
+    terminal's SIGINT to its workers a second time, and it kills them itself if they do not stop.
+    The processes agree on the step to stop at through ``Distributed.agree_stop``.
+    """
+
+    def __init__(self, abort_on_second: bool = True):
         self.requested = False
+        self.abort_on_second = abort_on_second
         self._old = None
 
     def __enter__(self):
@@ -74,9 +80,12 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if self.abort_on_second:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        print("\nganime: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        again = "Ctrl-C again to abort" if self.abort_on_second else "all processes stop at the same step"
+        print(f"\nganime: stopping after this step and saving a checkpoint ({again})", file=sys.stderr)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -259,7 +268,8 @@ class Trainer:
         bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
                    disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}")
         self.method.train_mode(True)
-        with _StopFlag() as stop:
+        with _StopFlag(abort_on_second=self.dist is None) as stop:
+            stop_now = False  # the stop decision: the local flag, or under DDP the flag agreed by all
             while self.epoch < t.epochs:
                 sums: dict[str, torch.Tensor] = {}
                 n_in_interval, t0 = 0, time.perf_counter()
@@ -274,7 +284,8 @@ class Trainer:
                     self.step, self.global_step = step + 1, self.global_step + 1
                     bar.update(1)
                     last_of_epoch = self.step == spe
-                    stopping = stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps)
+                    stop_now = stop.requested if self.dist is None else self.dist.agree_stop(stop.requested)
+                    stopping = stop_now or (self.max_steps is not None and self.global_step >= self.max_steps)
                     if n_in_interval >= t.log_every or last_of_epoch or stopping:
                         values = self._check_finite(sums)
                         if self.device.type == "cuda":
@@ -294,10 +305,10 @@ class Trainer:
                             self.save()
                     if stopping and not last_of_epoch:
                         self.save()
-                        result.interrupted = stop.requested
+                        result.interrupted = stop_now
                         result.epochs_done, result.global_step = self.epoch, self.global_step
                         bar.close()
-                        if stop.requested and self.main:
+                        if stop_now and self.main:
                             print(f"ganime: saved {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step}; "
                                   "continue with --resume", file=sys.stderr)
                         return result
@@ -313,8 +324,10 @@ class Trainer:
                     for hook in self.hooks:
                         hook(self, self.epoch)
                 result.epochs_done, result.global_step = self.epoch, self.global_step
-                if stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps):
-                    result.interrupted = stop.requested
+                if self.dist is None:
+                    stop_now = stop.requested  # a Ctrl-C during the epoch's samples, checkpoint or hooks
+                if stop_now or (self.max_steps is not None and self.global_step >= self.max_steps):
+                    result.interrupted = stop_now
                     break
         bar.close()
         return result

@@ -2,9 +2,11 @@
 
 Reference recipe (what the pix2pix/CycleGAN reference code does at test time): the same generator,
 eval mode, float32, NCHW, eager PyTorch under ``no_grad``. Ours: :func:`ganime.fast.optimize_generator`
-(BatchNorm folded, channels-last, bf16 where the hardware has it natively), which is what
-``Colorizer(..., fast="auto")`` uses. Other variants are timed beside them (float32 fast path,
-onnxruntime, torch.compile when asked). All variants run on the SAME weights and input; each one's
+(BatchNorm folded, channels-last, bf16 where the hardware has it natively, on the CPU prepacked
+oneDNN convolutions with fused activations), which is what ``Colorizer(..., fast="auto")`` and
+``ganime colorize``/``serve`` by default use. Other variants are timed beside them (float32 fast
+path, the eager channels-last paths without prepacking (``-eager``), onnxruntime, torch.compile when
+asked). All variants run on the SAME weights and input; each one's
 largest absolute difference from the reference output is printed and checked against its tolerance.
 
 Without ``--checkpoint`` the weights are the paper initialisation with BatchNorm statistics
@@ -23,9 +25,11 @@ from ganime.bench.common import PeakMemory, log, machine, mb, median, sync
 
 #: Largest absolute output difference from the float32 reference allowed per variant (outputs in [-1, 1];
 #: one 8-bit grey level is 2/255 = 0.0078).
-TOLERANCE = {"fp32": 1e-4, "onnx": 1e-4, "bf16": 6e-2, "bf16+compile": 6e-2, "fp32+compile": 1e-4}
+TOLERANCE = {"fp32": 1e-4, "fp32-eager": 1e-4, "onnx": 1e-4, "bf16": 6e-2, "bf16-eager": 6e-2,
+             "bf16+compile": 6e-2, "fp32+compile": 1e-4}
 #: Mean absolute difference allowed per variant.
-MEAN_TOLERANCE = {"fp32": 1e-5, "onnx": 1e-5, "bf16": 8e-3, "bf16+compile": 8e-3, "fp32+compile": 1e-5}
+MEAN_TOLERANCE = {"fp32": 1e-5, "fp32-eager": 1e-5, "onnx": 1e-5, "bf16": 8e-3, "bf16-eager": 8e-3,
+                  "bf16+compile": 8e-3, "fp32+compile": 1e-5}
 
 
 def sketch_inputs(size: int, n: int = 1) -> torch.Tensor:
@@ -44,13 +48,21 @@ def sketch_inputs(size: int, n: int = 1) -> torch.Tensor:
     return torch.stack([pil_to_tensor(im) for im in ims])
 
 
-def calibrated_generator(preset: str, seed: int = 0):
+def with_hints(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` (N x 3 x H x W sketches) plus empty hint channels up to ``channels`` (no hints given)."""
+    if channels <= x.shape[1]:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], channels - x.shape[1], *x.shape[2:])], 1)
+
+
+def calibrated_generator(preset: str, seed: int = 0, hint_channels: int = 0):
     """The preset's generator, paper initialisation, BatchNorm statistics from real sketches."""
     from ganime.config import make_config
     from ganime.methods import get_method
     from ganime.nn.layers import init_weights
 
     cfg = make_config("pix2pix", preset)
+    cfg.net.hint_channels = hint_channels
     torch.manual_seed(seed)
     g = init_weights(get_method("pix2pix").build_generator(cfg))
     bns = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -58,7 +70,7 @@ def calibrated_generator(preset: str, seed: int = 0):
         m.momentum = None  # cumulative average over the calibration batches
     g.train()
     with torch.no_grad():
-        x = sketch_inputs(256, 4)
+        x = with_hints(sketch_inputs(256, 4), g.in_channels)
         g(x[:2])
         g(x[2:])
     return g.eval(), cfg
@@ -78,16 +90,20 @@ def run(args) -> dict:
         c = Colorizer.from_checkpoint(args.checkpoint, "cpu")
         gen, cfg, preset = c.generator, c.cfg, f"checkpoint {args.checkpoint}"
     else:
-        gen, cfg = calibrated_generator(args.preset)
-        preset = args.preset
-    x = sketch_inputs(args.size, 1)
+        gen, cfg = calibrated_generator(args.preset, hint_channels=4 if getattr(args, "hints", False) else 0)
+        preset = args.preset + (" + 4 hint channels" if getattr(args, "hints", False) else "")
+    x = with_hints(sketch_inputs(args.size, 1), gen.in_channels)
+    import os
+
     result = {"benchmark": "infer", "preset": preset, "size": args.size, "batch": 1,
-              "precision": precision, **machine(device)}
+              "precision": precision, **machine(device),
+              # On a shared CPU, OpenMP's spin-waiting threads make every op wait for a preempted peer.
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
     main = _compare(gen, x, device, precision, args, label=str(preset))
     result.update(main)
     if args.small and not args.checkpoint and args.preset != "small":
         sg, _ = calibrated_generator("small")
-        small = _compare(sg, x, device, precision, args, label="small", memory=False)
+        small = _compare(sg, x[:, :3], device, precision, args, label="small", memory=False)
         result["small"] = {k: small[k] for k in ("ours_ms", "reference_ms", "ratio", "variants_ms", "max_abs_diff")}
     return result
 
@@ -106,9 +122,13 @@ def _compare(gen, x, device, precision, args, label: str, onnx: bool | None = No
     variants["reference"] = reference
     variants["fp32"] = optimize_generator(gen, device, "fp32")
     ours = "fp32"
+    if device.type == "cpu":  # the eager channels-last path, without prepacked weights
+        variants["fp32-eager"] = optimize_generator(gen, device, "fp32", pack=False)
     if precision == "bf16":
         variants["bf16"] = optimize_generator(gen, device, "bf16")
         ours = "bf16"
+        if device.type == "cpu":
+            variants["bf16-eager"] = optimize_generator(gen, device, "bf16", pack=False)
     use_onnx = args.onnx if onnx is None else onnx
     if use_onnx and device.type == "cpu":
         try:

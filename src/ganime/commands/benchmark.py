@@ -59,7 +59,10 @@ def add_infer_args(p) -> None:
     p.description = ("Latency of one sketch through the generator: GANime's fast path vs eager float32 "
                      "(same weights, outputs compared), interleaved; also the small preset.")
     p.add_argument("--preset", default="paper")
-    p.add_argument("--checkpoint", help="time this model instead of calibrated paper-initialised weights")
+    p.add_argument("--checkpoint", help="time this model instead of calibrated paper-initialised weights "
+                                        "(a hint model gets empty hint channels)")
+    p.add_argument("--hints", action="store_true",
+                   help="the generator with 4 colour-hint input channels (as the shipped default model)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--reps", type=int, default=5, help="timed calls per variant (median reported)")
     p.add_argument("--precision", default="auto", help="ours: auto (bf16 where native), fp32 or bf16")

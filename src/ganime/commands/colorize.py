@@ -14,7 +14,19 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true")
+    add_fast_arg(p)
     p.set_defaults(func=run)
+
+
+def passive_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the user
+    chose a policy. On a CPU shared with other work, spinning threads wait for preempted peers at
+    every op: 2-3x slower inference here (docs/performance.md). Only effective before torch loads."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def run(args) -> int:
@@ -24,8 +36,9 @@ def run(args) -> int:
     from ganime.errors import InputError
     from ganime.imageio import open_image, save_png
 
+    passive_openmp_threads()
     ckpt = args.checkpoint or default_checkpoint()
-    colorizer = Colorizer.from_checkpoint(ckpt, args.device)
+    colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast)
     if args.hints:
         from pathlib import Path
 
@@ -44,6 +57,17 @@ def run(args) -> int:
     r = colorize_files(colorizer, args.inputs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {len(r['written'])} images to {args.out}" + (f"; {len(r['failed'])} failed" if r["failed"] else ""))
     return 0 if r["written"] else 2
+
+
+FAST_CHOICES = ("off", "auto", "fp32", "bf16")
+
+
+def add_fast_arg(p) -> None:
+    """``--fast``, shared with ``ganime serve``."""
+    p.add_argument("--fast", choices=FAST_CHOICES, default="auto",
+                   help="inference path: auto (default: bf16 where the CPU/GPU has native bf16, else fp32; "
+                        "prepacked oneDNN convolutions on the CPU), fp32 (same pixels as off, faster), "
+                        "bf16 (fastest; pixels within a few 8-bit levels), off (plain eager float32)")
 
 
 def open_hints(path):

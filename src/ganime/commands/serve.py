@@ -49,11 +49,18 @@ def register(sub) -> None:
                    help="requests decoded and coloured at once; more wait in a queue (default 2)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests waiting for a turn before the server answers 503 busy (default 16)")
+    from ganime.commands.colorize import add_fast_arg
+
+    add_fast_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import errno
+
+    from ganime.commands.colorize import passive_openmp_threads
+
+    passive_openmp_threads()  # before torch loads
 
     from ganime.colorize import default_checkpoint
     from ganime.errors import InputError
@@ -62,7 +69,7 @@ def run(args) -> int:
 
     device = resolve_device(args.device)
     checkpoints = args.checkpoint or [default_checkpoint()]
-    models = models_from_checkpoints(checkpoints, device)
+    models = models_from_checkpoints(checkpoints, device, fast=args.fast)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     max_active=args.max_active, max_queue=max(0, args.max_queue))
     try:

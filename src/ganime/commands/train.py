@@ -175,13 +175,28 @@ def run_cyclegan(args) -> int:
     if sketches.shape[1] != t.size:
         raise InputError(f"the data cache holds {sketches.shape[1]}px images but the run is configured for {t.size}px; "
                          f"prepare the data with --size {t.size} or pass --size {sketches.shape[1]}")
-    loader = UnpairedLoader(sketches, colors, t.batch_size, resolve_device(args.device), seed=t.seed, size=t.size,
-                            load_size=int(round(t.size * t.jitter)), flip=t.flip)
-    trainer = Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-                      hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
-                      max_steps=args.max_steps, tensorboard=args.tensorboard)
-    res = trainer.fit()
-    state = "interrupted" if res.interrupted else "finished"
-    print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps "
-          f"({loader.n_sketches} sketches, {loader.n_colors} colour images); checkpoint {Path(args.out) / 'last.pt'}")
+    # Under torchrun: one process per device, each on its own share of both domains' orders, with
+    # G, F, D_X and D_Y wrapped in DDP (synchronised BatchNorm) by the Trainer, as for pix2pix.
+    from ganime.distributed import from_env
+
+    dist = from_env(args.device)
+    try:
+        device = dist.device if dist is not None else resolve_device(args.device)
+        loader = UnpairedLoader(sketches, colors, t.batch_size, device, seed=t.seed, size=t.size,
+                                load_size=int(round(t.size * t.jitter)), flip=t.flip,
+                                rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
+        trainer = Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+                          hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
+                          max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist)
+        res = trainer.fit()
+    except BaseException:
+        if dist is not None:
+            dist.close(wait=False)  # the other processes may be inside a collective: no barrier
+        raise
+    if dist is not None:
+        dist.close()
+    if dist is None or dist.main:
+        state = "interrupted" if res.interrupted else "finished"
+        print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps "
+              f"({loader.n_sketches} sketches, {loader.n_colors} colour images); checkpoint {Path(args.out) / 'last.pt'}")
     return 130 if res.interrupted else 0

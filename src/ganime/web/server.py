@@ -143,16 +143,19 @@ def colorizer_model(name: str, colorizer) -> WebModel:
                           "source": Path(colorizer.source).name if colorizer.source else ""})
 
 
-def models_from_checkpoints(checkpoints: list, device: str = "auto", style: bool = True) -> dict[str, WebModel]:
+def models_from_checkpoints(checkpoints: list, device: str = "auto", style: bool = True,
+                            fast: str | None = None) -> dict[str, WebModel]:
     """Load each checkpoint as a colorizer (the first is the default), plus style transfer when available.
 
     Names are the checkpoint's method (``pix2pix``, ``cyclegan``), numbered when a method repeats.
+    ``fast`` is the colorizers' inference path (:class:`ganime.colorize.Colorizer`; ``ganime serve
+    --fast``).
     """
     from ganime.colorize import Colorizer
 
     models: dict[str, WebModel] = {}
     for ckpt in checkpoints:
-        c = Colorizer.from_checkpoint(ckpt, device)
+        c = Colorizer.from_checkpoint(ckpt, device, fast=fast)
         name, n = c.method, 2
         while name in models:
             name, n = f"{c.method}-{n}", n + 1
