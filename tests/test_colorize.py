@@ -230,3 +230,21 @@ def test_colorize_rejects_an_unknown_fast_mode(tiny_checkpoint, tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["colorize", str(tmp_path), "--out", str(tmp_path / "o"), "--checkpoint", str(tiny_checkpoint),
               "--fast", "fp8"])
+
+
+def test_paper_background_option_keeps_the_sketch_paper(tiny_checkpoint, tmp_path):
+    from ganime.colorize import paper_background
+
+    sk = Image.new("RGB", (96, 80), (250, 250, 250))
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(sk).ellipse([20, 15, 70, 65], outline=(0, 0, 0), width=2)
+    sk.save(tmp_path / "ring.png")
+    args = ["colorize", str(tmp_path / "ring.png"), "--checkpoint", str(tiny_checkpoint), "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "paper"), "--background", "paper"]) == 0
+    assert main(args + ["--out", str(tmp_path / "model")]) == 0
+    paper = np.asarray(Image.open(tmp_path / "paper" / "ring.png"))
+    model = np.asarray(Image.open(tmp_path / "model" / "ring.png"))
+    assert (paper[2, 2] == 250).all() and (paper[78, 94] == 250).all()  # outside the ring: the paper itself
+    assert np.array_equal(paper[40, 45], model[40, 45])  # inside the ring: as generated
+    assert not paper_background(np.asarray(sk))[40, 45]

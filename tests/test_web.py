@@ -9,6 +9,7 @@ import json
 import socket
 import sys
 import threading
+import time
 import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -435,6 +436,9 @@ def test_one_log_line_per_request(models):
         s.request("GET", "/api/health")
         s.post({"image": b"nope"})
         s.request("GET", "/missing")
+        deadline = time.time() + 5  # a handler thread logs just after its response is sent
+        while len(s.log) < 3 and time.time() < deadline:
+            time.sleep(0.01)
     finally:
         s.close()
     assert len(s.log) == 3, s.log

@@ -90,7 +90,7 @@ class Colorizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-                        fast: str | None = None) -> "Colorizer":
+                        fast: str | None = None, background: str = "model") -> "Colorizer":
         from ganime.train import resolve_device
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -108,7 +108,7 @@ class Colorizer:
             gen.load_state_dict(state)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit the network in its own config ({str(e)[:120]})") from None
-        return cls(gen, cfg, ckpt["method"], dev, source=str(path), fast=fast)
+        return cls(gen, cfg, ckpt["method"], dev, source=str(path), fast=fast, background=background)
 
     def _fit(self, im: Image.Image, resample, fill) -> tuple[Image.Image, tuple[int, int, int, int]]:
         s = self.size

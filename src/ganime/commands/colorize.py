@@ -38,7 +38,7 @@ def run(args) -> int:
 
     passive_openmp_threads()
     ckpt = args.checkpoint or default_checkpoint()
-    colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast)
+    colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background)
     if args.hints:
         from pathlib import Path
 
@@ -63,7 +63,10 @@ FAST_CHOICES = ("off", "auto", "fp32", "bf16")
 
 
 def add_fast_arg(p) -> None:
-    """``--fast``, shared with ``ganime serve``."""
+    """``--fast`` and ``--background``, shared with ``ganime serve``."""
+    p.add_argument("--background", choices=("model", "paper"), default="model",
+                   help="model (default): the background as generated; paper: keep the sketch's blank paper "
+                        "around the drawing (found by filling from the border) as it is")
     p.add_argument("--fast", choices=FAST_CHOICES, default="auto",
                    help="inference path: auto (default: bf16 where the CPU/GPU has native bf16, else fp32; "
                         "prepacked oneDNN convolutions on the CPU), fp32 (same pixels as off, faster), "
