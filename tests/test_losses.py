@@ -45,3 +45,24 @@ def test_unknown_method_lists_valid_names():
 
     with pytest.raises(InputError, match="pix2pix"):
         get_method("pix3pix")
+
+
+def test_hint_loss_is_the_mean_l1_over_hinted_pixels():
+    cfg = tiny_config()
+    cfg.net.hint_channels = 4
+    cfg.options["lambda_hint"] = 10.0
+    m = get_method("pix2pix")(cfg, torch.device("cpu"))
+    m.models["G"].eval()  # no dropout, BN running stats: the same output inside the step
+    x = torch.zeros(2, 3, 64, 64)
+    y = torch.full((2, 3, 64, 64), 0.5)
+    hints = torch.zeros(2, 4, 64, 64)
+    hints[:, 3, 10:20, 10:20] = 1
+    hints[:, :3, 10:20, 10:20] = 0.5
+    with torch.no_grad():
+        fake = m.models["G"](torch.cat([x, hints], 1))
+    mask = hints[:, 3:]
+    expected = ((fake - y).abs() * mask).sum() / (3 * mask.sum())
+    losses = m.train_step({"sketch": x, "color": y, "hints": hints})
+    assert losses["G_hint"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # Without hints in the batch (or with lambda_hint 0) there is no hint term.
+    assert "G_hint" not in m.train_step({"sketch": x, "color": y})

@@ -42,6 +42,7 @@ def register(sub) -> None:
     q.add_argument("--data", required=True, help="prepared cache folder")
     q.add_argument("--lambda-l1", type=float, help="L1 weight (100 in the paper)")
     q.add_argument("--hints", action="store_true", help="train a hint-aware generator (sketch + colour hints)")
+    q.add_argument("--lambda-hint", type=float, help="extra L1 weight on hinted pixels (0 in the paper preset)")
     add_common(q)
     q.set_defaults(func=run)
     for name, adder in METHOD_ARGS.items():
@@ -90,6 +91,8 @@ def run(args) -> int:
     options = {}
     if getattr(args, "lambda_l1", None) is not None:
         options["lambda_l1"] = args.lambda_l1
+    if getattr(args, "lambda_hint", None) is not None:
+        options["lambda_hint"] = args.lambda_hint
     cfg = build_config(args, options)
     if getattr(args, "hints", False) and not args.resume:
         cfg.net.hint_channels = 4

@@ -22,8 +22,8 @@ class HintSampler:
         min_size, max_size: patch side range in pixels at 256x256 (scaled with the image size).
     """
 
-    def __init__(self, max_hints: int = 16, p_none: float = 0.35, mean_hints: float = 4.0,
-                 min_size: int = 3, max_size: int = 9):
+    def __init__(self, max_hints: int = 16, p_none: float = 0.3, mean_hints: float = 6.0,
+                 min_size: int = 4, max_size: int = 14):
         self.max_hints, self.p_none, self.mean_hints = max_hints, p_none, mean_hints
         self.min_size, self.max_size = min_size, max_size
 
