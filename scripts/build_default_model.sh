@@ -26,5 +26,5 @@ for r in $(seq 1 "${KAGGLE_REPEAT:-30}"); do
 done
 ganime data prepare "$work/mixed" "$work/cache" --no-progress
 resume=(); [[ -f "$work/run/last.pt" ]] && resume=(--resume)
-ganime train pix2pix --data "$work/cache" --out "$work/run" --hints --sketch-augment 0.5 \
+ganime train pix2pix --data "$work/cache" --out "$work/run" --hints --lambda-hint 20 --sketch-augment 0.5 \
   --save-every-steps 50 --log-every 10 "${resume[@]}" "$@"
