@@ -96,13 +96,16 @@ def run(args) -> int:
     cfg = build_config(args, options)
     if getattr(args, "hints", False) and not args.resume:
         cfg.net.hint_channels = 4
+    from ganime.data.pairs import PairCache
+
+    cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work
+    if args.size is None and not args.resume:
+        cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
     cfg.validate()
     if args.dry_run:
         print(cfg.to_json())
         return 0
-    pairs, cache = load_training_pairs(args.data, cfg.train.size)
-    if args.size is None and not args.resume and cache.size != cfg.train.size:
-        cfg.train.size = cache.size
+    pairs, _ = load_training_pairs(args.data, cfg.train.size)
     # Under torchrun (RANK/WORLD_SIZE set): one process per device, --batch-size per process.
     from ganime.distributed import from_env
 

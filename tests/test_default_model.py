@@ -1,0 +1,70 @@
+"""The model shipped inside the package: present, small, loaded by default, and steerable by hints."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganime.cli import main
+from ganime.colorize import DEFAULT_WEIGHTS, Colorizer
+from tests.conftest import one_line_error
+
+ROOT = DEFAULT_WEIGHTS.parents[3]
+SKETCH = ROOT / "examples" / "adp-test1.png"
+
+
+def _header(path):
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n])
+
+
+def test_shipped_weights_are_fp16_safetensors_under_30_mb():
+    assert DEFAULT_WEIGHTS.exists(), "the package must ship src/ganime/weights/default.safetensors"
+    assert DEFAULT_WEIGHTS.stat().st_size <= 30 * 1024 * 1024
+    header = _header(DEFAULT_WEIGHTS)
+    meta = header.pop("__metadata__")
+    assert meta["method"] == "pix2pix" and json.loads(meta["config"])["net"]["hint_channels"] == 4
+    dtypes = {v["dtype"] for v in header.values()}
+    assert "F16" in dtypes and "F32" not in dtypes
+
+
+def test_colorize_without_checkpoint_uses_the_shipped_model(tmp_path):
+    out = tmp_path / "out"
+    assert main(["colorize", str(SKETCH), "--out", str(out), "--no-progress"]) == 0
+    res = Image.open(out / "adp-test1.png")
+    assert res.size == Image.open(SKETCH).size and res.mode == "RGB"
+    arr = np.asarray(res, dtype=np.int16)
+    assert (arr.max(-1) - arr.min(-1)).mean() > 3  # some colour, not a grey copy of the sketch
+
+
+@pytest.fixture(scope="module")
+def colorizer():
+    return Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu")
+
+
+def test_a_strong_hint_pulls_the_colour_near_it(colorizer):
+    """A red hint changes the output near it more than far from it, towards red."""
+    sketch = Image.open(SKETCH).convert("RGB").resize((256, 256))
+    hints = Image.new("RGBA", sketch.size, (0, 0, 0, 0))
+    box = (116, 100, 140, 124)  # on the dress
+    hints.paste((230, 20, 20, 255), box)
+    base = np.asarray(colorizer(sketch), dtype=float)
+    hinted = np.asarray(colorizer(sketch, hints), dtype=float)
+    yy, xx = np.mgrid[:256, :256]
+    dist = np.hypot(yy - 112, xx - 128)
+    change = np.abs(hinted - base).sum(-1)
+    near, far = change[dist < 20].mean(), change[dist > 80].mean()
+    assert near > 5 * far, (near, far)
+    redness = lambda a: (a[..., 0] - (a[..., 1] + a[..., 2]) / 2)[dist < 12].mean()  # noqa: E731
+    assert redness(hinted) > redness(base) + 20, (redness(base), redness(hinted))
+
+
+def test_hints_on_a_model_without_hint_channels_are_refused(tiny_checkpoint, tmp_path, capsys):
+    hints = tmp_path / "h.png"
+    Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(hints)
+    rc = main(["colorize", str(SKETCH), "--checkpoint", str(tiny_checkpoint), "--hints", str(hints),
+               "--out", str(tmp_path / "o")])
+    assert rc != 0
+    assert "does not take colour hints" in one_line_error(capsys)
