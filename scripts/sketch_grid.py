@@ -21,9 +21,10 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--side", type=int, default=192)
     ap.add_argument("--background", default="model")
+    ap.add_argument("--max-size", type=int, default=1024, help="as ganime colorize --max-size")
     args = ap.parse_args()
     col = Colorizer.from_checkpoint(args.checkpoint or default_checkpoint(), "cpu", fast="auto",
-                                    background=args.background)
+                                    background=args.background, max_size=args.max_size)
     rows = []
     for f in list_images(args.sketches):
         sk = open_image(f)

@@ -248,3 +248,17 @@ def test_paper_background_option_keeps_the_sketch_paper(tiny_checkpoint, tmp_pat
     assert (paper[2, 2] == 250).all() and (paper[78, 94] == 250).all()  # outside the ring: the paper itself
     assert np.array_equal(paper[40, 45], model[40, 45])  # inside the ring: as generated
     assert not paper_background(np.asarray(sk))[40, 45]
+
+
+def test_large_sketches_are_coloured_near_their_own_resolution(tiny_checkpoint):
+    """With max_size, a 128 px sketch reaches a 64 px model at 128 px (its lines keep their width)."""
+    seen = []
+    col = Colorizer.from_checkpoint(tiny_checkpoint, "cpu", max_size=128)
+    real = col.generator.forward
+    col.generator.forward = lambda x: (seen.append(tuple(x.shape[-2:])), real(x))[1]
+    sk = synthetic_sketch(synthetic_color(1, 128))
+    assert col(sk).size == (128, 128)
+    assert col(sk.resize((40, 40))).size == (40, 40)
+    assert col(sk.resize((500, 300))).size == (500, 300)
+    assert seen == [(128, 128), (64, 64), (128, 128)]
+    assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu").working_size(500, 300) == 64  # library default

@@ -66,14 +66,20 @@ class Colorizer:
     """
 
     def __init__(self, generator: torch.nn.Module, cfg: RunConfig, method: str, device: torch.device,
-                 source: str = "", fast: str | None = None, background: str = "model"):
+                 source: str = "", fast: str | None = None, background: str = "model", max_size: int | None = None):
         self.generator = generator.eval().to(device)
         self.cfg, self.method, self.device, self.source = cfg, method, device, source
         if background not in BACKGROUNDS:
             raise InputError(f"unknown background {background!r}: choose one of {', '.join(BACKGROUNDS)}")
         #: "paper": keep the sketch's blank paper (connected to the border) as it is; "model": as generated.
         self.background = background
+        #: The model's training size: the smallest working size, and the one evaluation uses.
         self.size = cfg.train.size
+        #: Largest working size: a bigger sketch is coloured at the multiple of the U-Net's input
+        #: multiple nearest to its longest side (up to this), so its lines keep the thickness the
+        #: model was trained on instead of fading when shrunk to the training size. None: always ``size``.
+        self.multiple = 2 ** cfg.net.gen_depth
+        self.max_size = max(self.size, max_size) if max_size else self.size
         self.hint_channels = cfg.net.hint_channels
         if fast and fast != "off":
             # Fast path (ganime.fast): "fp32" (same outputs to ~1e-6), "bf16" or "auto" (bf16 where the
@@ -90,7 +96,8 @@ class Colorizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-                        fast: str | None = None, background: str = "model") -> "Colorizer":
+                        fast: str | None = None, background: str = "model",
+                        max_size: int | None = None) -> "Colorizer":
         from ganime.train import resolve_device
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -108,10 +115,15 @@ class Colorizer:
             gen.load_state_dict(state)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit the network in its own config ({str(e)[:120]})") from None
-        return cls(gen, cfg, ckpt["method"], dev, source=str(path), fast=fast, background=background)
+        return cls(gen, cfg, ckpt["method"], dev, source=str(path), fast=fast, background=background,
+                   max_size=max_size)
 
-    def _fit(self, im: Image.Image, resample, fill) -> tuple[Image.Image, tuple[int, int, int, int]]:
-        s = self.size
+    def working_size(self, w: int, h: int) -> int:
+        """The square side the generator sees for a ``w`` x ``h`` input (see ``max_size``)."""
+        nearest = int(round(max(w, h) / self.multiple)) * self.multiple
+        return min(self.max_size, max(self.size, nearest))
+
+    def _fit(self, im: Image.Image, resample, fill, s: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
         w, h = im.size
         scale = s / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -124,16 +136,24 @@ class Colorizer:
         """The generator input (1 x C x S x S) for ``sketch`` and the box to crop the output to."""
         from ganime.imageio import pil_to_tensor
 
-        fitted, box = self._fit(sketch.convert("RGB"), Image.BICUBIC, (255, 255, 255))
+        s = self.working_size(*sketch.size)
+        rgb = sketch.convert("RGB")
+        if s / max(sketch.size) < 2 / 3:
+            # Shrinking thin dark lines fades them to grey; widen them by a pixel first (a min filter)
+            # so they reach the model as lines. Measured: far fewer texture artefacts on real sketches.
+            from PIL import ImageFilter
+
+            rgb = rgb.filter(ImageFilter.MinFilter(3))
+        fitted, box = self._fit(rgb, Image.BICUBIC, (255, 255, 255), s)
         x = pil_to_tensor(fitted)[None]
         if self.hint_channels:
             if hints is not None:
                 if hints.size != sketch.size:
                     hints = hints.resize(sketch.size, Image.NEAREST)
-                hfit, _ = self._fit(hints.convert("RGBA"), Image.NEAREST, (0, 0, 0, 0))
+                hfit, _ = self._fit(hints.convert("RGBA"), Image.NEAREST, (0, 0, 0, 0), s)
                 hm = hint_map_from_rgba(hfit)[None]
             else:
-                hm = torch.zeros(1, self.hint_channels, self.size, self.size)
+                hm = torch.zeros(1, self.hint_channels, s, s)
             x = torch.cat([x, hm], 1)
         elif hints is not None:
             raise InputError(f"this model ({self.method}) does not take colour hints")

@@ -38,7 +38,8 @@ def run(args) -> int:
 
     passive_openmp_threads()
     ckpt = args.checkpoint or default_checkpoint()
-    colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background)
+    colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background,
+                                          max_size=args.max_size)
     if args.hints:
         from pathlib import Path
 
@@ -63,7 +64,11 @@ FAST_CHOICES = ("off", "auto", "fp32", "bf16")
 
 
 def add_fast_arg(p) -> None:
-    """``--fast`` and ``--background``, shared with ``ganime serve``."""
+    """``--fast``, ``--background`` and ``--max-size``, shared with ``ganime serve``."""
+    p.add_argument("--max-size", type=int, default=1024,
+                   help="largest working size (default 1024): a sketch is coloured at the multiple of 256 nearest "
+                        "its longest side, between the model's training size and this, so its lines keep their "
+                        "thickness; the training size (e.g. 256) gives the paper's fixed-size behaviour")
     p.add_argument("--background", choices=("model", "paper"), default="model",
                    help="model (default): the background as generated; paper: keep the sketch's blank paper "
                         "around the drawing (found by filling from the border) as it is")

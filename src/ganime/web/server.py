@@ -144,7 +144,8 @@ def colorizer_model(name: str, colorizer) -> WebModel:
 
 
 def models_from_checkpoints(checkpoints: list, device: str = "auto", style: bool = True,
-                            fast: str | None = None, background: str = "model") -> dict[str, WebModel]:
+                            fast: str | None = None, background: str = "model",
+                            max_size: int | None = None) -> dict[str, WebModel]:
     """Load each checkpoint as a colorizer (the first is the default), plus style transfer when available.
 
     Names are the checkpoint's method (``pix2pix``, ``cyclegan``), numbered when a method repeats.
@@ -155,7 +156,7 @@ def models_from_checkpoints(checkpoints: list, device: str = "auto", style: bool
 
     models: dict[str, WebModel] = {}
     for ckpt in checkpoints:
-        c = Colorizer.from_checkpoint(ckpt, device, fast=fast, background=background)
+        c = Colorizer.from_checkpoint(ckpt, device, fast=fast, background=background, max_size=max_size)
         name, n = c.method, 2
         while name in models:
             name, n = f"{c.method}-{n}", n + 1
