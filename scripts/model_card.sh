@@ -3,6 +3,7 @@
 #
 #   scripts/model_card.sh WORK [--checkpoint CKPT]
 #
+# BACKGROUND=paper evaluates the model with `--background paper` (results in WORK/card-paper).
 # Test sets (../shared/data, never committed): anime-busts/test sketchified with the random extractor
 # and seed 2026 (100 pairs), and the 22 Kaggle pairs held out by scripts/build_default_model.sh
 # (WORK/kaggle-heldout, made by that script). Floors (sketch as output, all-white) are measured beside.
@@ -11,11 +12,14 @@ work=${1:?usage: model_card.sh WORK [--checkpoint CKPT]}; shift
 data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
 model=(--method default); [[ ${1:-} == --checkpoint ]] && model=(--method pix2pix --checkpoint "$2")
 ganime data sketchify "$data/anime-busts/test" "$work/busts-test-pairs" --seed 2026 --no-progress
-mkdir -p "$work/card"
+bg=${BACKGROUND:-model}
+card="$work/card"; [[ $bg != model ]] && card="$work/card-$bg"
+mkdir -p "$card"
+kinds=(model identity white); [[ $bg != model ]] && kinds=(model)  # the floors do not depend on it
 for set in busts-test-pairs kaggle-heldout; do
-  for m in model identity white; do
-    out="$work/card/$set-$m"
-    args=("${model[@]}"); [[ $m != model ]] && args=(--method "$m")
+  for m in "${kinds[@]}"; do
+    out="$card/$set-$m"
+    args=("${model[@]}" --background "$bg"); [[ $m != model ]] && args=(--method "$m")
     ganime evaluate "${args[@]}" --data "$work/$set" --out "$out" --overwrite --no-progress > /dev/null
     python3 - "$out/metrics.json" "$set" "$m" <<'PY'
 import json, sys
