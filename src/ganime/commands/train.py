@@ -110,20 +110,30 @@ def run(args) -> int:
     from ganime.distributed import from_env
 
     dist = from_env(args.device)
+    res = fit_closing(dist, lambda: Trainer(
+        cfg, pairs, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+        hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist))
+    return report(res, args.out, dist)
+
+
+def fit_closing(dist, make_trainer):
+    """Build a Trainer and fit it; under torchrun the process group is closed however that ends."""
     try:
-        trainer = Trainer(cfg, pairs, args.out, device=args.device, resume=args.resume,
-                          progress=not args.no_progress, hooks=eval_hooks(args, cfg), max_steps=args.max_steps,
-                          tensorboard=args.tensorboard, dist=dist)
-        res = trainer.fit()
+        res = make_trainer().fit()
     except BaseException:
         if dist is not None:
             dist.close(wait=False)  # the other processes may be inside a collective: no barrier
         raise
     if dist is not None:
         dist.close()
+    return res
+
+
+def report(res, out, dist, detail: str = "") -> int:
+    """The closing line (main process only) and the exit code: 130 after Ctrl-C, else 0."""
     if dist is None or dist.main:
         state = "interrupted" if res.interrupted else "finished"
-        print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps; checkpoint {Path(args.out) / 'last.pt'}")
+        print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps{detail}; checkpoint {Path(out) / 'last.pt'}")
     return 130 if res.interrupted else 0
 
 
@@ -186,23 +196,18 @@ def run_cyclegan(args) -> int:
     from ganime.distributed import from_env
 
     dist = from_env(args.device)
-    try:
+    made = {}
+
+    def make_trainer():
         device = dist.device if dist is not None else resolve_device(args.device)
-        loader = UnpairedLoader(sketches, colors, t.batch_size, device, seed=t.seed, size=t.size,
-                                load_size=int(round(t.size * t.jitter)), flip=t.flip,
-                                rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
-        trainer = Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-                          hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
-                          max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist)
-        res = trainer.fit()
-    except BaseException:
-        if dist is not None:
-            dist.close(wait=False)  # the other processes may be inside a collective: no barrier
-        raise
-    if dist is not None:
-        dist.close()
-    if dist is None or dist.main:
-        state = "interrupted" if res.interrupted else "finished"
-        print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps "
-              f"({loader.n_sketches} sketches, {loader.n_colors} colour images); checkpoint {Path(args.out) / 'last.pt'}")
-    return 130 if res.interrupted else 0
+        loader = made["loader"] = UnpairedLoader(
+            sketches, colors, t.batch_size, device, seed=t.seed, size=t.size,
+            load_size=int(round(t.size * t.jitter)), flip=t.flip,
+            rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
+        return Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+                       hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
+                       max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist)
+
+    res = fit_closing(dist, make_trainer)
+    loader = made["loader"]
+    return report(res, args.out, dist, f" ({loader.n_sketches} sketches, {loader.n_colors} colour images)")
