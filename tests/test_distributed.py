@@ -125,8 +125,8 @@ def _write_pairs(folder: Path, n: int, size: int = 256) -> None:
         Image.fromarray(arr).save(folder / f"{i:03d}.png")
 
 
-def test_torchrun_trains_resumes_and_writes_plain_checkpoints(tmp_path):
-    from ganime.colorize import Colorizer
+def _torchrun_pix2pix(tmp_path):
+    """A prepared 8-pair cache and the torchrun command line (2 CPU processes) that trains on it."""
     from ganime.data.pairs import prepare
 
     _write_pairs(tmp_path / "src", 8)
@@ -136,6 +136,13 @@ def test_torchrun_trains_resumes_and_writes_plain_checkpoints(tmp_path):
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ganime",
             "train", "pix2pix", "--data", str(tmp_path / "cache"), "--out", str(run), "--preset", "small",
             "--device", "cpu", "--batch-size", "2", "--no-progress"]
+    return run, env, base
+
+
+def test_torchrun_trains_resumes_and_writes_plain_checkpoints(tmp_path):
+    from ganime.colorize import Colorizer
+
+    run, env, base = _torchrun_pix2pix(tmp_path)
     r = subprocess.run(base + ["--max-steps", "1"], capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("finished") + r.stdout.count("interrupted") <= 1  # rank 0 reports alone
@@ -175,15 +182,8 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_the_same_step(tmp_path, targe
     import signal
     import time
 
-    _write_pairs(tmp_path / "src", 8)
-    from ganime.data.pairs import prepare
-
-    prepare(tmp_path / "src", tmp_path / "cache", size=256, workers=1, progress=False)
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ganime",
-            "train", "pix2pix", "--data", str(tmp_path / "cache"), "--out", str(run), "--preset", "small",
-            "--device", "cpu", "--batch-size", "2", "--no-progress", "--log-every", "1"]
+    run, env, base = _torchrun_pix2pix(tmp_path)
+    base += ["--log-every", "1"]
     p = subprocess.Popen(base + ["--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env, start_new_session=True)
     try:
