@@ -17,10 +17,9 @@ from ganime.imageio import list_images, open_image, uint8_to_tensor
 from ganime import metrics as M
 from ganime.metrics import fid as fid_mod
 from ganime.metrics import lpips_net as lpips_mod
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(not (DATA / "kaggle-sample").is_dir(), reason="shared/data not present")
 
 
