@@ -100,7 +100,7 @@ class Colorizer:
                         max_size: int | None = None) -> "Colorizer":
         from ganime.train import resolve_device
 
-        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        dev = resolve_device(device)
         ckpt = load_checkpoint(path)
         method_cls = get_method(ckpt["method"])
         try:

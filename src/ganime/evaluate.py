@@ -37,7 +37,7 @@ import torch
 
 from ganime import __version__
 from ganime.errors import CheckpointError, InputError
-from ganime.imageio import atomic_write_bytes
+from ganime.imageio import atomic_write_bytes, save_png
 
 MODEL_METHODS = ("pix2pix", "cyclegan", "default")
 STYLE_METHODS = ("gatys", "fast")
@@ -274,10 +274,9 @@ def make_generator(method: str, checkpoint: str | None = None, device: str | tor
     """``(generate(sketches, colours) -> outputs, info)`` for a method name of :data:`METHODS` (uint8 NHWC)."""
     if method not in METHODS:
         raise InputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    if not isinstance(device, torch.device):
-        from ganime.train import resolve_device
+    from ganime.train import resolve_device
 
-        device = resolve_device(device)
+    device = resolve_device(device)
     if method in MODEL_METHODS:
         return _model_generator(method, checkpoint, device, progress, background)
     if checkpoint:
@@ -317,11 +316,10 @@ def _image_names(names: list[str]) -> list[str]:
 
 
 def save_png_array(arr: np.ndarray, path: Path) -> None:
+    """Write an H x W x 3 uint8 array as a PNG, atomically (our own result files: replaced if present)."""
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(Image.fromarray(np.ascontiguousarray(arr)), path, overwrite=True)
 
 
 def make_grid(sketches: np.ndarray, truth: np.ndarray, outputs: np.ndarray, rows: int = GRID_ROWS) -> np.ndarray:
@@ -344,7 +342,7 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     from ganime.metrics import compute_all
     from ganime.train import resolve_device
 
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     if out is not None:
         out = check_out_dir(out, overwrite)
     sketches, colours = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])

@@ -38,8 +38,13 @@ from ganime.imageio import atomic_write_bytes
 from ganime.methods import get_method
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a one-line error."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a one-line error.
+
+    A ``torch.device`` is returned as it is.
+    """
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -94,18 +99,13 @@ class _StopFlag:
 
 def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     """Save sample rows (each N x 3 x H x W in [-1, 1]) as a PNG: one line per sample, rows side by side."""
-    import io
-
     from PIL import Image
 
-    from ganime.imageio import tensor_to_uint8
+    from ganime.imageio import save_png, tensor_to_uint8
 
     cols = [tensor_to_uint8(r) for r in rows]  # each N x H x W x 3
     lines = [np.concatenate([c[i] for c in cols], axis=1) for i in range(cols[0].shape[0])]
-    grid = np.concatenate(lines, axis=0)
-    buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(Image.fromarray(np.concatenate(lines, axis=0)), path, overwrite=True)
 
 
 class Trainer:

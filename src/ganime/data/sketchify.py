@@ -18,7 +18,7 @@ from PIL import Image
 from ganime.data.sketch import EXTRACTORS, PARAM_RANGES, extract, random_extract
 from ganime.data.loader import step_seed
 from ganime.errors import InputError
-from ganime.imageio import atomic_write_bytes, list_images, open_image
+from ganime.imageio import list_images, open_image, save_png
 
 
 def sketchify_image(img: np.ndarray, extractor: str = "random", seed: int = 0, params: dict | None = None) -> np.ndarray:
@@ -39,8 +39,6 @@ def sketchify_image(img: np.ndarray, extractor: str = "random", seed: int = 0, p
 
 def _sketchify_one(job) -> str | None:
     """Worker: write one pair file; returns an error sentence or None."""
-    import io
-
     path, target, extractor, seed, size = job
     torch.set_num_threads(1)
     try:
@@ -51,9 +49,7 @@ def _sketchify_one(job) -> str | None:
         im = im.resize((size, size), Image.BICUBIC)
     color = np.array(im)
     sketch = sketchify_image(color, extractor, seed)
-    buf = io.BytesIO()
-    Image.fromarray(np.concatenate([color, sketch], axis=1)).save(buf, format="PNG")
-    atomic_write_bytes(target, buf.getvalue())
+    save_png(Image.fromarray(np.concatenate([color, sketch], axis=1)), target, overwrite=True)  # target is new
     return None
 
 

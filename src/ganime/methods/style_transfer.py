@@ -59,17 +59,6 @@ class StyleTransferDiverged(GanimeError):
     exit_code = 3
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable ``cuda`` is one clear error."""
-    if device not in DEVICES:
-        raise InputError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def _fit_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     """(w, h) scaled so the longer side is ``longest`` (aspect kept, at least 1 px)."""
     w, h = size
@@ -162,6 +151,10 @@ class GatysStyleTransfer:
         self.content_layers, self.style_layers = tuple(content_layers), tuple(style_layers)
         self.style_layer_weights = {k: 1.0 / len(self.style_layers) for k in self.style_layers}
         self.pooling, self.vgg_weights = pooling, vgg_weights
+        from ganime.train import resolve_device
+
+        if device not in DEVICES:
+            raise InputError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
         self.device = resolve_device(device)
         self.progress = progress
         self._vgg = vgg.to(self.device) if vgg is not None else None
