@@ -68,6 +68,9 @@ def test_ssim_float_input_is_quantised_uint8_and_batch_size_invariant():
     f = M.ssim(uint8_to_tensor(a), uint8_to_tensor(b))
     assert torch.allclose(u, f, rtol=0, atol=1e-12)
     assert torch.allclose(M.ssim(a, b, batch_size=2), u, rtol=0, atol=1e-12)
+    assert torch.allclose(M.ssim(a, b, batch_size=1, device="cpu"), u, rtol=0, atol=1e-12)
+    with pytest.raises(InputError, match="batch_size"):
+        M.ssim(a, b, batch_size=-1)
     assert torch.allclose(torch.cat([M.ssim(a[i], b[i]) for i in range(3)]), u, rtol=0, atol=1e-12)
 
 
@@ -140,6 +143,23 @@ def test_fid_of_samples_from_two_gaussians_is_near_closed_form():
     assert abs(M.fid_from_features(x, x)) < 1e-6
 
 
+def test_fid_routes_agree_when_features_outnumber_dimensions():
+    """The default route for N > D (two symmetric eigendecompositions) against scipy's sqrtm and the SVD
+    route, on correlated non-negative features like Inception's (low rank plus noise, shifted sets)."""
+    rng = np.random.default_rng(7)
+    n, d = 300, 64
+    mix = rng.normal(size=(8, d))
+    x = np.abs(rng.normal(size=(n, 8)) @ mix + 0.3 * rng.normal(size=(n, d)))
+    y = np.abs(rng.normal(size=(n + 50, 8)) @ mix * 1.2 + 0.3 * rng.normal(size=(n + 50, d)) + 0.1)
+    e = M.fid_from_features(x, y)  # auto: eigh
+    assert e == pytest.approx(M.fid_from_features(x, y, method="sqrtm"), rel=1e-9)
+    assert e == pytest.approx(M.fid_from_features(x, y, method="svd"), rel=1e-9)
+    assert e == pytest.approx(M.fid_from_features(x, y, method="eigh", device="cpu"), rel=0)
+    assert abs(M.fid_from_features(x, x)) < 1e-8
+    with pytest.raises(InputError, match="FID method"):
+        M.fid_from_features(x, y, method="newton")
+
+
 def test_fid_handles_singular_covariances():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(5, 32)), rng.normal(size=(7, 32)) + 1  # N < D: rank-deficient covariances
@@ -149,6 +169,8 @@ def test_fid_handles_singular_covariances():
     # the exact route against the closed form on the (singular) sample statistics
     (mu1, s1), (mu2, s2) = M.feature_stats(x), M.feature_stats(y)
     assert v == pytest.approx(_closed_form_fid(mu1, s1, mu2, s2), abs=1e-6)
+    # the eigendecomposition route is valid for singular covariances too
+    assert M.fid_from_features(x, y, method="eigh") == pytest.approx(v, abs=1e-6)
     # the reference sqrtm route copes (eps offset / dropped imaginary part) and agrees closely
     assert M.fid_from_stats(mu1, s1, mu2, s2) == pytest.approx(v, rel=1e-3)
     with pytest.raises(InputError, match="at least 2"):
@@ -198,8 +220,26 @@ def test_inception_features_on_real_images():
     assert not np.array_equal(t, f[:1]) and np.corrcoef(t[0], f[0])[0, 1] > 0.95
     with pytest.raises(InputError, match="299x299"):
         M.InceptionFeatures(resize="none")(imgs[:1])
+    # the default "clean" resize against clean-fid's own (PIL) one through the network
+    ref = fid_mod.load_inception("cpu")(fid_mod.resize_clean_pil(torch.from_numpy(imgs).permute(0, 3, 1, 2)) / 128 - 1)
+    assert np.abs(ref.double().numpy() - f).max() < 1e-3 * max(1.0, np.abs(f).max())
     # cache: a named set is computed once
     assert feats(imgs[:1], cache_key="real") is feats(imgs, cache_key="real")
+
+
+@needs_data
+def test_clean_resize_on_the_device_equals_pil():
+    """The default resize (torch's anti-aliased bicubic) against clean-fid's PIL 'F' bicubic per channel:
+    real images up and down in size, a non-square one, and noise (the worst case for rounding)."""
+    real = torch.from_numpy(_busts(2)).permute(0, 3, 1, 2).contiguous()
+    colour, _ = [p for p in _kaggle_pairs() if p[0].shape[:2] != (256, 256)][0]
+    noise = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (2, 3, 40, 700), dtype=np.uint8))
+    for batch in (real, torch.from_numpy(colour.copy()).permute(2, 0, 1)[None].contiguous(), noise,
+                  torch.nn.functional.interpolate(real.float(), size=(512, 512)).round().byte()):
+        ours = (fid_mod._prepare(batch, "clean", "cpu") + 1) * 128
+        pil = fid_mod.resize_clean_pil(batch)
+        assert ours.shape == pil.shape == (batch.shape[0], 3, 299, 299)
+        assert (ours - pil).abs().max() < 1e-2 and (ours - pil).abs().mean() < 1e-3
 
 
 # ---------------------------------------------------------------- KID
@@ -232,6 +272,29 @@ def test_kid_is_seeded_and_clips_subset_size():
         M.kid_from_features(x[:1], y)
     with pytest.raises(InputError):
         M.kid_from_features(x, y[:, :4])
+    with pytest.raises(InputError, match="KID method"):
+        M.kid_from_features(x, y, method="fast")
+
+
+def test_kid_from_full_kernels_equals_per_subset_kernels(monkeypatch):
+    """The default (kernels over all vectors once, subsets read through indicator vectors) gives the
+    reference recipe's per-subset values: same seeded subsets, same numbers to round-off."""
+    from ganime.metrics import kid as kid_mod
+
+    rng = np.random.default_rng(9)
+    x, y = np.abs(rng.normal(size=(120, 16))), np.abs(rng.normal(size=(90, 16))) + 0.2
+    for size, subsets in ((50, 7), (90, 3), (1000, 2)):
+        full = M.kid_from_features(x, y, size, subsets, seed=4, method="full")
+        per = M.kid_from_features(x, y, size, subsets, seed=4, method="subsets")
+        assert full == pytest.approx(per, rel=1e-10, abs=1e-12)
+    full = M.kid_from_features(x, y, 50, 7, seed=4, method="full")
+    assert M.kid_from_features(x, y, 50, 7, seed=4) == full  # auto
+    # too many vectors for the full kernels: auto computes per-subset kernels, same result
+    monkeypatch.setattr(kid_mod, "FULL_KERNEL_MAX", 100)
+    calls = []
+    monkeypatch.setattr(kid_mod, "_mmd2_unbiased", lambda a, b, f=kid_mod._mmd2_unbiased: calls.append(1) or f(a, b))
+    assert M.kid_from_features(x, y, 50, 7, seed=4) == pytest.approx(full, rel=1e-10)
+    assert len(calls) == 7
 
 
 # ---------------------------------------------------------------- LPIPS

@@ -121,6 +121,8 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
     from ganime.metrics import InceptionFeatures
     from ganime.metrics.fid import FEATURE_DIM, INCEPTION_SHA1
 
+    RESIZE_TAG = "-t"  # features of the torch port of the clean resize (older caches used PIL itself)
+
     class _Features(InceptionFeatures):
         def __call__(self, images, cache_key: str | None = None) -> np.ndarray:
             from tqdm import tqdm
@@ -130,7 +132,7 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
             n = len(images)
             path = None
             if cache_key is not None and disk_cache:
-                path = cache_dir() / "inception" / f"{cache_key}-{self.resize}-{INCEPTION_SHA1[:8]}.npy"
+                path = cache_dir() / "inception" / f"{cache_key}-{self.resize}{RESIZE_TAG}-{INCEPTION_SHA1[:8]}.npy"
                 try:
                     f = np.load(path)
                     if f.shape == (n, FEATURE_DIM):
@@ -155,7 +157,7 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
                         print(f"ganime: warning: cannot write the feature cache {path} ({e})", file=sys.stderr)
             return f
 
-    return _Features(device=device, batch_size=16)
+    return _Features(device=device)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import io
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,14 +282,15 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
     _, splits = discover(p)
     items = splits.get(split, []) if split else [i for v in splits.values() for i in v]
     arrays, names = [], []
-    for it in items:
-        try:
-            s, c = load_pair(it, size)
-        except InputError as e:
-            print(f"ganime: warning: skipped {e}", file=sys.stderr)
-            continue
-        arrays.append(np.stack([s, c]))
-        names.append(it.name)
+    # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
+    workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
+    with ThreadPoolExecutor(workers) as ex:
+        for name, arr, err in ex.map(_load_for_cache, [(it, size) for it in items]):
+            if err is not None:
+                print(f"ganime: warning: skipped {err}", file=sys.stderr)
+                continue
+            arrays.append(arr)
+            names.append(name)
     if not arrays:
         raise InputError(f"{p}: no usable pairs found")
     return np.stack(arrays), names

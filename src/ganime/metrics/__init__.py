@@ -74,16 +74,16 @@ def compute_all(
     notes: list[str] = []
     out: dict = {"n": n}
 
-    out["ssim_mean"], out["ssim_std"] = _mean_std(ssim(x, y))
+    out["ssim_mean"], out["ssim_std"] = _mean_std(ssim(x, y, device=device))
     out["psnr_mean"], out["psnr_std"] = _mean_std(psnr(x, y))
 
     white = torch.full_like(y, 255)
-    out["white_ssim_mean"] = _mean_std(ssim(white, y))[0]
+    out["white_ssim_mean"] = _mean_std(ssim(white, y, device=device))[0]
     out["white_psnr_mean"] = _mean_std(psnr(white, y))[0]
     if sketches is not None:
         s = as_uint8_nchw(sketches, "sketches").permute(0, 2, 3, 1)
         check_pair(s, y)
-        out["identity_ssim_mean"] = _mean_std(ssim(s, y))[0]
+        out["identity_ssim_mean"] = _mean_std(ssim(s, y, device=device))[0]
         out["identity_psnr_mean"] = _mean_std(psnr(s, y))[0]
     else:
         out["identity_ssim_mean"] = out["identity_psnr_mean"] = None
@@ -104,8 +104,9 @@ def compute_all(
         try:
             f_fake = feats(x)
             f_real = feats(y, cache_key=real_cache_key)
-            out["fid"] = fid_from_features(f_fake, f_real)
-            out["kid_mean"], out["kid_std"] = kid_from_features(f_fake, f_real, kid_subset_size, kid_subsets, seed)
+            out["fid"] = fid_from_features(f_fake, f_real, device=device)
+            out["kid_mean"], out["kid_std"] = kid_from_features(f_fake, f_real, kid_subset_size, kid_subsets, seed,
+                                                                device=device)
         except GanimeError as e:
             notes.append(f"FID/KID not computed: {e}")
         if n < FID_RELIABLE_N:

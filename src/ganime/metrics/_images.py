@@ -40,7 +40,7 @@ def as_uint8_nchw(images, name: str = "images") -> torch.Tensor:
             raise InputError(f"{name}: float images must be NCHW with 3 channels in [-1, 1], got shape {tuple(t.shape)}")
         if not torch.isfinite(t).all():
             raise InputError(f"{name}: contains NaN or infinite values")
-        return t.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        return t.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).contiguous()
     raise InputError(f"{name}: expected uint8 (NHWC, 0..255) or float (NCHW, [-1, 1]) images, got dtype {t.dtype}")
 
 

@@ -204,7 +204,8 @@ def load_lpips(net: str = "alex", device: str = "cpu") -> LPIPSNet:
     return assign_weights(LPIPSNet(net), state).to(device)
 
 
-def lpips(fake, real, net: str = "alex", device: str | torch.device = "cpu", batch_size: int = 16, model: LPIPSNet | None = None) -> torch.Tensor:
+def lpips(fake, real, net: str = "alex", device: str | torch.device = "cpu", batch_size: int | None = None,
+          model: LPIPSNet | None = None) -> torch.Tensor:
     """LPIPS distance of each output to its ground truth: float64 tensor (N,). Images as everywhere in
     :mod:`ganime.metrics` (float inputs are quantised to 8 bits first, so the score is that of the saved
     images). ``model`` overrides the pretrained network (tests use random weights)."""
@@ -212,6 +213,7 @@ def lpips(fake, real, net: str = "alex", device: str | torch.device = "cpu", bat
     y = as_uint8_nchw(real, "ground truth")
     check_pair(x, y)
     device = str(torch.device(device))
+    batch_size = batch_size or (16 if device == "cpu" else 128)
     model = model if model is not None else load_lpips(net, device)
     out = []
     with torch.inference_mode():
