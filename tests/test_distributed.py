@@ -153,6 +153,13 @@ def test_torchrun_trains_resumes_and_writes_plain_checkpoints(tmp_path):
     r = subprocess.run(base + ["--resume", "--max-steps", "2"], capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert torch.load(run / "last.pt", weights_only=True)["progress"]["global_step"] == 2
+    # --time-limit: each rank's clock votes; the agreed vote is read one step later, so both ranks stop
+    # together at the second step after the deadline, save once and exit 0
+    r = subprocess.run(base + ["--resume", "--time-limit", "0.000001"], capture_output=True, text=True, env=env,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("time limit reached") == 1
+    assert torch.load(run / "last.pt", weights_only=True)["progress"]["global_step"] == 4
 
 
 def _worker_pids(torchrun_pid: int) -> dict[int, int]:

@@ -56,6 +56,20 @@ def test_resume_continues_exactly(tmp_path, stop_at):
         assert torch.equal(ta[k], tb[k]), k
 
 
+def test_time_limit_saves_and_stops_then_resume_continues(tmp_path, capsys):
+    cfg = tiny_config(epochs=3)
+    pairs = tiny_pairs(4)  # 2 steps per epoch
+    res = Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, time_limit=1e-6).fit()
+    assert res.time_limit_reached and not res.interrupted and res.global_step == 1  # checked after each step
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["progress"] == {"epoch": 0, "step": 1, "global_step": 1}
+    assert "time limit reached: saved" in capsys.readouterr().err
+    res = Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, resume=True, time_limit=3600).fit()
+    assert not res.time_limit_reached and res.global_step == 6 and res.epochs_done == 3
+    with pytest.raises(InputError, match="time-limit"):
+        Trainer(cfg, pairs, tmp_path / "x", device="cpu", progress=False, time_limit=0)
+    assert not (tmp_path / "x").exists()
+
+
 def test_run_folder_is_never_clobbered(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False).fit()
@@ -140,6 +154,11 @@ def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     assert "--resume" in one_line_error(capsys)
     assert main(args + ["--resume"]) == 0
     assert load_checkpoint(out / "last.pt")["progress"] == {"epoch": 2, "step": 0, "global_step": 4}
+    capsys.readouterr()
+    assert main(args + ["--resume", "--epochs", "3", "--time-limit", "0.000001"]) == 0  # a clean stop, exit 0
+    assert "time limit reached: 2 epochs, 5 steps" in capsys.readouterr().out
+    assert main(args + ["--resume", "--time-limit", "-1"]) != 0
+    assert "--time-limit" in one_line_error(capsys)
 
 
 def _start(cache, out, *extra):

@@ -10,7 +10,7 @@ hook of :class:`ganime.train.Trainer`:
   each network in :class:`DDP` (a DistributedDataParallel whose ``state_dict`` is the plain module's,
   so checkpoints written under DDP load in single-process code and in ``colorize`` unchanged);
 - ``any_flag(bool)`` is true on every process when it is true on any (non-finite losses stop all);
-- ``agree_stop(bool)`` turns each process's own Ctrl-C flag into one decision shared by all (below);
+- ``agree_stop(bool, bool)`` turns each process's own Ctrl-C flag and time limit into one decision shared by all (below);
 - ``close()`` waits for every process and leaves the process group.
 
 Ctrl-C: in a terminal SIGINT reaches torchrun and every worker; torchrun then forwards SIGINT to
@@ -106,28 +106,29 @@ class Distributed:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def agree_stop(self, requested: bool) -> bool:
+    def agree_stop(self, requested: bool, out_of_time: bool = False) -> int:
         """One call per training step on every process: the shared stop decision.
 
-        Starts this step's vote (MAX of every process's ``requested``) without waiting for it and
-        returns the result of the previous step's vote, so every process gets the same answer at the
-        same step. The first call returns False.
+        Starts this step's vote (MAX of every process's 2 for ``requested`` (Ctrl-C), 1 for
+        ``out_of_time`` (--time-limit), else 0) without waiting for it and returns the result of the
+        previous step's vote, so every process gets the same answer at the same step: 0 (go on), 1 (time
+        limit), 2 (interrupted). The first call returns 0.
         """
         if self._vote_group is None:
             backend = tdist.get_backend()
             self._vote_group = tdist.group.WORLD if backend == "gloo" else tdist.new_group(backend="gloo")
         previous = self._finish_vote()
-        t = torch.tensor([1.0 if requested else 0.0])
+        t = torch.tensor([2.0 if requested else 1.0 if out_of_time else 0.0])
         self._vote = (tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=self._vote_group, async_op=True), t)
         return previous
 
-    def _finish_vote(self) -> bool:
+    def _finish_vote(self) -> int:
         if self._vote is None:
-            return False
+            return 0
         work, t = self._vote
         self._vote = None
         work.wait()
-        return bool(t.item() > 0)
+        return int(t.item())
 
     def barrier(self) -> None:
         if self.device.type == "cuda":

@@ -59,6 +59,7 @@ class TrainResult:
     epochs_done: int
     global_step: int
     interrupted: bool = False
+    time_limit_reached: bool = False
     last_losses: dict = field(default_factory=dict)
     images_per_second: float = 0.0
 
@@ -124,7 +125,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, pairs: np.ndarray | None, out: str | Path, device: str = "auto",
                  resume: bool = False, progress: bool = True, hooks: list[Callable] | None = None,
                  loader=None, sample_pairs: np.ndarray | None = None, max_steps: int | None = None,
-                 dist=None, tensorboard: bool = False):
+                 dist=None, tensorboard: bool = False, time_limit: float | None = None):
         self.cfg = cfg.validate()
         self.out = Path(out)
         self.device = resolve_device(device) if dist is None else dist.device
@@ -135,6 +136,9 @@ class Trainer:
         self.progress = progress and self.main
         self.hooks = hooks or []
         self.max_steps = max_steps
+        if time_limit is not None and time_limit <= 0:
+            raise InputError(f"--time-limit {time_limit / 60:g}: must be more than 0 minutes")
+        self.time_limit = time_limit  # seconds of this call to fit(), then save and stop like --max-steps
         self._check_run_folder(resume)
         self.tb = self._tensorboard() if tensorboard and self.main else None
         t = cfg.train
@@ -268,8 +272,10 @@ class Trainer:
         bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
                    disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}")
         self.method.train_mode(True)
+        deadline = time.monotonic() + self.time_limit if self.time_limit else None
         with _StopFlag(abort_on_second=self.dist is None) as stop:
             stop_now = False  # the stop decision: the local flag, or under DDP the flag agreed by all
+            out_of_time = False  # --time-limit reached (agreed under DDP): save and stop, not an interruption
             while self.epoch < t.epochs:
                 sums: dict[str, torch.Tensor] = {}
                 n_in_interval, t0 = 0, time.perf_counter()
@@ -284,8 +290,13 @@ class Trainer:
                     self.step, self.global_step = step + 1, self.global_step + 1
                     bar.update(1)
                     last_of_epoch = self.step == spe
-                    stop_now = stop.requested if self.dist is None else self.dist.agree_stop(stop.requested)
-                    stopping = stop_now or (self.max_steps is not None and self.global_step >= self.max_steps)
+                    over = deadline is not None and time.monotonic() >= deadline
+                    if self.dist is None:
+                        stop_now, out_of_time = stop.requested, over
+                    else:
+                        vote = self.dist.agree_stop(stop.requested, over)
+                        stop_now, out_of_time = vote == 2, vote == 1
+                    stopping = stop_now or out_of_time or (self.max_steps is not None and self.global_step >= self.max_steps)
                     if n_in_interval >= t.log_every or last_of_epoch or stopping:
                         values = self._check_finite(sums)
                         if self.device.type == "cuda":
@@ -308,9 +319,11 @@ class Trainer:
                         result.interrupted = stop_now
                         result.epochs_done, result.global_step = self.epoch, self.global_step
                         bar.close()
-                        if stop_now and self.main:
-                            print(f"ganime: saved {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step}; "
+                        if (stop_now or out_of_time) and self.main:
+                            why = "time limit reached: " if out_of_time and not stop_now else ""
+                            print(f"ganime: {why}saved {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step}; "
                                   "continue with --resume", file=sys.stderr)
+                        result.time_limit_reached = out_of_time and not stop_now
                         return result
                 # End of epoch: count it, write samples, checkpoints, epoch log, hooks.
                 self.epoch, self.step = self.epoch + 1, 0
@@ -326,8 +339,9 @@ class Trainer:
                 result.epochs_done, result.global_step = self.epoch, self.global_step
                 if self.dist is None:
                     stop_now = stop.requested  # a Ctrl-C during the epoch's samples, checkpoint or hooks
-                if stop_now or (self.max_steps is not None and self.global_step >= self.max_steps):
+                if stop_now or out_of_time or (self.max_steps is not None and self.global_step >= self.max_steps):
                     result.interrupted = stop_now
+                    result.time_limit_reached = out_of_time and not stop_now
                     break
         bar.close()
         return result

@@ -12,7 +12,8 @@ METHOD_ARGS = {}
 
 def add_common(p) -> None:
     p.add_argument("--out", required=True, help="run folder (new, or an existing one with --resume)")
-    p.add_argument("--preset", default="paper", help="paper (the paper's settings) or small (fast, CPU-friendly)")
+    p.add_argument("--preset", default="paper", help="paper (the paper's settings), medium (32 base channels: the shipped model's "
+                                                        "size budget) or small (16, fast, CPU-friendly)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -27,6 +28,8 @@ def add_common(p) -> None:
     p.add_argument("--save-every-steps", type=int, help="also save last.pt every N steps within an epoch")
     p.add_argument("--eval-every", type=int, help="evaluate a fixed validation subset every K epochs")
     p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop (and save) after this many minutes of training in this call; --resume continues")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     p.add_argument("--dry-run", action="store_true", help="validate and print the configuration, then exit")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN/tensorboard")
@@ -112,7 +115,8 @@ def run(args) -> int:
     dist = from_env(args.device)
     res = fit_closing(dist, lambda: Trainer(
         cfg, pairs, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-        hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist))
+        hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
+        time_limit=_seconds(args.time_limit)))
     return report(res, args.out, dist)
 
 
@@ -129,10 +133,14 @@ def fit_closing(dist, make_trainer):
     return res
 
 
+def _seconds(minutes: float | None) -> float | None:
+    return None if minutes is None else minutes * 60
+
+
 def report(res, out, dist, detail: str = "") -> int:
     """The closing line (main process only) and the exit code: 130 after Ctrl-C, else 0."""
     if dist is None or dist.main:
-        state = "interrupted" if res.interrupted else "finished"
+        state = "interrupted" if res.interrupted else "time limit reached" if res.time_limit_reached else "finished"
         print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps{detail}; checkpoint {Path(out) / 'last.pt'}")
     return 130 if res.interrupted else 0
 
@@ -206,7 +214,8 @@ def run_cyclegan(args) -> int:
             rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
         return Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
                        hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
-                       max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist)
+                       max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
+                       time_limit=_seconds(args.time_limit))
 
     res = fit_closing(dist, make_trainer)
     loader = made["loader"]
