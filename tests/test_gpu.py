@@ -26,3 +26,21 @@ def test_cuda_checkpoint_resumes_on_cpu(tmp_path):
     cfg = tiny_config(epochs=2)
     res = Trainer(cfg, tiny_pairs(4), tmp_path / "r", device="cpu", progress=False, resume=True).fit()
     assert res.epochs_done == 2
+
+
+def test_metrics_on_the_gpu_equal_the_cpu():
+    """SSIM, FID (eigh route) and KID (full kernels) on CUDA against their CPU / reference routes."""
+    import numpy as np
+
+    from ganime import metrics as M
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (5, 64, 80, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-30, 30, a.shape), 0, 255).astype(np.uint8)
+    assert torch.allclose(M.ssim(a, b, device="cuda"), M.ssim(a, b), rtol=0, atol=1e-9)
+    x = np.abs(rng.normal(size=(300, 64)))
+    y = np.abs(rng.normal(size=(280, 64))) + 0.05
+    assert M.fid_from_features(x, y, method="eigh", device="cuda") == pytest.approx(
+        M.fid_from_features(x, y, method="sqrtm"), rel=1e-7)
+    assert M.kid_from_features(x, y, 100, 10, device="cuda") == pytest.approx(
+        M.kid_from_features(x, y, 100, 10, method="subsets"), rel=1e-9, abs=1e-12)
