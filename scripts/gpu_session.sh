@@ -4,18 +4,25 @@
 # shipped default model (docs/model-card.md), each stage logged and skipped when its time is gone.
 #
 #   here:    scripts/gpu_carry.sh                      # stage the training data in .gpu/ (git-ignored)
-#   device:  run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=570)
+#   device:  run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=540)
 #   here:    cat <files_at>/default.safetensors.part-* > src/ganime/weights/default.safetensors
 #            scripts/model_card.sh WORK                 # measure the model card's figures on the CPU
+# A second, short call measures evaluation speed (the FID network cannot travel with the data):
+#   here:    scripts/gpu_carry.sh eval                 # .gpu-eval/: float16 copy of the Inception network
+#   device:  run(command="STAGES=eval bash scripts/gpu_session.sh", carry=[".gpu-eval"], timeout_s=300)
+# Budget: call 1 about 1.5 min start + BUDGET (480 s), call 2 (on the still-warm machine if made within
+# 30 s, else another start) about 4 min: inside the 15 minutes of device time.
 #
 # Results in $OUT (at most 8 files of 16 MiB come back): session.log, gpu-tests.txt, bench-train.json,
-# bench-infer.json, train-log.jsonl, samples.png, default.safetensors.part-00, -01 (15 MB parts).
-# Settings (environment): BUDGET seconds for the whole script (540), DEVICE (cuda; "cpu" for a dry run
+# bench-infer.json, train-log.jsonl, samples.png, default.safetensors.part-00, -01 (15 MB parts);
+# call 2: session.log, bench-eval.json.
+# Settings (environment): STAGES (tests,bench,model; or eval), BUDGET seconds for the whole script (480), DEVICE (cuda; "cpu" for a dry run
 # here with TINY=1: tiny sizes, a few steps), PRESET (medium: the largest generator whose fp16 weights
 # fit the package's 30 MB), EPOCHS cap (150), BATCH (32).
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder for the results}
-BUDGET=${BUDGET:-540}
+BUDGET=${BUDGET:-480}
+STAGES=${STAGES:-tests,bench,model}
 DEVICE=${DEVICE:-cuda}
 PRESET=${PRESET:-medium}
 EPOCHS=${EPOCHS:-150}
@@ -31,7 +38,10 @@ ganime() { python3 -m ganime "$@"; }  # no console script there: the package run
 export -f ganime  # for build_default_model.sh (timeout and other programs need "python3 -m ganime")
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
-[[ -d $GANIME_DATA/anime-busts/train ]] || { echo "gpu_session: $GANIME_DATA: no data (run scripts/gpu_carry.sh and carry .gpu)"; exit 1; }
+want() { [[ ,$STAGES, == *,$1,* ]]; }
+if want model && [[ ! -d $GANIME_DATA/anime-busts/train ]]; then
+  echo "gpu_session: $GANIME_DATA: no data (run scripts/gpu_carry.sh and carry .gpu)"; exit 1
+fi
 
 stage "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
@@ -45,13 +55,16 @@ else
   bench_infer=(--size 512 --reps 20 --no-onnx)
 fi
 
+if want tests; then
 stage "1. GPU tests"
 if [[ $DEVICE == cuda ]]; then
   timeout 120 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
 else
   echo "skipped (DEVICE=$DEVICE)"
 fi
+fi
 
+if want bench; then
 stage "2. benchmark train (paper preset, batch 32, 256 px)"
 timeout 150 python3 -m ganime benchmark train --device "$DEVICE" "${bench_train[@]}" --json | tail -1 > "$OUT/bench-train.json"
 cat "$OUT/bench-train.json"
@@ -59,7 +72,22 @@ cat "$OUT/bench-train.json"
 stage "3. benchmark infer (one 512x512 sketch)"
 timeout 60 python3 -m ganime benchmark infer --device "$DEVICE" "${bench_infer[@]}" --json | tail -1 > "$OUT/bench-infer.json"
 cat "$OUT/bench-infer.json"
+fi
 
+if want eval; then
+stage "eval. benchmark eval (SSIM + FID + KID over 3,545 pairs; FID network: float16 copy, timing only)"
+inception=$root/.gpu-eval/inception16.pt
+if [[ -f $inception ]]; then
+  n=3545; (( TINY )) && n=4
+  GANIME_INCEPTION_FILE=$inception timeout 270 python3 -m ganime benchmark eval --device "$DEVICE" --n "$n" --json \
+    | tail -1 > "$OUT/bench-eval.json"
+  cat "$OUT/bench-eval.json"
+else
+  echo "skipped: $inception missing (scripts/gpu_carry.sh eval, carry .gpu-eval)"
+fi
+fi
+
+if want model; then
 stage "4. the shipped model: data"
 work=/tmp/ganime-default
 rm -rf "$work"
@@ -80,5 +108,6 @@ if ganime export safetensors --checkpoint "$work/run/last.pt" --out "$work/defau
   sha256sum "$work/default.safetensors"
   (cd "$OUT" && split -b 15M -d -a 2 "$work/default.safetensors" default.safetensors.part-)
   ls -l "$OUT"
+fi
 fi
 stage "done"

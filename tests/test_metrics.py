@@ -239,6 +239,32 @@ def test_inception_features_on_real_images():
 
 
 @needs_data
+@needs_inception
+def test_inception_file_override_and_fp16_copy(tmp_path, monkeypatch, capsys):
+    """$GANIME_INCEPTION_FILE: a missing file is one sentence; a float16 copy (for carrying where the
+    87 MB file cannot go) loads in float32 with a warning and gives nearly the reference's features."""
+    imgs = _busts(2)
+    ref = M.InceptionFeatures()(imgs)
+    copy = fid_mod.write_fp16_copy(tmp_path / "inception16.pt")
+    assert copy.stat().st_size < 0.6 * fid_mod.inception_path().stat().st_size
+    with pytest.raises(InputError, match="exists"):
+        fid_mod.write_fp16_copy(copy)
+    monkeypatch.setenv(fid_mod.INCEPTION_ENV, str(tmp_path / "nope.pt"))
+    with pytest.raises(GanimeError, match="no such Inception file"):
+        fid_mod.inception_path()
+    monkeypatch.setenv(fid_mod.INCEPTION_ENV, str(copy))
+    fid_mod.load_inception.cache_clear()
+    try:
+        f = M.InceptionFeatures()(imgs)
+        assert "not the reference TF-Inception file" in capsys.readouterr().err
+    finally:
+        fid_mod.load_inception.cache_clear()
+    assert f.dtype == np.float64 and np.abs(f - ref).max() < 0.02
+    cos = (f * ref).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.9999
+
+
+@needs_data
 def test_clean_resize_on_the_device_equals_pil():
     """The default resize (torch's anti-aliased bicubic) against clean-fid's PIL 'F' bicubic per channel:
     real images up and down in size, a non-square one, and noise (the worst case for rounding)."""
