@@ -62,8 +62,8 @@ def _images(args, n: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
     return np.ascontiguousarray(real), fake, origin
 
 
-def _ours(fake, real, device, stages: dict) -> dict:
-    from ganime.metrics import InceptionFeatures, fid_from_features, kid_from_features, ssim
+def _stage_timer(device, stages: dict):
+    """timed(name, fn): run fn, record its seconds (device synchronised) in stages[name], return its value."""
 
     def timed(name, fn):
         sync(device)
@@ -73,6 +73,13 @@ def _ours(fake, real, device, stages: dict) -> dict:
         stages[name] = time.perf_counter() - t0
         return out
 
+    return timed
+
+
+def _ours(fake, real, device, stages: dict) -> dict:
+    from ganime.metrics import InceptionFeatures, fid_from_features, kid_from_features, ssim
+
+    timed = _stage_timer(device, stages)
     s = timed("ssim", lambda: ssim(fake, real, device=device))
     feats = InceptionFeatures(device=device)
     f_fake = timed("features", lambda: feats(fake))
@@ -96,14 +103,7 @@ def _reference(fake, real, device, stages: dict) -> dict:
                 out.append(net(batch).reshape(batch.shape[0], -1).double().cpu().numpy())
         return np.concatenate(out)
 
-    def timed(name, fn):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        stages[name] = time.perf_counter() - t0
-        return out
-
+    timed = _stage_timer(device, stages)
     s = timed("ssim", lambda: torch.cat([ssim(fake[i], real[i], device="cpu") for i in range(len(fake))]))
     f_fake = timed("features", lambda: features(fake))
     f_real = timed("features_real", lambda: features(real))
