@@ -137,6 +137,36 @@ def test_augmentation_keeps_sketch_and_colour_aligned():
     assert not torch.allclose(c2, color)
 
 
+def test_zoom_out_places_both_halves_alike_on_white_paper():
+    img = torch.rand(6, 6, 64, 64) * 1.6 - 0.9  # content never exactly white
+    g = torch.Generator().manual_seed(1)
+    out = augment.zoom_out(img, torch.tensor([0, 2, 5]), 0.4, g)
+    for i in (1, 3, 4):
+        assert torch.equal(out[i], img[i])  # not picked: untouched
+    for i in (0, 2, 5):
+        content = (out[i] < 0.999).any(0)  # what is not paper
+        rows, cols = content.any(1).nonzero().flatten(), content.any(0).nonzero().flatten()
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert h == w and 0.4 * 64 - 1 <= h <= 64  # a square scaled by a factor in [0.4, 1]
+        assert (out[i][:, ~content] == 1).all()  # the rest is white paper, in every channel
+        box = out[i][:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        ref = F.interpolate(img[i : i + 1], size=(int(h), int(w)), mode="bilinear", antialias=True, align_corners=False)
+        assert torch.allclose(box, ref[0], atol=1e-6)  # both halves (channels 0-2, 3-5) share the placement
+    again = augment.zoom_out(img, torch.tensor([0, 2, 5]), 0.4, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)  # seeded
+    assert augment.zoom_out(img, torch.tensor([], dtype=torch.long), 0.4, g) is img
+
+
+def test_loader_zoom_out_keeps_pairs_aligned():
+    pairs = np.random.default_rng(2).integers(0, 200, (8, 1, 32, 32, 3), dtype=np.uint8).repeat(2, axis=1)
+    loader = PairLoader(pairs, 8, torch.device("cpu"), seed=0, size=32, load_size=36, zoom_out=1.0, zoom_min=0.5)
+    b = loader.make_batch(torch.arange(8), 0)
+    assert torch.equal(b["sketch"], b["color"])  # same pair in, same placement out
+    assert (b["color"] == 1).float().mean() > 0.05  # white paper around every shrunk pair
+    plain = PairLoader(pairs, 8, torch.device("cpu"), seed=0, size=32, load_size=36).make_batch(torch.arange(8), 0)
+    assert not torch.equal(plain["color"], b["color"])
+
+
 def test_loader_batches_are_deterministic_and_shuffled_per_epoch():
     pairs = np.random.default_rng(0).integers(0, 255, (10, 2, 32, 32, 3), dtype=np.uint8)
     make = lambda: PairLoader(pairs, 4, torch.device("cpu"), seed=3, size=32, load_size=36, sketch_augment=0.5)  # noqa

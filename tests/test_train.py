@@ -70,6 +70,38 @@ def test_time_limit_saves_and_stops_then_resume_continues(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_init_from_starts_from_given_weights_and_checks_the_network(tmp_path, capsys):
+    from ganime.checkpoint import export_safetensors
+
+    cfg = tiny_config(epochs=1)
+    pairs = tiny_pairs(4)
+    Trainer(cfg, pairs, tmp_path / "src", device="cpu", progress=False).fit()
+    src = load_checkpoint(tmp_path / "src" / "last.pt")
+    t = Trainer(tiny_config(epochs=1, seed=5), pairs, tmp_path / "ft", device="cpu", progress=False,
+                init_from=tmp_path / "src" / "last.pt")
+    for k in ("G", "D"):
+        mine = t.method.models[k].state_dict()
+        assert all(torch.equal(mine[n], src["models"][k][n]) for n in mine)  # weights, BatchNorm statistics
+    assert "G, D loaded" in capsys.readouterr().err
+    init = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[0])
+    assert init["kind"] == "init" and init["loaded"] == ["G", "D"]
+    t.fit()  # and trains from there
+    # an exported generator: G loaded, D fresh
+    export_safetensors(tmp_path / "g.safetensors", method="pix2pix", config=src["config"],
+                       generator_state=src["models"]["G"])
+    t = Trainer(cfg, pairs, tmp_path / "ft2", device="cpu", progress=False, init_from=tmp_path / "g.safetensors")
+    mine = t.method.models["G"].state_dict()
+    assert all(torch.equal(v, src["models"]["G"][n].half().to(v.dtype)) for n, v in mine.items()
+               if v.is_floating_point())  # the exported (fp16) weights
+    assert "D freshly initialised" in capsys.readouterr().err
+    # another network: one sentence, and no run folder is made
+    other = tiny_config(epochs=1)
+    other.net.gen_base *= 2
+    with pytest.raises(InputError, match="network differs"):
+        Trainer(other, pairs, tmp_path / "bad", device="cpu", progress=False, init_from=tmp_path / "src" / "last.pt")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_run_folder_is_never_clobbered(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False).fit()
@@ -142,6 +174,16 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     assert "unknown preset" in one_line_error(capsys)
     assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--epochs", "0"]) != 0
     assert "epochs must be at least 1" in one_line_error(capsys)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--zoom-out", "1.5"]) != 0
+    assert "zoom-out probability" in one_line_error(capsys)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"),
+                 "--init-from", str(tmp_path / "none.pt")]) != 0
+    assert "no such checkpoint" in one_line_error(capsys)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--zoom-out", "0.5",
+                 "--zoom-min", "0.3", "--dry-run"]) == 0
+    t = json.loads(capsys.readouterr().out)["train"]
+    assert (t["zoom_out"], t["zoom_min"]) == (0.5, 0.3)
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):

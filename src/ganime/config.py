@@ -49,6 +49,9 @@ class TrainConfig:
     flip: bool = True
     #: Re-extract sketches from the colour image with a random extractor (probability per sample).
     sketch_augment: float = 0.0
+    #: Shrink a pair onto white paper (probability per sample; beyond the paper), by a factor in [zoom_min, 1].
+    zoom_out: float = 0.0
+    zoom_min: float = 0.4
     seed: int = 0
     #: Log losses every this many steps (also when non-finite losses are detected).
     log_every: int = 20
@@ -102,6 +105,10 @@ class RunConfig:
             problems.append(f"jitter must be >= 1 (got {t.jitter})")
         if not 0 <= t.sketch_augment <= 1:
             problems.append(f"sketch augmentation probability must be in [0, 1] (got {t.sketch_augment})")
+        if not 0 <= t.zoom_out <= 1:
+            problems.append(f"zoom-out probability must be in [0, 1] (got {t.zoom_out})")
+        if not 0.1 <= t.zoom_min <= 1:
+            problems.append(f"zoom-out minimum scale must be in [0.1, 1] (got {t.zoom_min})")
         if n.norm not in ("batch", "instance", "none"):
             problems.append(f"norm must be batch, instance or none (got {n.norm!r})")
         if n.gen_base < 1 or n.disc_base < 1:

@@ -125,7 +125,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, pairs: np.ndarray | None, out: str | Path, device: str = "auto",
                  resume: bool = False, progress: bool = True, hooks: list[Callable] | None = None,
                  loader=None, sample_pairs: np.ndarray | None = None, max_steps: int | None = None,
-                 dist=None, tensorboard: bool = False, time_limit: float | None = None):
+                 dist=None, tensorboard: bool = False, time_limit: float | None = None,
+                 init_from: str | Path | None = None):
         self.cfg = cfg.validate()
         self.out = Path(out)
         self.device = resolve_device(device) if dist is None else dist.device
@@ -139,12 +140,15 @@ class Trainer:
         if time_limit is not None and time_limit <= 0:
             raise InputError(f"--time-limit {time_limit / 60:g}: must be more than 0 minutes")
         self.time_limit = time_limit  # seconds of this call to fit(), then save and stop like --max-steps
+        init = self._read_init(init_from) if init_from is not None and not resume else None  # before any write
         self._check_run_folder(resume)
         self.tb = self._tensorboard() if tensorboard and self.main else None
         t = cfg.train
         method_cls = get_method(cfg.method)
         torch.manual_seed(t.seed)
         self.method = method_cls(cfg, self.device)
+        if init is not None:
+            self._apply_init(*init)
         if dist is not None:
             dist.wrap(self.method)
         self.epoch, self.step, self.global_step = 0, 0, 0
@@ -161,7 +165,7 @@ class Trainer:
             loader = PairLoader(
                 pairs, t.batch_size, self.device, seed=t.seed, size=t.size,
                 load_size=int(round(t.size * t.jitter)), flip=t.flip, sketch_augment=t.sketch_augment,
-                rank=self.rank, world_size=self.world_size,
+                zoom_out=t.zoom_out, zoom_min=t.zoom_min, rank=self.rank, world_size=self.world_size,
                 hint_sampler=getattr(self.method, "hint_sampler", None),
             )
         self.loader = loader
@@ -199,6 +203,32 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "samples").mkdir(exist_ok=True)
             atomic_write_bytes(self.out / "config.json", self.cfg.to_json().encode())
+
+    def _read_init(self, init_from: str | Path) -> tuple[Path, dict]:
+        """The weights to start from (--init-from): a run's checkpoint, an exported .safetensors, or
+        "default" (the shipped model), checked against this run's method and network settings."""
+        if str(init_from) == "default":
+            from ganime.colorize import DEFAULT_WEIGHTS
+
+            init_from = DEFAULT_WEIGHTS
+        path = Path(init_from)
+        ckpt = load_checkpoint(path, expect_method=self.cfg.method)
+        theirs, ours = ckpt["config"].get("net", {}), self.cfg.to_dict()["net"]
+        if theirs != ours:
+            diff = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
+            raise InputError(f"{path}: its network differs from this run's ({diff}); use the same --preset"
+                             f"{' and --hints' if theirs.get('hint_channels') else ''}")
+        return path, ckpt["models"]
+
+    def _apply_init(self, path: Path, models: dict) -> None:
+        loaded = [k for k in self.method.models if k in models]
+        for k in loaded:
+            self.method.models[k].load_state_dict(models[k])
+        fresh = [k for k in self.method.models if k not in models]
+        self.log({"kind": "init", "from": str(path), "loaded": loaded, "fresh": fresh, "time": time.time()})
+        if self.main:
+            print(f"ganime: starting from {path} ({', '.join(loaded)} loaded"
+                  f"{'; ' + ', '.join(fresh) + ' freshly initialised' if fresh else ''})", file=sys.stderr)
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)

@@ -46,6 +46,12 @@ def register(sub) -> None:
     q.add_argument("--lambda-l1", type=float, help="L1 weight (100 in the paper)")
     q.add_argument("--hints", action="store_true", help="train a hint-aware generator (sketch + colour hints)")
     q.add_argument("--lambda-hint", type=float, help="extra L1 weight on hinted pixels (0 in the paper preset)")
+    q.add_argument("--zoom-out", type=float, metavar="P",
+                   help="shrink a pair onto white paper with probability P (close-ups -> small figures on paper)")
+    q.add_argument("--zoom-min", type=float, metavar="S", help="smallest --zoom-out scale (default 0.4)")
+    q.add_argument("--init-from", metavar="CKPT",
+                   help="start from these weights (a run's last.pt, an exported .safetensors, or 'default' for "
+                        "the shipped model) instead of random ones: fine-tuning; the network settings must match")
     add_common(q)
     q.set_defaults(func=run)
     for name, adder in METHOD_ARGS.items():
@@ -66,7 +72,8 @@ def build_config(args, options: dict):
         args.method, args.preset, options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         size=args.size, seed=args.seed, sketch_augment=args.sketch_augment, log_every=args.log_every,
         keep_every=args.keep_every, save_every_steps=args.save_every_steps, eval_every=args.eval_every,
-        amp=False if args.no_amp else None,
+        amp=False if args.no_amp else None, zoom_out=getattr(args, "zoom_out", None),
+        zoom_min=getattr(args, "zoom_min", None),
     )
     return cfg
 
@@ -116,7 +123,7 @@ def run(args) -> int:
     res = fit_closing(dist, lambda: Trainer(
         cfg, pairs, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
         hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
-        time_limit=_seconds(args.time_limit)))
+        time_limit=_seconds(args.time_limit), init_from=args.init_from))
     return report(res, args.out, dist)
 
 

@@ -1,7 +1,9 @@
 """Joint augmentation of sketch/colour pairs, batched on the training device.
 
 The paper's recipe: resize to 286x286, take a random 256x256 crop, mirror at random, identically for
-the sketch and its colour image. We do it in one ``grid_sample`` per batch: sampling the source at
+the sketch and its colour image. Optionally (``zoom_out``, beyond the paper) a pair is shrunk and placed
+on white paper, so that a model trained on close-ups (busts) also sees small figures on empty paper,
+the composition of most full-body line art and of the Kaggle pairs. We do it in one ``grid_sample`` per batch: sampling the source at
 the crop's pixel centres of the resized image is exactly ``interpolate(size=286, bilinear)`` followed
 by an integer crop, with no intermediate 286x286 tensor, and it runs on the GPU when there is one.
 """
@@ -47,3 +49,26 @@ def augment_pair(sketch: torch.Tensor, color: torch.Tensor, size: int, load_size
     both = resize_crop_flip(torch.cat([sketch, color], 1), size, load_size, ox, oy, fl)
     c = sketch.shape[1]
     return both[:, :c], both[:, c:]
+
+
+def zoom_out(images: torch.Tensor, pick: torch.Tensor, scale_min: float,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shrink each picked image of ``images`` (N x C x S x S in [-1, 1]) by a random factor in
+    [``scale_min``, 1] (bilinear, anti-aliased) and place it at a random position on white paper (+1).
+
+    Stack a pair's sketch and colour on channels to give both the same placement. ``pick`` holds image
+    indices; all random draws come from ``generator`` (CPU), so a run resumes exactly.
+    """
+    if pick.numel() == 0:
+        return images
+    out = images.clone()
+    size = images.shape[-1]
+    scales = scale_min + (1 - scale_min) * torch.rand(pick.numel(), generator=generator)
+    for i, s in zip(pick.tolist(), scales.tolist()):
+        side = min(size, max(8, int(round(size * s))))
+        x0, y0 = (int(v) for v in torch.randint(size - side + 1, (2,), generator=generator))
+        small = F.interpolate(images[i : i + 1], size=(side, side), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[i] = 1.0
+        out[i, :, y0 : y0 + side, x0 : x0 + side] = small[0]
+    return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ganime.data.augment import augment_pair
+from ganime.data.augment import augment_pair, zoom_out
 from ganime.data.sketch import random_extract
 
 
@@ -32,6 +32,7 @@ class PairLoader:
         batch_size: images per step (per process under DDP).
         size, load_size, flip: the paper's jitter (crop ``size`` from a ``load_size`` resize, mirror).
         sketch_augment: probability of replacing a pair's sketch by one re-extracted from its colour.
+        zoom_out, zoom_min: probability of shrinking a pair (by a factor in [zoom_min, 1]) onto white paper.
         rank, world_size: this process's share of each epoch's permutation under DDP.
         hint_sampler: optional callable (color, generator) -> hint map, for hint-aware models.
     """
@@ -39,7 +40,7 @@ class PairLoader:
     def __init__(self, pairs: np.ndarray | torch.Tensor, batch_size: int, device: torch.device, seed: int = 0,
                  size: int | None = None, load_size: int | None = None, flip: bool = True,
                  sketch_augment: float = 0.0, rank: int = 0, world_size: int = 1, hint_sampler=None,
-                 on_device: bool | None = None):
+                 on_device: bool | None = None, zoom_out: float = 0.0, zoom_min: float = 0.4):
         data = torch.from_numpy(np.ascontiguousarray(pairs)) if isinstance(pairs, np.ndarray) else pairs
         self.n = data.shape[0]
         self.src_size = data.shape[2]
@@ -47,6 +48,7 @@ class PairLoader:
         self.load_size = load_size or self.size
         self.batch_size, self.device, self.seed = batch_size, device, seed
         self.flip, self.sketch_augment = flip, sketch_augment
+        self.zoom_out, self.zoom_min = zoom_out, zoom_min
         self.rank, self.world_size = rank, world_size
         self.hint_sampler = hint_sampler
         if on_device is None:
@@ -88,6 +90,10 @@ class PairLoader:
                 sketch = sketch.clone()
                 sketch[pick.to(dev)] = redo
         sketch, color = augment_pair(sketch, color, self.size, self.load_size, self.flip, g)
+        if self.zoom_out > 0:
+            pick = (torch.rand(sketch.shape[0], generator=g) < self.zoom_out).nonzero().flatten()
+            both = zoom_out(torch.cat([sketch, color], 1), pick, self.zoom_min, g)
+            sketch, color = both[:, : sketch.shape[1]], both[:, sketch.shape[1] :]
         batch = {"sketch": sketch.contiguous(), "color": color.contiguous()}
         if self.hint_sampler is not None:
             batch["hints"] = self.hint_sampler(color, g)
