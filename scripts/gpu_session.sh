@@ -91,7 +91,10 @@ if want model; then
 stage "4. the shipped model: data"
 work=/tmp/ganime-default
 rm -rf "$work"
-train_args=(--preset "$PRESET" --device "$DEVICE" --batch-size "$BATCH" --epochs "$EPOCHS" --no-progress)
+# no mid-epoch checkpoints (build_default_model.sh's every-50-steps would cost a 200 MB write per second
+# on an H200); last.pt is still written at every epoch end and at the time limit
+train_args=(--preset "$PRESET" --device "$DEVICE" --batch-size "$BATCH" --epochs "$EPOCHS" --no-progress
+            --save-every-steps 0 --log-every 50)
 (( TINY )) && train_args=(--preset small --device "$DEVICE" --batch-size 2 --epochs 1 --no-progress --max-steps 2)
 # build_default_model.sh prepares the data (16 cores) and trains; the time left minus 90 s for the export
 train_min=$(awk -v s="$(left)" 'BEGIN { m = (s - 150) / 60; if (m < 0.5) m = 0.5; printf "%.2f", m }')
