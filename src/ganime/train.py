@@ -208,9 +208,9 @@ class Trainer:
         """The weights to start from (--init-from): a run's checkpoint, an exported .safetensors, or
         "default" (the shipped model), checked against this run's method and network settings."""
         if str(init_from) == "default":
-            from ganime.colorize import DEFAULT_WEIGHTS
+            from ganime.colorize import default_checkpoint
 
-            init_from = DEFAULT_WEIGHTS
+            init_from = default_checkpoint()
         path = Path(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
         theirs, ours = ckpt["config"].get("net", {}), self.cfg.to_dict()["net"]

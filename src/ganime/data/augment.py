@@ -3,9 +3,10 @@
 The paper's recipe: resize to 286x286, take a random 256x256 crop, mirror at random, identically for
 the sketch and its colour image. Optionally (``zoom_out``, beyond the paper) a pair is shrunk and placed
 on white paper, so that a model trained on close-ups (busts) also sees small figures on empty paper,
-the composition of most full-body line art and of the Kaggle pairs. We do it in one ``grid_sample`` per batch: sampling the source at
-the crop's pixel centres of the resized image is exactly ``interpolate(size=286, bilinear)`` followed
-by an integer crop, with no intermediate 286x286 tensor, and it runs on the GPU when there is one.
+the composition of most full-body line art and of the Kaggle pairs. The paper's jitter is one
+``grid_sample`` per batch: sampling the source at the crop's pixel centres of the resized image is
+exactly ``interpolate(size=286, bilinear)`` followed by an integer crop, with no intermediate 286x286
+tensor, and it runs on the GPU when there is one.
 """
 
 from __future__ import annotations

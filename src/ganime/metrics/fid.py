@@ -223,12 +223,12 @@ def trace_sqrt_product(sigma1, sigma2) -> float:
     return float(ev.clamp_min(0).sqrt().sum())
 
 
-def fid_from_features(features1, features2, method: str = "auto", device: str | torch.device | None = None) -> float:
+def fid_from_features(features1, features2, method: str = "auto", device: str | torch.device = "cpu") -> float:
     """FID between two feature sets (N1, D) and (N2, D).
 
     ``method="sqrtm"``: through :func:`fid_from_stats` (the reference recipe: ``scipy.linalg.sqrtm``).
     ``method="eigh"``: the same statistics, ``tr (S1 S2)^(1/2)`` by :func:`trace_sqrt_product`, in float64
-    on ``device`` (default CPU). ``method="svd"``: exactly, without any D x D matrix: with B_i the centred
+    on ``device``. ``method="svd"``: exactly, without any D x D matrix: with B_i the centred
     features over sqrt(N_i - 1), S_i = B_i^T B_i and the nonzero eigenvalues of S1 S2 are the squared
     singular values of B1 B2^T, so ``tr (S1 S2)^(1/2) = ||B1 B2^T||_*`` (nuclear norm) and
     ``tr S_i = ||B_i||_F^2``. ``"auto"`` takes "svd" when a covariance is singular (N_i <= D), where it is
@@ -250,8 +250,7 @@ def fid_from_features(features1, features2, method: str = "auto", device: str | 
         mu2, s2 = feature_stats(f2)
         return fid_from_stats(mu1, s1, mu2, s2)
     if method == "eigh":
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        t1, t2 = torch.from_numpy(f1).to(dev), torch.from_numpy(f2).to(dev)
+        t1, t2 = torch.from_numpy(f1).to(device), torch.from_numpy(f2).to(device)
         mu1, mu2 = t1.mean(0), t2.mean(0)
         c1, c2 = t1 - mu1, t2 - mu2
         s1, s2 = c1.T @ c1 / (t1.shape[0] - 1), c2.T @ c2 / (t2.shape[0] - 1)
@@ -263,4 +262,3 @@ def fid_from_features(features1, features2, method: str = "auto", device: str | 
     nuclear = np.linalg.svd(b1 @ b2.T, compute_uv=False).sum()
     diff = mu1 - mu2
     return float(diff @ diff + (b1 * b1).sum() + (b2 * b2).sum() - 2 * nuclear)
-

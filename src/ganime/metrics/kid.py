@@ -9,8 +9,8 @@ generator, as in clean-fid and torch-fidelity (subset size 1000 clipped to the s
 Speed: the reference implementations recompute three m x m kernels for every subset (100 subsets of 1000
 are ~1.2 TFLOP in float64 at D = 2048). Here the three kernels over all vectors are built once (N1 x N1,
 N2 x N2, N1 x N2; 154 GFLOP for 3,545 images) in float64 on ``device``, and each subset's MMD^2 is read
-from them (see :func:`_mmd2_from_full_kernels`): the same subsets (same seeded draws) and the same value to round-off. Sets larger than
-:data:`FULL_KERNEL_MAX` vectors fall back to per-subset kernels (memory).
+from them (see :func:`_mmd2_from_full_kernels`): the same subsets (same seeded draws) and the same value
+to round-off. Sets larger than :data:`FULL_KERNEL_MAX` vectors fall back to per-subset kernels (memory).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kid_from_features(features1, features2, subset_size: int = 1000, num_subsets: int = 100, seed: int = 0,
-                      device: str | torch.device | None = None, method: str = "auto") -> tuple[float, float]:
+                      device: str | torch.device = "cpu", method: str = "auto") -> tuple[float, float]:
     """(mean, std) of the unbiased MMD^2 over subsets; features are (N1, D) and (N2, D) arrays.
 
     ``method``: "full" (kernels over all vectors once, on ``device``), "subsets" (kernels per subset, the
@@ -57,7 +57,7 @@ def kid_from_features(features1, features2, subset_size: int = 1000, num_subsets
     if method == "subsets" or (method == "auto" and max(f1.shape[0], f2.shape[0]) > FULL_KERNEL_MAX):
         vals = np.array([_mmd2_unbiased(f1[i], f2[j]) for i, j in draws])
     else:
-        vals = _mmd2_from_full_kernels(f1, f2, draws, torch.device(device) if device is not None else torch.device("cpu"))
+        vals = _mmd2_from_full_kernels(f1, f2, draws, torch.device(device))
     return float(vals.mean()), float(vals.std())
 
 
@@ -75,7 +75,7 @@ def _mmd2_from_full_kernels(f1: np.ndarray, f2: np.ndarray, draws, device: torch
         cy[k, torch.from_numpy(j)] = 1
     cx, cy = cx.to(device), cy.to(device)
 
-    def pair_sum(a: torch.Tensor, b: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    def pair_sum(a, b, ca, cb) -> tuple[torch.Tensor, torch.Tensor]:  # (each subset's kernel sum, the kernel)
         k = (a @ b.T / d + 1) ** 3
         return ((ca @ k) * cb).sum(1), k
 
