@@ -122,6 +122,27 @@ def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_onnx_export_of_a_line_multiply_generator(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ganime.export import OnnxGenerator, export_onnx
+    from ganime.methods import get_method
+
+    cfg = make_config("pix2pix", "small")
+    cfg.net.gen_base, cfg.net.disc_base, cfg.net.hint_channels, cfg.net.line_multiply = 8, 8, 4, True
+    torch.manual_seed(0)
+    method = get_method("pix2pix")(cfg, torch.device("cpu"))
+    gen = _with_stats(method.models["G"])
+    save_checkpoint(tmp_path / "last.pt", method="pix2pix", config=cfg.to_dict(), state=method.state(),
+                    progress={"epoch": 1, "step": 0, "global_step": 1})
+    export_onnx(tmp_path / "last.pt", tmp_path / "g.onnx")
+    x = torch.rand(1, 7, 256, 256) * 2 - 1
+    x[:, :3, 100:110] = -1  # a black line stays black
+    with torch.no_grad():
+        ref = gen(x)
+    got = OnnxGenerator(tmp_path / "g.onnx")(x)
+    assert (got - ref).abs().max() < 1e-4 and got[:, :, 100:110].max() < -0.999
+
+
 def test_safetensors_export_is_fp16_and_loads(checkpoint, tmp_path):
     from safetensors.torch import load_file
 
@@ -177,6 +198,13 @@ def test_prepacked_path_with_hint_channels_and_fallbacks():
     fast = optimize_generator(hinted, "cpu", "fp32")
     fast.prepare(x.shape)
     assert (fast(x) - ref).abs().max() < 1e-5
+    # A multiply-layer output (line_multiply): packed, and the same outputs.
+    mult = _with_stats(init_weights(UNetGenerator(7, 3, base=8, depth=5, line_multiply=True)))
+    with torch.no_grad():
+        ref = mult(x)
+    for pack in (True, False):
+        fast = optimize_generator(mult, "cpu", "fp32", pack=pack)
+        assert (fast.packed is not None) == pack and (fast(x) - ref).abs().max() < 1e-5
     # InstanceNorm cannot be folded: not the packed pattern, the eager fast path still matches.
     inst = init_weights(UNetGenerator(3, 3, base=8, depth=5, norm="instance")).eval()
     f = optimize_generator(inst, "cpu", "fp32")

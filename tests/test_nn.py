@@ -59,3 +59,39 @@ def test_small_preset_is_much_smaller():
     cfg = make_config("pix2pix", "small")
     g = get_method("pix2pix").build_generator(cfg)
     assert count_parameters(g) < 54_413_955 / 10
+
+
+def test_line_multiply_keeps_the_sketch_lines_exactly():
+    """A multiply layer: black sketch pixels stay black whatever the network says; white paper shows
+    the generated colour; in between, colour x luminance (in [0, 1] terms)."""
+    from ganime.nn.unet import multiply_lines
+
+    torch.manual_seed(0)
+    plain = UNetGenerator(7, 3, 8, 6).eval()
+    mult = UNetGenerator(7, 3, 8, 6, line_multiply=True).eval()
+    mult.load_state_dict(plain.state_dict())  # no weights of its own
+    x = torch.rand(2, 7, 64, 64) * 2 - 1
+    x[:, :3, 10:20] = -1  # a black line
+    x[:, :3, 30:40] = 1  # white paper
+    x[:, :3, 50:] = 0  # mid grey
+    with torch.no_grad():
+        c, y = plain(x), mult(x)
+    assert torch.allclose(y[:, :, 10:20], torch.full_like(y[:, :, 10:20], -1))
+    assert torch.allclose(y[:, :, 30:40], c[:, :, 30:40], atol=1e-6)
+    assert torch.allclose((y[:, :, 50:] + 1) / 2, (c[:, :, 50:] + 1) / 4, atol=1e-6)
+    assert y.abs().max() <= 1
+    assert torch.equal(multiply_lines(c, x), y)
+
+
+def test_line_multiply_is_a_pix2pix_setting_only():
+    import pytest
+
+    from ganime.errors import InputError
+
+    cfg = make_config("pix2pix", "small")
+    cfg.net.line_multiply = True
+    assert get_method("pix2pix").build_generator(cfg).line_multiply
+    cfg = make_config("cyclegan", "small")
+    cfg.net.line_multiply = True
+    with pytest.raises(InputError, match="line_multiply"):
+        get_method("cyclegan").build_generator(cfg)

@@ -94,6 +94,16 @@ def test_init_from_starts_from_given_weights_and_checks_the_network(tmp_path, ca
     assert all(torch.equal(v, src["models"]["G"][n].half().to(v.dtype)) for n, v in mine.items()
                if v.is_floating_point())  # the exported (fp16) weights
     assert "D freshly initialised" in capsys.readouterr().err
+    # settings without weights may change (a multiply-layer output), also from a config that predates them
+    from ganime.checkpoint import save_checkpoint
+
+    del src["config"]["net"]["line_multiply"]
+    save_checkpoint(tmp_path / "old.pt", method="pix2pix", config=src["config"],
+                    state={"models": src["models"]}, progress=src["progress"])
+    mult = tiny_config(epochs=1)
+    mult.net.line_multiply = True
+    t = Trainer(mult, pairs, tmp_path / "ft3", device="cpu", progress=False, init_from=tmp_path / "old.pt")
+    assert t.method.models["G"].line_multiply
     # another network: one sentence, and no run folder is made
     other = tiny_config(epochs=1)
     other.net.gen_base *= 2

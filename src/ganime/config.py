@@ -32,6 +32,8 @@ class NetConfig:
     dropout: float = 0.5
     #: Extra generator inputs for user colour hints (RGB + mask = 4 channels); 0 without hints.
     hint_channels: int = 0
+    #: Multiply the generated colour by the sketch's lines (a multiply layer; beyond the paper): lines kept exactly.
+    line_multiply: bool = False
 
 
 @dataclass

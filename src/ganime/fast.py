@@ -115,9 +115,11 @@ class PackedUNet(nn.Module):
     #: Input shapes whose packed weights are kept (each holds a copy of the weights).
     MAX_SHAPES = 2
 
-    def __init__(self, downs: list, ups: list, slopes: list[float], dtype: torch.dtype):
+    def __init__(self, downs: list, ups: list, slopes: list[float], dtype: torch.dtype, line_multiply: bool = False):
         super().__init__()
         self.downs, self.ups, self.slopes, self.dtype = downs, ups, slopes, dtype
+        #: The generator's output is a colour layer multiplied by the sketch (UNetGenerator.line_multiply).
+        self.line_multiply = line_multiply
         self._packs: dict[tuple, list] = {}
 
     @classmethod
@@ -155,7 +157,8 @@ class PackedUNet(nn.Module):
             b = m.bias.detach().to(dtype) if m.bias is not None else None
             return m.weight, b, m
 
-        return cls([dense(m) for m in downs], [dense(m) for m in ups], slopes, dtype)
+        return cls([dense(m) for m in downs], [dense(m) for m in ups], slopes, dtype,
+                   line_multiply=getattr(folded, "line_multiply", False))
 
     def _packed(self, shape: tuple) -> list:
         packs = self._packs.pop(shape, None)
@@ -194,7 +197,7 @@ class PackedUNet(nn.Module):
         conv = torch.ops.mkldnn._convolution_pointwise
         conv_t = torch.ops.mkldnn._convolution_transpose_pointwise
         down, up = self._packed(tuple(x.shape))
-        depth = len(down)
+        depth, sketch = len(down), x
         acts = []
         for i, (wp, (_, b, m)) in enumerate(zip(down, self.downs)):
             attr, scalars = ("leaky_relu", [self.slopes[i]]) if i < depth - 1 else ("relu", [])
@@ -206,6 +209,10 @@ class PackedUNet(nn.Module):
             u = conv_t(x, up[i], b, list(m.padding), list(m.output_padding), list(m.stride), list(m.dilation),
                        m.groups, attr, [], "")
             if i == 0:
+                if self.line_multiply:
+                    from ganime.nn.unet import multiply_lines
+
+                    return multiply_lines(u, sketch)
                 return u
             a = acts[i - 1]
             ca = a.shape[1]

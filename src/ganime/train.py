@@ -98,6 +98,14 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+def _net_settings(config: dict, path) -> dict:
+    """A checkpoint's network settings with today's defaults filled in (older runs lack newer keys)."""
+    try:
+        return RunConfig.from_dict(config).to_dict()["net"]
+    except (TypeError, InputError) as e:
+        raise InputError(f"{path}: checkpoint configuration is not understood ({e})") from None
+
+
 def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     """Save sample rows (each N x 3 x H x W in [-1, 1]) as a PNG: one line per sample, rows side by side."""
     from PIL import Image
@@ -213,7 +221,10 @@ class Trainer:
             init_from = default_checkpoint()
         path = Path(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
-        theirs, ours = ckpt["config"].get("net", {}), self.cfg.to_dict()["net"]
+        # Settings without weights of their own (the output's line multiply) may change when fine-tuning.
+        free = {"line_multiply"}
+        theirs = {k: v for k, v in _net_settings(ckpt["config"], path).items() if k not in free}
+        ours = {k: v for k, v in self.cfg.to_dict()["net"].items() if k not in free}
         if theirs != ours:
             diff = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
             raise InputError(f"{path}: its network differs from this run's ({diff}); use the same --preset"
@@ -232,8 +243,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
-        saved = ckpt["config"]
-        if saved.get("net") != self.cfg.to_dict()["net"]:
+        if _net_settings(ckpt["config"], path) != self.cfg.to_dict()["net"]:
             raise InputError(f"{path}: network settings differ from this run's (use the same --preset)")
         self.method.load_state(ckpt)
         p = ckpt["progress"]

@@ -45,6 +45,8 @@ def register(sub) -> None:
     q.add_argument("--data", required=True, help="prepared cache folder")
     q.add_argument("--lambda-l1", type=float, help="L1 weight (100 in the paper)")
     q.add_argument("--hints", action="store_true", help="train a hint-aware generator (sketch + colour hints)")
+    q.add_argument("--line-multiply", action="store_true",
+                   help="the generator predicts a colour layer multiplied by the sketch's lines (kept exactly)")
     q.add_argument("--lambda-hint", type=float, help="extra L1 weight on hinted pixels (0 in the paper preset)")
     q.add_argument("--zoom-out", type=float, metavar="P",
                    help="shrink a pair onto white paper with probability P (close-ups -> small figures on paper)")
@@ -106,6 +108,8 @@ def run(args) -> int:
     cfg = build_config(args, options)
     if getattr(args, "hints", False) and not args.resume:
         cfg.net.hint_channels = 4
+    if getattr(args, "line_multiply", False) and not args.resume:
+        cfg.net.line_multiply = True
     from ganime.data.pairs import PairCache
 
     cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work

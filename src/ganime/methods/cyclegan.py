@@ -123,6 +123,8 @@ class CycleGAN(Method):
         n = cfg.net
         if n.hint_channels:
             raise InputError("CycleGAN does not take colour hints (net.hint_channels must be 0)")
+        if n.line_multiply:
+            raise InputError("CycleGAN's generators cannot multiply by sketch lines (net.line_multiply must be false)")
         return UNetGenerator(3, 3, n.gen_base, n.gen_depth, n.norm, n.dropout)
 
     def cycle_loss(self, x, y, fake_y, fake_x) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,13 +68,21 @@ class UNetGenerator(nn.Module):
         depth: number of downsamplings; input sides must be multiples of ``2**depth``.
         norm: ``"batch"`` (paper), ``"instance"`` or ``"none"``.
         dropout: dropout in the three innermost decoder blocks (0.5 in the paper; it is the noise z).
+        line_multiply: treat the network's output as a colour layer under the sketch's lines, as an
+            artist's multiply layer: output = colour x sketch luminance (in [0, 1] terms; see
+            :func:`multiply_lines`). The lines then reach the output exactly and the network only has
+            to predict flat colour. No extra weights (beyond the paper).
     """
 
-    def __init__(self, in_channels=3, out_channels=3, base=64, depth=8, norm="batch", dropout=0.5):
+    def __init__(self, in_channels=3, out_channels=3, base=64, depth=8, norm="batch", dropout=0.5,
+                 line_multiply=False):
         super().__init__()
         if depth < 5:
             raise ValueError(f"U-Net depth must be at least 5, got {depth}")
+        if line_multiply and (in_channels < 3 or out_channels != 3):
+            raise ValueError("line_multiply needs an RGB sketch input and an RGB output")
         self.in_channels, self.out_channels, self.depth = in_channels, out_channels, depth
+        self.line_multiply = line_multiply
         block = UNetBlock(base * 8, base * 8, innermost=True, norm=norm)
         for _ in range(depth - 5):
             block = UNetBlock(base * 8, base * 8, submodule=block, norm=norm, dropout=dropout)
@@ -92,4 +100,15 @@ class UNetGenerator(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        y = self.model(x)
+        return multiply_lines(y, x) if self.line_multiply else y
+
+
+def multiply_lines(color: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``color`` (N x 3 x H x W in [-1, 1]) multiplied by the luminance of the sketch in ``x[:, :3]``.
+
+    In [0, 1] terms ``out = c * l`` with ``l`` the sketch's channel mean: white paper (l = 1) shows the
+    colour, a black line (l = 0) stays black. Returned in [-1, 1], in ``color``'s dtype.
+    """
+    lum = x[:, :3].to(color.dtype).mean(1, keepdim=True)
+    return (color + 1) * (lum + 1) * 0.5 - 1
