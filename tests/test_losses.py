@@ -66,3 +66,27 @@ def test_hint_loss_is_the_mean_l1_over_hinted_pixels():
     assert losses["G_hint"].item() == pytest.approx(expected.item(), rel=1e-5)
     # Without hints in the batch (or with lambda_hint 0) there is no hint term.
     assert "G_hint" not in m.train_step({"sketch": x, "color": y})
+
+
+def test_line_multiply_discriminator_sees_the_truth_under_the_same_lines():
+    """Both pairs D judges carry the sketch's lines: the truth is multiplied by the sketch like the fake,
+    so D cannot win on 'never brighter than the sketch'. L1 still compares the fake with the plain truth."""
+    from ganime.nn.unet import multiply_lines
+
+    cfg = tiny_config()
+    cfg.net.line_multiply = True
+    m = get_method("pix2pix")(cfg, torch.device("cpu"))
+    m.models["G"].eval()
+    seen = []
+    m.models["D"].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    x[:, :, 20:24] = -1  # a black line
+    y = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        fake = m.models["G"](x)
+    losses = m.train_step({"sketch": x, "color": y})
+    fake_in, real_in, gen_in = seen
+    assert torch.equal(real_in[:, :3], x) and torch.allclose(real_in[:, 3:], multiply_lines(y, x))
+    assert torch.allclose(real_in[:, 3:, 20:24], torch.tensor(-1.0))
+    assert torch.allclose(fake_in[:, 3:], fake, atol=1e-6) and torch.allclose(gen_in[:, 3:], fake, atol=1e-6)
+    assert losses["G_l1"].item() == pytest.approx((fake - y).abs().mean().item(), rel=1e-4)

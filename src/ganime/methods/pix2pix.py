@@ -9,6 +9,9 @@ D(x, y) = PatchGAN logits on the channel-concatenated pair.
 With ``net.hint_channels = 4`` the generator also receives a sparse colour-hint map (RGB + mask);
 the batch then carries ``hints``. ``lambda_hint`` (0 in the paper preset) adds
 ``lambda_hint * mean_{hinted pixels} |y - G(x)|``, which teaches the generator to honour hints faster.
+
+With ``net.line_multiply`` (beyond the paper) G(x) = colour layer x sketch luminance, and D's real pair
+is (x, y x sketch luminance): both pairs carry exactly the sketch's lines, so D has to judge colour.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ganime.methods import register
 from ganime.methods.base import Method, gan_loss, set_requires_grad
 from ganime.nn.layers import init_weights
 from ganime.nn.patchgan import PatchDiscriminator
-from ganime.nn.unet import UNetGenerator
+from ganime.nn.unet import UNetGenerator, multiply_lines
 
 
 def generator_input(batch: dict[str, torch.Tensor], hint_channels: int) -> torch.Tensor:
@@ -61,6 +64,10 @@ class Pix2Pix(Method):
         G, D = self.models["G"], self.models["D"]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
         x, y = batch["sketch"], batch["color"]
+        # With a multiply-layer generator the fake is exactly (colour x sketch): D would tell it from the
+        # truth by that alone (never brighter than the sketch), win outright and drive G to noise. So D
+        # sees the truth under the same lines: both sides carry the sketch's lines, D judges the colour.
+        y_d = multiply_lines(y, x) if self.cfg.net.line_multiply else y
         with self.autocast():
             fake = G(generator_input(batch, self.cfg.net.hint_channels))
 
@@ -68,7 +75,7 @@ class Pix2Pix(Method):
             set_requires_grad(D, True)
             opt_d.zero_grad(set_to_none=True)
             loss_d_fake = gan_loss(D(torch.cat([x, fake.detach()], 1)), real=False)
-            loss_d_real = gan_loss(D(torch.cat([x, y], 1)), real=True)
+            loss_d_real = gan_loss(D(torch.cat([x, y_d], 1)), real=True)
             loss_d = 0.5 * (loss_d_fake + loss_d_real)
         loss_d.backward()
         opt_d.step()
