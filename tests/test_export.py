@@ -134,13 +134,30 @@ def test_onnx_export_of_a_line_multiply_generator(tmp_path):
     gen = _with_stats(method.models["G"])
     save_checkpoint(tmp_path / "last.pt", method="pix2pix", config=cfg.to_dict(), state=method.state(),
                     progress={"epoch": 1, "step": 0, "global_step": 1})
-    export_onnx(tmp_path / "last.pt", tmp_path / "g.onnx")
+    # the colour blur has no weights: set at export time, into the network and its stored config
+    export_onnx(tmp_path / "last.pt", tmp_path / "g.onnx", color_blur=2.0)
     x = torch.rand(1, 7, 256, 256) * 2 - 1
     x[:, :3, 100:110] = -1  # a black line stays black
+    gen.color_blur = 2.0
     with torch.no_grad():
         ref = gen(x)
     got = OnnxGenerator(tmp_path / "g.onnx")(x)
     assert (got - ref).abs().max() < 1e-4 and got[:, :, 100:110].max() < -0.999
+    from ganime.colorize import Colorizer
+    from ganime.export import export_safetensors
+
+    export_safetensors(tmp_path / "last.pt", tmp_path / "g.safetensors", color_blur=2.0)
+    c = Colorizer.from_checkpoint(tmp_path / "g.safetensors", "cpu")
+    assert c.cfg.net.color_blur == 2.0 and c.generator.color_blur == 2.0
+    with torch.no_grad():
+        assert (c.generator(x) - ref).abs().max() < 2e-2  # fp16 weights
+    # a plain generator has no colour layer to blur: one sentence
+    cfg.net.line_multiply = False
+    save_checkpoint(tmp_path / "plain.pt", method="pix2pix", config=cfg.to_dict(), state=method.state(),
+                    progress={"epoch": 1, "step": 0, "global_step": 1})
+    assert main(["export", "safetensors", "--checkpoint", str(tmp_path / "plain.pt"), "--out",
+                 str(tmp_path / "p.safetensors"), "--color-blur", "2"]) != 0
+    assert not (tmp_path / "p.safetensors").exists()
 
 
 def test_safetensors_export_is_fp16_and_loads(checkpoint, tmp_path):
@@ -199,12 +216,13 @@ def test_prepacked_path_with_hint_channels_and_fallbacks():
     fast.prepare(x.shape)
     assert (fast(x) - ref).abs().max() < 1e-5
     # A multiply-layer output (line_multiply): packed, and the same outputs.
-    mult = _with_stats(init_weights(UNetGenerator(7, 3, base=8, depth=5, line_multiply=True)))
-    with torch.no_grad():
-        ref = mult(x)
-    for pack in (True, False):
-        fast = optimize_generator(mult, "cpu", "fp32", pack=pack)
-        assert (fast.packed is not None) == pack and (fast(x) - ref).abs().max() < 1e-5
+    for blur in (0.0, 1.5):
+        mult = _with_stats(init_weights(UNetGenerator(7, 3, base=8, depth=5, line_multiply=True, color_blur=blur)))
+        with torch.no_grad():
+            ref = mult(x)
+        for pack in (True, False):
+            fast = optimize_generator(mult, "cpu", "fp32", pack=pack)
+            assert (fast.packed is not None) == pack and (fast(x) - ref).abs().max() < 1e-5
     # InstanceNorm cannot be folded: not the packed pattern, the eager fast path still matches.
     inst = init_weights(UNetGenerator(3, 3, base=8, depth=5, norm="instance")).eval()
     f = optimize_generator(inst, "cpu", "fp32")

@@ -95,3 +95,30 @@ def test_line_multiply_is_a_pix2pix_setting_only():
     cfg.net.line_multiply = True
     with pytest.raises(InputError, match="line_multiply"):
         get_method("cyclegan").build_generator(cfg)
+
+
+def test_color_blur_smooths_the_colour_layer_but_not_the_lines():
+    from ganime.nn.unet import gaussian_blur, multiply_lines
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    b = gaussian_blur(c, 2.0)
+    assert b.shape == c.shape and b.std() < 0.5 * c.std()  # noise flattened
+    assert torch.allclose(gaussian_blur(torch.full((1, 3, 32, 32), 0.3), 1.5), torch.tensor(0.3))  # flat stays flat
+    x = torch.ones(1, 3, 64, 64)
+    x[:, :, 30:32] = -1  # a black line on white paper
+    y = multiply_lines(c, x, 2.0)
+    assert torch.allclose(y[:, :, 30:32], torch.tensor(-1.0)) and torch.allclose(y[:, :, :20], b[:, :, :20], atol=1e-6)
+    gen = UNetGenerator(3, 3, 8, 6, line_multiply=True, color_blur=2.0).eval()
+    with torch.no_grad():
+        assert gen(x).shape == (1, 3, 64, 64)
+    import pytest
+
+    with pytest.raises(ValueError, match="line_multiply"):
+        UNetGenerator(3, 3, 8, 6, color_blur=2.0)
+    from ganime.errors import InputError
+
+    cfg = make_config("pix2pix", "small")
+    cfg.net.color_blur = 2.0
+    with pytest.raises(InputError, match="line-multiply"):
+        cfg.validate()

@@ -34,6 +34,8 @@ class NetConfig:
     hint_channels: int = 0
     #: Multiply the generated colour by the sketch's lines (a multiply layer; beyond the paper): lines kept exactly.
     line_multiply: bool = False
+    #: With line_multiply: Gaussian sigma (pixels) smoothing the colour layer before the multiply; 0 = off.
+    color_blur: float = 0.0
 
 
 @dataclass
@@ -113,6 +115,10 @@ class RunConfig:
             problems.append(f"zoom-out minimum scale must be in [0.1, 1] (got {t.zoom_min})")
         if n.norm not in ("batch", "instance", "none"):
             problems.append(f"norm must be batch, instance or none (got {n.norm!r})")
+        if not 0 <= n.color_blur <= 16:
+            problems.append(f"colour blur must be in [0, 16] pixels (got {n.color_blur})")
+        elif n.color_blur and not n.line_multiply:
+            problems.append("colour blur smooths the colour layer of a --line-multiply generator only")
         if n.gen_base < 1 or n.disc_base < 1:
             problems.append("network widths must be positive")
         if problems:

@@ -9,6 +9,9 @@ with onnxruntime behind the generator's torch call signature.
 
 ``ganime export safetensors`` writes fp16 generator weights for inference (what ``colorize`` and the
 web app load; half the size of the float32 weights, and free of pickle).
+
+Both take ``--color-blur SIGMA`` for a generator trained with ``--line-multiply``: the colour-layer
+blur has no weights, so it can be set (or changed) when exporting.
 """
 
 from __future__ import annotations
@@ -23,15 +26,23 @@ import torch
 from ganime.errors import InputError
 
 
-def _load_generator(checkpoint: str | os.PathLike):
+def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = None):
+    """The checkpoint's generator, config and method; ``color_blur`` (not None) replaces the
+    weight-free colour-layer blur of a line-multiply generator in both the network and the config."""
     from ganime.colorize import Colorizer
 
     c = Colorizer.from_checkpoint(checkpoint, "cpu")
+    if color_blur is not None:
+        if not c.cfg.net.line_multiply:
+            raise InputError(f"{checkpoint}: --color-blur needs a generator trained with --line-multiply")
+        c.cfg.net.color_blur = color_blur
+        c.cfg.validate()
+        c.generator.color_blur = float(color_blur)
     return c.generator, c.cfg, c.method
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
-                opset: int = 17) -> dict:
+                opset: int = 17, color_blur: float | None = None) -> dict:
     """Write the checkpoint's generator as ONNX to ``out``; returns a small report dict."""
     from ganime.fast import fold_batchnorm
     from ganime.imageio import atomic_write_bytes
@@ -40,7 +51,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ModuleNotFoundError:
         raise InputError("ONNX export needs the onnx package: pip install 'ganime[onnx]'") from None
-    gen, cfg, method = _load_generator(checkpoint)
+    gen, cfg, method = _load_generator(checkpoint, color_blur)
     size = size or cfg.train.size
     multiple = 2**cfg.net.gen_depth
     if size < multiple or size % multiple:
@@ -91,13 +102,14 @@ class OnnxGenerator:
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
 
 
-def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp16") -> dict:
+def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp16",
+                       color_blur: float | None = None) -> dict:
     """Write the checkpoint's generator weights (fp16 by default) with its config as safetensors."""
     from ganime.checkpoint import export_safetensors as write
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype not in dtypes:
         raise InputError(f"--dtype {dtype}: choose one of {', '.join(dtypes)}")
-    gen, cfg, method = _load_generator(checkpoint)
+    gen, cfg, method = _load_generator(checkpoint, color_blur)
     write(out, method=method, config=cfg.to_dict(), generator_state=gen.state_dict(), dtype=dtypes[dtype])
     return {"out": str(out), "bytes": Path(out).stat().st_size, "method": method, "dtype": dtype}

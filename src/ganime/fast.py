@@ -115,11 +115,13 @@ class PackedUNet(nn.Module):
     #: Input shapes whose packed weights are kept (each holds a copy of the weights).
     MAX_SHAPES = 2
 
-    def __init__(self, downs: list, ups: list, slopes: list[float], dtype: torch.dtype, line_multiply: bool = False):
+    def __init__(self, downs: list, ups: list, slopes: list[float], dtype: torch.dtype, line_multiply: bool = False,
+                 color_blur: float = 0.0):
         super().__init__()
         self.downs, self.ups, self.slopes, self.dtype = downs, ups, slopes, dtype
-        #: The generator's output is a colour layer multiplied by the sketch (UNetGenerator.line_multiply).
-        self.line_multiply = line_multiply
+        #: The generator's output is a colour layer multiplied by the sketch (UNetGenerator.line_multiply),
+        #: the layer first smoothed by color_blur.
+        self.line_multiply, self.color_blur = line_multiply, color_blur
         self._packs: dict[tuple, list] = {}
 
     @classmethod
@@ -158,7 +160,7 @@ class PackedUNet(nn.Module):
             return m.weight, b, m
 
         return cls([dense(m) for m in downs], [dense(m) for m in ups], slopes, dtype,
-                   line_multiply=getattr(folded, "line_multiply", False))
+                   line_multiply=folded.line_multiply, color_blur=folded.color_blur)
 
     def _packed(self, shape: tuple) -> list:
         packs = self._packs.pop(shape, None)
@@ -212,7 +214,7 @@ class PackedUNet(nn.Module):
                 if self.line_multiply:
                     from ganime.nn.unet import multiply_lines
 
-                    return multiply_lines(u, sketch)
+                    return multiply_lines(u, sketch, self.color_blur)
                 return u
             a = acts[i - 1]
             ca = a.shape[1]

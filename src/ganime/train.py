@@ -221,8 +221,8 @@ class Trainer:
             init_from = default_checkpoint()
         path = Path(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
-        # Settings without weights of their own (the output's line multiply) may change when fine-tuning.
-        free = {"line_multiply"}
+        # Settings without weights of their own (the output's line multiply and colour blur) may change when fine-tuning.
+        free = {"line_multiply", "color_blur"}
         theirs = {k: v for k, v in _net_settings(ckpt["config"], path).items() if k not in free}
         ours = {k: v for k, v in self.cfg.to_dict()["net"].items() if k not in free}
         if theirs != ours:

@@ -16,6 +16,8 @@ def register(sub) -> None:
     o.add_argument("--size", type=int, help="side of the example input used for tracing (default: training size)")
     o.add_argument("--opset", type=int, default=17)
     o.add_argument("--overwrite", action="store_true")
+    o.add_argument("--color-blur", type=float, metavar="SIGMA",
+                   help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
     o.set_defaults(func=run_onnx)
 
     s = esub.add_parser("safetensors", help="fp16 generator weights for colorize and the web app",
@@ -24,6 +26,8 @@ def register(sub) -> None:
     s.add_argument("--out", required=True, help="output .safetensors file")
     s.add_argument("--dtype", default="fp16", help="fp16 (default), bf16 or fp32")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--color-blur", type=float, metavar="SIGMA",
+                   help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
     s.set_defaults(func=run_safetensors)
 
 
@@ -43,7 +47,7 @@ def run_onnx(args) -> int:
     from ganime.export import export_onnx
 
     _check_out(args.out, ".onnx", args.overwrite)
-    r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset)
+    r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, color_blur=args.color_blur)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['method']} generator, traced at {r['size']}px)")
     return 0
 
@@ -52,6 +56,6 @@ def run_safetensors(args) -> int:
     from ganime.export import export_safetensors
 
     _check_out(args.out, ".safetensors", args.overwrite)
-    r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype)
+    r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype, color_blur=args.color_blur)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['dtype']} {r['method']} generator)")
     return 0
