@@ -230,3 +230,33 @@ def test_prepacked_path_with_hint_channels_and_fallbacks():
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert (f(x) - inst(x)).abs().max() < 1e-5
+
+
+def test_export_recalibrates_batchnorm_on_training_data(tiny_checkpoint, make_pairs, tmp_path, capsys):
+    """--bn-data: a checkpoint with broken running statistics exports with fresh ones (and the same
+    weights); a cache of the wrong size is one sentence."""
+    from ganime.checkpoint import load_checkpoint
+    from safetensors.torch import load_file
+
+    ck = load_checkpoint(tiny_checkpoint)
+    g = ck["models"]["G"]
+    for k in g:
+        if k.endswith("running_mean"):
+            g[k] = g[k] + 100.0  # an average gone wrong
+    save_checkpoint(tmp_path / "bad.pt", method="pix2pix", config=ck["config"], state={"models": ck["models"]},
+                    progress=ck["progress"])
+    assert main(["data", "prepare", str(make_pairs(6, 64)), str(tmp_path / "cache"), "--size", "64",
+                 "--no-progress"]) == 0
+    out = tmp_path / "g.safetensors"
+    assert main(["export", "safetensors", "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(out),
+                 "--dtype", "fp32", "--bn-data", str(tmp_path / "cache"), "--bn-batches", "2"]) == 0
+    fresh = load_file(out)
+    means = [k for k in g if k.endswith("running_mean")]
+    assert means and all(fresh[k].abs().max() < 50 for k in means)
+    assert all(torch.equal(fresh[k], g[k]) for k in g if k.endswith("weight"))
+    assert main(["data", "prepare", str(make_pairs(4, 128, folder=tmp_path / "p128")), str(tmp_path / "c128"),
+                 "--size", "128", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", "safetensors", "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x.safetensors"),
+                 "--bn-data", str(tmp_path / "c128")]) != 0
+    assert "trained at 64px" in capsys.readouterr().err

@@ -122,3 +122,22 @@ def test_color_blur_smooths_the_colour_layer_but_not_the_lines():
     cfg.net.color_blur = 2.0
     with pytest.raises(InputError, match="line-multiply"):
         cfg.validate()
+
+
+def test_recalibrate_batchnorm_averages_fresh_batch_statistics():
+    from torch import nn
+
+    from ganime.nn.layers import recalibrate_batchnorm
+
+    bn = nn.BatchNorm2d(3)
+    model = nn.Sequential(nn.Identity(), bn).eval()
+    bn.running_mean.fill_(7.0)  # a bad running average
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 5, 5, generator=g) * (i + 1) + i for i in range(3)]
+    assert recalibrate_batchnorm(model, iter(batches)) == 3
+    means = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    variances = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-6) and torch.allclose(bn.running_var, variances, atol=1e-5)
+    assert not model.training and bn.momentum == 0.1  # mode and momentum restored
+    before = bn.running_mean.clone()
+    assert recalibrate_batchnorm(model, iter([])) == 0 and torch.equal(bn.running_mean, before)  # nothing to average

@@ -112,6 +112,29 @@ def test_init_from_starts_from_given_weights_and_checks_the_network(tmp_path, ca
     assert not (tmp_path / "bad").exists()
 
 
+def test_epoch_end_checkpoints_carry_recalibrated_batchnorm_statistics(tmp_path):
+    """Precise BN before each epoch-end save: deterministic, and it replaces whatever the running
+    averages held; 0 keeps the paper's running averages."""
+    pairs = tiny_pairs(8)
+    t = Trainer(tiny_config(epochs=1, bn_recalibrate=3), pairs, tmp_path / "r", device="cpu", progress=False)
+    t.fit()
+    saved = load_checkpoint(tmp_path / "r" / "last.pt")["models"]["G"]
+    epoch = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][-1]
+    assert epoch["kind"] == "epoch" and epoch["bn_batches"] == 3
+    G = t.method.generator
+    bns = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for b in bns:
+        b.running_mean.add_(5.0)
+    t.recalibrate_bn()
+    again = G.state_dict()
+    assert all(torch.allclose(again[k], v, atol=1e-6) for k, v in saved.items() if "running" in k)
+    t0 = Trainer(tiny_config(epochs=1, bn_recalibrate=0), pairs, tmp_path / "r0", device="cpu", progress=False)
+    t0.fit()
+    bn0 = next(m for m in t0.method.generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    shifted = bn0.running_mean.add_(5.0).clone()
+    assert t0.recalibrate_bn() == 0 and torch.equal(bn0.running_mean, shifted)
+
+
 def test_run_folder_is_never_clobbered(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False).fit()

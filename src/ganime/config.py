@@ -64,6 +64,9 @@ class TrainConfig:
     #: Also save last.pt every this many steps inside an epoch (0: only at epoch ends).
     save_every_steps: int = 0
     eval_every: int = 0
+    #: Before each epoch-end (and time-limit) checkpoint, recompute the generator's BatchNorm running
+    #: statistics over this many training batches (precise BN; beyond the paper; 0: keep the running averages).
+    bn_recalibrate: int = 50
     amp: bool = True
     channels_last: bool = True
 
@@ -109,6 +112,8 @@ class RunConfig:
             problems.append(f"jitter must be >= 1 (got {t.jitter})")
         if not 0 <= t.sketch_augment <= 1:
             problems.append(f"sketch augmentation probability must be in [0, 1] (got {t.sketch_augment})")
+        if t.bn_recalibrate < 0:
+            problems.append(f"BatchNorm recalibration batches must be 0 or more (got {t.bn_recalibrate})")
         if not 0 <= t.zoom_out <= 1:
             problems.append(f"zoom-out probability must be in [0, 1] (got {t.zoom_out})")
         if not 0.1 <= t.zoom_min <= 1:

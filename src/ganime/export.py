@@ -11,11 +11,14 @@ with onnxruntime behind the generator's torch call signature.
 web app load; half the size of the float32 weights, and free of pickle).
 
 Both take ``--color-blur SIGMA`` for a generator trained with ``--line-multiply``: the colour-layer
-blur has no weights, so it can be set (or changed) when exporting.
+blur has no weights, so it can be set (or changed) when exporting. ``--bn-data CACHE`` recomputes the
+generator's BatchNorm statistics on training data first (precise BN; for checkpoints that carry only
+the running averages).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -26,12 +29,16 @@ import torch
 from ganime.errors import InputError
 
 
-def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = None):
+def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = None,
+                    bn_data: str | os.PathLike | None = None, bn_batches: int = 50):
     """The checkpoint's generator, config and method; ``color_blur`` (not None) replaces the
-    weight-free colour-layer blur of a line-multiply generator in both the network and the config."""
+    weight-free colour-layer blur of a line-multiply generator in both the network and the config;
+    ``bn_data`` (a prepared cache) recomputes its BatchNorm statistics there (see :func:`recalibrate`)."""
     from ganime.colorize import Colorizer
 
     c = Colorizer.from_checkpoint(checkpoint, "cpu")
+    if bn_data is not None:
+        recalibrate(c.generator, c.cfg, bn_data, bn_batches)
     if color_blur is not None:
         if not c.cfg.net.line_multiply:
             raise InputError(f"{checkpoint}: --color-blur needs a generator trained with --line-multiply")
@@ -41,8 +48,34 @@ def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = No
     return c.generator, c.cfg, c.method
 
 
+def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batches: int = 50, seed: int = 0) -> int:
+    """Precise BatchNorm statistics for a trained ``generator`` from ``batches`` training batches of the
+    prepared cache ``data`` (the run's augmentation, sketch re-extraction and hints); for checkpoints
+    saved with running averages (older runs, ``--bn-recalibrate 0``). Returns the batch count."""
+    from ganime.data.hints import HintSampler
+    from ganime.data.loader import PairLoader
+    from ganime.data.pairs import PairCache
+    from ganime.methods.pix2pix import generator_input
+    from ganime.nn.layers import recalibrate_batchnorm
+
+    if batches < 1:
+        raise InputError(f"--bn-batches {batches}: must be at least 1")
+    cache = PairCache(data)
+    pairs = cache.load("train" if "train" in cache.splits else None)
+    t, hints = cfg.train, cfg.net.hint_channels
+    if pairs.shape[2] != t.size:
+        raise InputError(f"{data}: holds {pairs.shape[2]}px images, the model was trained at {t.size}px")
+    loader = PairLoader(pairs, min(t.batch_size, len(pairs)), torch.device("cpu"), seed=seed, size=t.size,
+                        load_size=int(round(t.size * t.jitter)), flip=t.flip, sketch_augment=t.sketch_augment,
+                        hint_sampler=HintSampler() if hints else None)
+    torch.manual_seed(seed)
+    inputs = (generator_input(b, hints) for _, b in itertools.islice(loader.epoch(0), batches))
+    return recalibrate_batchnorm(generator, inputs)
+
+
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
-                opset: int = 17, color_blur: float | None = None) -> dict:
+                opset: int = 17, color_blur: float | None = None, bn_data: str | os.PathLike | None = None,
+                bn_batches: int = 50) -> dict:
     """Write the checkpoint's generator as ONNX to ``out``; returns a small report dict."""
     from ganime.fast import fold_batchnorm
     from ganime.imageio import atomic_write_bytes
@@ -51,7 +84,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ModuleNotFoundError:
         raise InputError("ONNX export needs the onnx package: pip install 'ganime[onnx]'") from None
-    gen, cfg, method = _load_generator(checkpoint, color_blur)
+    gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches)
     size = size or cfg.train.size
     multiple = 2**cfg.net.gen_depth
     if size < multiple or size % multiple:
@@ -103,13 +136,14 @@ class OnnxGenerator:
 
 
 def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp16",
-                       color_blur: float | None = None) -> dict:
+                       color_blur: float | None = None, bn_data: str | os.PathLike | None = None,
+                       bn_batches: int = 50) -> dict:
     """Write the checkpoint's generator weights (fp16 by default) with its config as safetensors."""
     from ganime.checkpoint import export_safetensors as write
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype not in dtypes:
         raise InputError(f"--dtype {dtype}: choose one of {', '.join(dtypes)}")
-    gen, cfg, method = _load_generator(checkpoint, color_blur)
+    gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches)
     write(out, method=method, config=cfg.to_dict(), generator_state=gen.state_dict(), dtype=dtypes[dtype])
     return {"out": str(out), "bytes": Path(out).stat().st_size, "method": method, "dtype": dtype}

@@ -18,6 +18,7 @@ step), so ``--resume`` after an interruption at any step continues exactly as an
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -302,6 +303,21 @@ class Trainer:
             )
         return values
 
+    def recalibrate_bn(self) -> int:
+        """Precise BatchNorm statistics for the generator (``train.bn_recalibrate`` batches of the next
+        epoch's order; see :func:`ganime.nn.layers.recalibrate_batchnorm`). Same count on every rank."""
+        from ganime.nn.layers import recalibrate_batchnorm
+
+        t = self.cfg.train
+        n = min(t.bn_recalibrate, self.loader.steps_per_epoch)
+        if n <= 0:
+            return 0
+        torch.manual_seed(step_seed(t.seed, 4, self.rank, self.global_step))  # dropout: reproducible
+        batches = self.loader.epoch(self.epoch, 0, self.epoch * self.loader.steps_per_epoch)
+        inputs = (self.method.generator_input(b) for _, b in itertools.islice(batches, n))
+        with self.method.autocast():
+            return recalibrate_batchnorm(self.method.generator, inputs)
+
     def fit(self) -> TrainResult:
         from tqdm import tqdm
 
@@ -355,6 +371,8 @@ class Trainer:
                         if t.save_every_steps and self.global_step % t.save_every_steps == 0 and not last_of_epoch:
                             self.save()
                     if stopping and not last_of_epoch:
+                        if not stop_now:  # a planned stop (time or step limit), not Ctrl-C: worth the forward passes
+                            self.recalibrate_bn()
                         self.save()
                         result.interrupted = stop_now
                         result.epochs_done, result.global_step = self.epoch, self.global_step
@@ -367,12 +385,13 @@ class Trainer:
                         return result
                 # End of epoch: count it, write samples, checkpoints, epoch log, hooks.
                 self.epoch, self.step = self.epoch + 1, 0
+                bn_batches = self.recalibrate_bn()
                 self.write_samples()
                 self.save()
                 if t.keep_every and self.epoch % t.keep_every == 0:
                     self.save(f"epoch_{self.epoch:04d}.pt")
                 self.log({"kind": "epoch", "epoch": self.epoch, "global_step": self.global_step, "time": time.time(),
-                          **{k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}})
+                          "bn_batches": bn_batches, **{k: v / max(epoch_steps, 1) for k, v in epoch_sums.items()}})
                 if self.main:
                     for hook in self.hooks:
                         hook(self, self.epoch)

@@ -18,6 +18,9 @@ def register(sub) -> None:
     o.add_argument("--overwrite", action="store_true")
     o.add_argument("--color-blur", type=float, metavar="SIGMA",
                    help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
+    o.add_argument("--bn-data", metavar="CACHE",
+                   help="recompute the generator's BatchNorm statistics on this prepared training cache first")
+    o.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
     o.set_defaults(func=run_onnx)
 
     s = esub.add_parser("safetensors", help="fp16 generator weights for colorize and the web app",
@@ -28,6 +31,9 @@ def register(sub) -> None:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--color-blur", type=float, metavar="SIGMA",
                    help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
+    s.add_argument("--bn-data", metavar="CACHE",
+                   help="recompute the generator's BatchNorm statistics on this prepared training cache first")
+    s.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
     s.set_defaults(func=run_safetensors)
 
 
@@ -47,7 +53,8 @@ def run_onnx(args) -> int:
     from ganime.export import export_onnx
 
     _check_out(args.out, ".onnx", args.overwrite)
-    r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, color_blur=args.color_blur)
+    r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, color_blur=args.color_blur,
+                           bn_data=args.bn_data, bn_batches=args.bn_batches)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['method']} generator, traced at {r['size']}px)")
     return 0
 
@@ -56,6 +63,7 @@ def run_safetensors(args) -> int:
     from ganime.export import export_safetensors
 
     _check_out(args.out, ".safetensors", args.overwrite)
-    r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype, color_blur=args.color_blur)
+    r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype, color_blur=args.color_blur,
+                           bn_data=args.bn_data, bn_batches=args.bn_batches)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['dtype']} {r['method']} generator)")
     return 0

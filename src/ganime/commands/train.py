@@ -30,6 +30,9 @@ def add_common(p) -> None:
     p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop (and save) after this many minutes of training in this call; --resume continues")
+    p.add_argument("--bn-recalibrate", type=int, metavar="BATCHES",
+                   help="recompute the generator's BatchNorm statistics over this many batches before each "
+                        "epoch-end checkpoint (default 50; 0: the running averages, as the paper)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     p.add_argument("--dry-run", action="store_true", help="validate and print the configuration, then exit")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN/tensorboard")
@@ -76,7 +79,7 @@ def build_config(args, options: dict):
         args.method, args.preset, options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         size=args.size, seed=args.seed, sketch_augment=args.sketch_augment, log_every=args.log_every,
         keep_every=args.keep_every, save_every_steps=args.save_every_steps, eval_every=args.eval_every,
-        amp=False if args.no_amp else None, zoom_out=getattr(args, "zoom_out", None),
+        amp=False if args.no_amp else None, bn_recalibrate=args.bn_recalibrate, zoom_out=getattr(args, "zoom_out", None),
         zoom_min=getattr(args, "zoom_min", None),
     )
     return cfg

@@ -42,6 +42,10 @@ class Method:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def generator_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the inference generator is fed for ``batch`` (the sketch, plus hints where taken)."""
+        return batch["sketch"]
+
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Rows of the sample grid (each N x 3 x H x W in [-1, 1])."""

@@ -60,6 +60,9 @@ class Pix2Pix(Method):
         return UNetGenerator(3 + n.hint_channels, 3, n.gen_base, n.gen_depth, n.norm, n.dropout,
                              line_multiply=n.line_multiply, color_blur=n.color_blur)
 
+    def generator_input(self, batch):
+        return generator_input(batch, self.cfg.net.hint_channels)
+
     def train_step(self, batch):
         G, D = self.models["G"], self.models["D"]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
