@@ -115,13 +115,11 @@ class PackedUNet(nn.Module):
     #: Input shapes whose packed weights are kept (each holds a copy of the weights).
     MAX_SHAPES = 2
 
-    def __init__(self, downs: list, ups: list, slopes: list[float], dtype: torch.dtype, line_multiply: bool = False,
-                 color_blur: float = 0.0):
+    def __init__(self, downs: list, ups: list, slopes: list[float], dtype: torch.dtype, head=None):
         super().__init__()
         self.downs, self.ups, self.slopes, self.dtype = downs, ups, slopes, dtype
-        #: The generator's output is a colour layer multiplied by the sketch (UNetGenerator.line_multiply),
-        #: the layer first smoothed by color_blur.
-        self.line_multiply, self.color_blur = line_multiply, color_blur
+        #: The generator's output head (UNetGenerator.output_head: tanh output, input -> result), or None.
+        self.head = head
         self._packs: dict[tuple, list] = {}
 
     @classmethod
@@ -159,8 +157,7 @@ class PackedUNet(nn.Module):
             b = m.bias.detach().to(dtype) if m.bias is not None else None
             return m.weight, b, m
 
-        return cls([dense(m) for m in downs], [dense(m) for m in ups], slopes, dtype,
-                   line_multiply=folded.line_multiply, color_blur=folded.color_blur)
+        return cls([dense(m) for m in downs], [dense(m) for m in ups], slopes, dtype, head=folded.output_head)
 
     def _packed(self, shape: tuple) -> list:
         packs = self._packs.pop(shape, None)
@@ -211,11 +208,7 @@ class PackedUNet(nn.Module):
             u = conv_t(x, up[i], b, list(m.padding), list(m.output_padding), list(m.stride), list(m.dilation),
                        m.groups, attr, [], "")
             if i == 0:
-                if self.line_multiply:
-                    from ganime.nn.unet import multiply_lines
-
-                    return multiply_lines(u, sketch, self.color_blur)
-                return u
+                return self.head(u, sketch) if self.head is not None else u
             a = acts[i - 1]
             ca = a.shape[1]
             x = torch.empty((a.shape[0], ca + u.shape[1], a.shape[2], a.shape[3]), dtype=a.dtype,

@@ -16,11 +16,7 @@ def register(sub) -> None:
     o.add_argument("--size", type=int, help="side of the example input used for tracing (default: training size)")
     o.add_argument("--opset", type=int, default=17)
     o.add_argument("--overwrite", action="store_true")
-    o.add_argument("--color-blur", type=float, metavar="SIGMA",
-                   help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
-    o.add_argument("--bn-data", metavar="CACHE",
-                   help="recompute the generator's BatchNorm statistics on this prepared training cache first")
-    o.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
+    _add_generator_options(o)
     o.set_defaults(func=run_onnx)
 
     s = esub.add_parser("safetensors", help="fp16 generator weights for colorize and the web app",
@@ -29,12 +25,17 @@ def register(sub) -> None:
     s.add_argument("--out", required=True, help="output .safetensors file")
     s.add_argument("--dtype", default="fp16", help="fp16 (default), bf16 or fp32")
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--color-blur", type=float, metavar="SIGMA",
-                   help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
-    s.add_argument("--bn-data", metavar="CACHE",
-                   help="recompute the generator's BatchNorm statistics on this prepared training cache first")
-    s.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
+    _add_generator_options(s)
     s.set_defaults(func=run_safetensors)
+
+
+def _add_generator_options(p) -> None:
+    """Options of both exports that change the exported generator itself."""
+    p.add_argument("--color-blur", type=float, metavar="SIGMA",
+                   help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
+    p.add_argument("--bn-data", metavar="CACHE",
+                   help="recompute the generator's BatchNorm statistics on this prepared training cache first")
+    p.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
 
 
 def _check_out(path: str, suffix: str, overwrite: bool) -> None:
@@ -54,7 +55,7 @@ def run_onnx(args) -> int:
 
     _check_out(args.out, ".onnx", args.overwrite)
     r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, color_blur=args.color_blur,
-                           bn_data=args.bn_data, bn_batches=args.bn_batches)
+                    bn_data=args.bn_data, bn_batches=args.bn_batches)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['method']} generator, traced at {r['size']}px)")
     return 0
 

@@ -72,7 +72,7 @@ class Pix2Pix(Method):
         # sees the truth under the same lines: both sides carry the sketch's lines, D judges the colour.
         y_d = multiply_lines(y, x) if self.cfg.net.line_multiply else y
         with self.autocast():
-            fake = G(generator_input(batch, self.cfg.net.hint_channels))
+            fake = G(self.generator_input(batch))
 
             # Discriminator: real pairs -> 1, generated pairs -> 0.
             set_requires_grad(D, True)
@@ -113,6 +113,6 @@ class Pix2Pix(Method):
         was = G.training
         G.eval()
         with self.autocast():
-            fake = G(generator_input(batch, self.cfg.net.hint_channels)).float()
+            fake = G(self.generator_input(batch)).float()
         G.train(was)
         return [batch["sketch"].float(), batch["color"].float(), fake]

@@ -107,7 +107,11 @@ class UNetGenerator(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model(x)
+        return self.output_head(self.model(x), x)
+
+    def output_head(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The result from the U-Net's tanh output ``y`` and the input ``x``: ``y`` itself, or with
+        ``line_multiply`` the colour layer ``y`` (blurred by ``color_blur``) under the sketch's lines."""
         return multiply_lines(y, x, self.color_blur) if self.line_multiply else y
 
 
