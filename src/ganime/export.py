@@ -48,10 +48,10 @@ def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = No
     return c.generator, c.cfg, c.method
 
 
-def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batches: int = 50, seed: int = 0) -> int:
+def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batches: int = 50) -> int:
     """Precise BatchNorm statistics for a trained ``generator`` from ``batches`` training batches of the
-    prepared cache ``data`` (the run's augmentation, sketch re-extraction and hints); for checkpoints
-    saved with running averages (older runs, ``--bn-recalibrate 0``). Returns the batch count."""
+    prepared cache ``data`` (the run's loader: augmentation, sketch re-extraction, zoom-out and hints);
+    for checkpoints saved with running averages (older runs, ``--bn-recalibrate 0``). Returns the batch count."""
     from ganime.data.hints import HintSampler
     from ganime.data.loader import PairLoader
     from ganime.data.pairs import PairCache
@@ -65,10 +65,9 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
     t, hints = cfg.train, cfg.net.hint_channels
     if pairs.shape[2] != t.size:
         raise InputError(f"{data}: holds {pairs.shape[2]}px images, the model was trained at {t.size}px")
-    loader = PairLoader(pairs, min(t.batch_size, len(pairs)), torch.device("cpu"), seed=seed, size=t.size,
-                        load_size=int(round(t.size * t.jitter)), flip=t.flip, sketch_augment=t.sketch_augment,
-                        hint_sampler=HintSampler() if hints else None)
-    torch.manual_seed(seed)
+    loader = PairLoader.for_training(pairs, t, torch.device("cpu"), batch_size=min(t.batch_size, len(pairs)),
+                                     hint_sampler=HintSampler() if hints else None)
+    torch.manual_seed(t.seed)  # dropout
     inputs = (generator_input(b, hints) for _, b in itertools.islice(loader.epoch(0), batches))
     return recalibrate_batchnorm(generator, inputs)
 

@@ -171,12 +171,8 @@ class Trainer:
                     f"the data cache holds {pairs.shape[2]}px images but the run is configured for {t.size}px; "
                     f"prepare the data with --size {t.size} or pass --size {pairs.shape[2]}"
                 )
-            loader = PairLoader(
-                pairs, t.batch_size, self.device, seed=t.seed, size=t.size,
-                load_size=int(round(t.size * t.jitter)), flip=t.flip, sketch_augment=t.sketch_augment,
-                zoom_out=t.zoom_out, zoom_min=t.zoom_min, rank=self.rank, world_size=self.world_size,
-                hint_sampler=getattr(self.method, "hint_sampler", None),
-            )
+            loader = PairLoader.for_training(pairs, t, self.device, rank=self.rank, world_size=self.world_size,
+                                             hint_sampler=getattr(self.method, "hint_sampler", None))
         self.loader = loader
         if loader.steps_per_epoch < 1:
             raise InputError(

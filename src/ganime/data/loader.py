@@ -59,6 +59,14 @@ class PairLoader:
             data = data.pin_memory()
         self.data = data
 
+    @classmethod
+    def for_training(cls, pairs, train, device: torch.device, batch_size: int | None = None, **kw) -> "PairLoader":
+        """The loader of a run's training recipe (``train``: its TrainConfig): seed, size, the paper's
+        jitter and mirror, sketch re-extraction and zoom-out; ``kw`` adds rank, world_size, hint_sampler."""
+        return cls(pairs, batch_size or train.batch_size, device, seed=train.seed, size=train.size,
+                   load_size=int(round(train.size * train.jitter)), flip=train.flip,
+                   sketch_augment=train.sketch_augment, zoom_out=train.zoom_out, zoom_min=train.zoom_min, **kw)
+
     @property
     def steps_per_epoch(self) -> int:
         return self.n // (self.batch_size * self.world_size)
