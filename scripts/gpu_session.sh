@@ -105,7 +105,7 @@ cp "$work/run/log.jsonl" "$OUT/train-log.jsonl" 2>/dev/null
 last=$(ls "$work/run/samples/" 2>/dev/null | tail -1)
 [[ -n $last ]] && cp "$work/run/samples/$last" "$OUT/samples.png"
 
-stage "5. export fp16 weights"
+stage "5. the fp16 weights (exported by build_default_model.sh), split for the trip back"
 if [[ -s "$work/default.safetensors" ]]; then  # written by build_default_model.sh
   ls -l "$work/default.safetensors"
   sha256sum "$work/default.safetensors"
