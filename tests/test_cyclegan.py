@@ -6,6 +6,8 @@ a few seconds. The command line is driven through a "tiny" preset added for the 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -204,14 +206,15 @@ def test_checkpoint_colorizes_through_cli(tmp_path, capsys):
     assert len(out) == 1 and Image.open(out[0]).size == (45, 37)
 
 
-def test_cli_trains_on_unequal_folders(tmp_path, tiny_preset, capsys):
+def test_cli_trains_on_unequal_folders(tmp_path, tiny_preset, make_pairs, capsys):
+    val = make_pairs(3, size=SIZE, folder=tmp_path / "val")
     s = write_images(tmp_path / "sketches", 5, size=(64, 48), grey=True)
     c = write_images(tmp_path / "colors", 3, size=(30, 40), seed=1)
     (c / "README.txt").write_text("not an image")
     (s / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     rc = main(["train", "cyclegan", "--sketches", str(s), "--colors", str(c), "--out", str(tmp_path / "run"),
                "--preset", tiny_preset, "--size", str(SIZE), "--device", "cpu", "--no-progress",
-               "--pool-size", "2", "--lambda-cycle", "5"])
+               "--pool-size", "2", "--lambda-cycle", "5", "--val-data", str(val), "--keep-best", "lpips"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "skipped" in cap.err and "corrupt.png" in cap.err
@@ -224,6 +227,9 @@ def test_cli_trains_on_unequal_folders(tmp_path, tiny_preset, capsys):
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["method"] == "cyclegan" and ckpt["config"]["options"]["lambda_cycle"] == 5.0
     assert ckpt["progress"]["global_step"] == 2  # max(5, 3) // 2
+    # Unpaired training, judged on held-out pairs: G's LPIPS picks best.pt.
+    assert "3 of 3 pairs of all pairs in" in json.loads((run / "metrics.jsonl").read_text())["validation"]
+    assert json.loads((run / "best.json").read_text())["metric"] == "lpips" and (run / "best.pt").exists()
 
 
 def test_cli_trains_on_a_paired_cache(tmp_path, tiny_preset, capsys):
@@ -243,7 +249,7 @@ def test_cli_trains_on_a_paired_cache(tmp_path, tiny_preset, capsys):
     assert (tmp_path / "run" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "no-colors", "both", "sketch-augment"])
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "no-colors", "both", "sketch-augment", "eval-unpaired"])
 def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     good = write_images(tmp_path / "good", 2)
     bad = tmp_path / "bad"
@@ -261,6 +267,8 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
         args += ["--sketches", str(good), "--colors", str(good), "--data", str(good)]
     elif case == "sketch-augment":
         args += ["--sketches", str(good), "--colors", str(good), "--sketch-augment", "0.5"]
+    elif case == "eval-unpaired":  # nothing paired to evaluate on
+        args += ["--sketches", str(good), "--colors", str(good), "--eval-every", "1"]
     else:
         args += ["--sketches", str(good), "--colors", str(bad)]
     rc = main(args)
@@ -268,6 +276,8 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     line = one_line_error(capsys)
     if case in ("missing", "empty", "corrupt"):
         assert str(bad) in line
+    if case == "eval-unpaired":
+        assert "--val-data" in line
     assert not (tmp_path / "run").exists()
 
 

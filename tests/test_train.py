@@ -236,6 +236,41 @@ def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     assert "--time-limit" in one_line_error(capsys)
 
 
+def test_cli_keep_best_on_a_separate_validation_set_and_across_a_resume(cache256, make_pairs, tmp_path, capsys):
+    out = tmp_path / "run"
+    val = make_pairs(3, size=256, folder=tmp_path / "val")
+    base = ["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small", "--batch-size", "2",
+            "--no-progress", "--device", "cpu"]
+    assert main(base + ["--keep-best", "ssim", "--val-data", str(val), "--dry-run"]) == 0
+    t = json.loads(capsys.readouterr().out)["train"]
+    assert (t["eval_every"], t["keep_best"], t["val_data"]) == (1, "ssim", str(val.absolute()))
+    assert main(base + ["--keep-best", "ssim", "--val-data", str(tmp_path / "nope")]) != 0
+    assert "no such data folder" in one_line_error(capsys)
+    assert not out.exists()  # refused before the run folder was made
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--keep-best", "accuracy"])
+    assert e.value.code == 2 and "invalid choice: 'accuracy'" in capsys.readouterr().err
+    assert main(base + ["--epochs", "2", "--keep-best", "ssim", "--val-data", str(val)]) == 0
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2] and all(f"3 of 3 pairs of all pairs in {val.absolute()}" in r["validation"]
+                                                        for r in recs)
+    scores = [r["ssim_mean"] for r in recs]
+    best = json.loads((out / "best.json").read_text())
+    assert best["epoch"] == 1 + scores.index(max(scores))
+    assert load_checkpoint(out / "best.pt")["progress"]["epoch"] == best["epoch"]
+    # A resume may start evaluating, or change what it evaluates on; the record of the best carries on.
+    assert main(base + ["--epochs", "3", "--resume"]) == 0
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["ssim_mean"] for r in recs]
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert json.loads((out / "best.json").read_text())["epoch"] == 1 + scores.index(max(scores))
+    capsys.readouterr()
+    assert main(base + ["--epochs", "4", "--resume", "--eval-every", "0"]) != 0
+    assert "--keep-best needs an evaluation interval" in one_line_error(capsys)
+    assert main(["colorize", str(val / "pair_000.png"), "--out", str(tmp_path / "col"), "--checkpoint",
+                 str(out / "best.pt"), "--device", "cpu", "--no-progress"]) == 0
+
+
 def _start(cache, out, *extra):
     cmd = [sys.executable, "-m", "ganime", "train", "pix2pix", "--data", str(cache), "--out", str(out),
            "--preset", "small", "--batch-size", "1", "--epochs", "50", "--device", "cpu", "--no-progress",

@@ -38,6 +38,11 @@ class NetConfig:
     color_blur: float = 0.0
 
 
+#: ``--keep-best`` metric -> (the key of the evaluation record, True when higher is better).
+KEEP_BEST_METRICS = {"lpips": ("lpips_mean", False), "ssim": ("ssim_mean", True), "psnr": ("psnr_mean", True),
+                     "fid": ("fid", False), "kid": ("kid_mean", False)}
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 150
@@ -63,7 +68,14 @@ class TrainConfig:
     keep_every: int = 0
     #: Also save last.pt every this many steps inside an epoch (0: only at epoch ends).
     save_every_steps: int = 0
+    #: Evaluate on a fixed validation set every this many epochs (0: never).
     eval_every: int = 0
+    #: That validation set: a prepared cache or a folder of side-by-side pairs ("": the training
+    #: cache's val split, else a fixed subset of the training data).
+    val_data: str = ""
+    #: Also keep ``best.pt``: the checkpoint with the best value of this validation metric so far
+    #: (one of KEEP_BEST_METRICS; "": off).
+    keep_best: str = ""
     #: Before each epoch-end (and time-limit) checkpoint, recompute the generator's BatchNorm running
     #: statistics over this many training batches (precise BN; beyond the paper; 0: keep the running averages).
     bn_recalibrate: int = 50
@@ -112,6 +124,12 @@ class RunConfig:
             problems.append(f"jitter must be >= 1 (got {t.jitter})")
         if not 0 <= t.sketch_augment <= 1:
             problems.append(f"sketch augmentation probability must be in [0, 1] (got {t.sketch_augment})")
+        if t.eval_every < 0:
+            problems.append(f"evaluation interval must be 0 (off) or more epochs (got {t.eval_every})")
+        if t.keep_best and t.keep_best not in KEEP_BEST_METRICS:
+            problems.append(f"--keep-best {t.keep_best}: choose one of {', '.join(KEEP_BEST_METRICS)}")
+        elif t.keep_best and not t.eval_every:
+            problems.append("--keep-best needs an evaluation interval (--eval-every N)")
         if t.bn_recalibrate < 0:
             problems.append(f"BatchNorm recalibration batches must be 0 or more (got {t.bn_recalibrate})")
         if not 0 <= t.zoom_out <= 1:

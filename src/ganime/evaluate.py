@@ -483,18 +483,29 @@ def format_paper_reference() -> str:
 # training-time evaluation (the paper's Figure 7)
 
 
-def validation_pairs(data_path: str | os.PathLike, size: int, n: int = 100, seed: int = 0) -> tuple[np.ndarray, list[str], str]:
-    """The fixed validation set of a run: the cache's ``val`` split if present, else a seeded subset of
-    up to ``n`` pairs of all the data; returns (pairs, names, a sentence saying which)."""
+def has_val_split(data_path: str | os.PathLike) -> bool:
+    """Whether ``data_path`` is a prepared cache with a non-empty ``val`` split."""
     from ganime.data.pairs import PairCache
 
     p = Path(data_path)
-    split = None
-    if (p / "index.json").exists() and PairCache(p).count("val"):
-        split = "val"
+    return (p / "index.json").exists() and bool(PairCache(p).count("val"))
+
+
+def validation_pairs(data_path: str | os.PathLike, size: int, n: int = 100, seed: int = 0,
+                     training_data: bool = True) -> tuple[np.ndarray, list[str], str]:
+    """The fixed validation set of a run: the cache's ``val`` split if present, else a seeded subset of
+    up to ``n`` pairs of all the data (``training_data``: whether that is the run's training data, for
+    the sentence); returns (pairs, names, a sentence saying which)."""
+    p = Path(data_path)
+    split = "val" if has_val_split(p) else None
     pairs, names, total = load_pairs(p, size, n, seed, split)
-    where = "the cache's val split" if split else "all pairs (the training data: no val split in the cache)"
-    what = f"{len(names)} of {total} pairs of {where}, seed {seed}"
+    if split:
+        where = "the cache's val split"
+    elif training_data:
+        where = "all pairs (the training data: no val split in the cache)"
+    else:
+        where = "all pairs"
+    what = f"{len(names)} of {total} pairs of {where} in {p}, seed {seed}"
     return pairs, names, what
 
 
@@ -533,27 +544,54 @@ def plot_curves(records: list[dict], path: Path) -> bool:
 
 
 def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, seed: int = 0,
-                       with_inception: bool = True, progress: bool = False) -> Callable:
+                       with_inception: bool = True, progress: bool = False, size: int | None = None,
+                       keep_best: str | None = None, training_data: bool = True) -> Callable:
     """A Trainer hook ``hook(trainer, epoch)``: every ``every`` epochs, evaluates the trainer's current
     generator (in eval mode; its mode is restored) on a fixed validation set (see :func:`validation_pairs`),
     appends one JSON line to ``RUN/metrics.jsonl``, logs an ``eval`` record, and redraws
     ``RUN/metrics.png`` (the paper's Figure 7). The pairs, the real features and the networks are loaded
     once per run; only the generated images' features are computed each time.
+
+    ``training_data``: whether ``data_path`` is the run's training data (only said in the records).
+    ``keep_best`` (a key of :data:`ganime.config.KEEP_BEST_METRICS`): when the evaluation beats the best so
+    far, the trainer's checkpoint is also saved as ``RUN/best.pt`` and described in ``RUN/best.json``
+    (which a resumed run reads, so the best of the whole run is kept). With ``size`` given, the pairs are
+    read and the metric's network checked at once, so that a wrong path or a missing network fails before
+    any training.
     """
+    from ganime.config import KEEP_BEST_METRICS
+
     if every < 1:
         raise InputError(f"--eval-every {every}: must be at least 1")
+    if keep_best is not None and keep_best not in KEEP_BEST_METRICS:
+        raise InputError(f"--keep-best {keep_best}: choose one of {', '.join(KEEP_BEST_METRICS)}")
+    if keep_best in ("fid", "kid") and not with_inception:
+        raise InputError(f"--keep-best {keep_best}: needs FID/KID, which this evaluation skips")
     state: dict = {}
+
+    def load(size: int) -> None:
+        pairs, names, what = validation_pairs(data_path, size, n, seed, training_data)
+        if keep_best is not None and training_data and not has_val_split(data_path) and "size" not in state:
+            print(f"ganime: warning: --keep-best {keep_best} is judged on training pairs (no val split in {data_path}), "
+                  "which favours memorising them; give --val-data PAIRS held out from training", file=sys.stderr)
+        if keep_best in ("fid", "kid") and len(names) < 2:
+            raise InputError(f"{data_path}: --keep-best {keep_best} needs at least 2 validation pairs")
+        state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]), size=size)
+
+    if size is not None:
+        load(size)
+        _check_metric_available(keep_best)
 
     def hook(trainer, epoch: int) -> None:
         if epoch % every:
             return
         from ganime.metrics import compute_all
 
-        if "pairs" not in state:
-            pairs, names, what = validation_pairs(data_path, trainer.cfg.train.size, n, seed)
-            state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]),
-                         inception=make_inception(str(trainer.device), progress) if with_inception else None)
-            print(f"ganime: evaluating every {every} epochs on {what}", file=sys.stderr)
+        if state.get("size") != trainer.cfg.train.size:
+            load(trainer.cfg.train.size)
+        if "inception" not in state:
+            state["inception"] = make_inception(str(trainer.device), progress) if with_inception else None
+            print(f"ganime: evaluating every {every} epochs on {state['what']}", file=sys.stderr)
         pairs = state["pairs"]
         gen = trainer.method.generator
         was_training = gen.training
@@ -579,5 +617,52 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
             except (ValueError, KeyError, TypeError):
                 continue
         plot_curves([by_epoch[e] for e in sorted(by_epoch)], trainer.out / "metrics.png")
+        if keep_best is not None:
+            _keep_if_best(trainer, keep_best, record, state)
 
     return hook
+
+
+def _check_metric_available(metric: str | None) -> None:
+    """A one-line error now if ``--keep-best`` names a metric whose network is not installed."""
+    from ganime.errors import GanimeError
+
+    try:
+        if metric == "lpips":
+            from ganime.metrics.lpips_net import load_lpips
+
+            load_lpips()
+        elif metric in ("fid", "kid"):
+            from ganime.metrics.fid import inception_path
+
+            inception_path()
+    except GanimeError as e:
+        raise InputError(f"--keep-best {metric}: {e}") from None
+
+
+def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
+    """Save ``RUN/best.pt`` (and ``RUN/best.json``) when ``record`` beats the run's best ``metric`` so far."""
+    from ganime.config import KEEP_BEST_METRICS
+
+    key, higher = KEEP_BEST_METRICS[metric]
+    value = record.get(key)
+    if value is None:  # e.g. LPIPS weights removed mid-run: say so, keep the old best
+        print(f"ganime: warning: epoch {record['epoch']}: no {metric} value, best.pt left as it is", file=sys.stderr)
+        return
+    best_file = trainer.out / "best.json"
+    if "best" not in state:  # a resumed run continues its own record, if it was kept by the same metric
+        try:
+            old = json.loads(best_file.read_text())
+            state["best"] = old if old.get("metric") == metric and (trainer.out / "best.pt").exists() else None
+        except (OSError, ValueError):
+            state["best"] = None
+    best = state["best"]
+    if best is not None and not (value > best["value"] if higher else value < best["value"]):
+        return
+    trainer.save("best.pt")
+    state["best"] = {"metric": metric, "key": key, "value": value, "epoch": record["epoch"],
+                     "global_step": record["global_step"], "validation": record["validation"]}
+    atomic_write_bytes(best_file, (json.dumps(state["best"], indent=1) + "\n").encode())
+    trainer.log({"kind": "best", "epoch": record["epoch"], "global_step": record["global_step"], metric: value})
+    print(f"ganime: epoch {record['epoch']}: best {metric} so far ({value:.4f}); saved {trainer.out / 'best.pt'}",
+          file=sys.stderr)

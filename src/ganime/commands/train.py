@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ganime.config import KEEP_BEST_METRICS
+
 #: Method name -> function(parser) adding that method's own arguments.
 METHOD_ARGS = {}
 
@@ -26,7 +28,14 @@ def add_common(p) -> None:
     p.add_argument("--log-every", type=int, help="steps between log lines")
     p.add_argument("--keep-every", type=int, help="also keep a numbered checkpoint every N epochs")
     p.add_argument("--save-every-steps", type=int, help="also save last.pt every N steps within an epoch")
-    p.add_argument("--eval-every", type=int, help="evaluate a fixed validation subset every K epochs")
+    p.add_argument("--eval-every", type=int, metavar="K",
+                   help="evaluate on a fixed validation set every K epochs (RUN/metrics.jsonl, RUN/metrics.png)")
+    p.add_argument("--val-data", metavar="PAIRS",
+                   help="that validation set: a prepared cache or a folder of side-by-side pairs (default: the "
+                        "training cache's val split, else a fixed subset of the training pairs)")
+    p.add_argument("--keep-best", metavar="METRIC", choices=sorted(KEEP_BEST_METRICS),
+                   help="also keep RUN/best.pt, the checkpoint with the best validation METRIC so far "
+                        f"({', '.join(KEEP_BEST_METRICS)}; implies --eval-every 1 unless given)")
     p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop (and save) after this many minutes of training in this call; --resume continues")
@@ -69,20 +78,35 @@ def build_config(args, options: dict):
     from ganime.config import RunConfig, make_config
 
     saved = Path(args.out) / "config.json"
+    evaluation = _evaluation_settings(args)
     if args.resume and saved.exists():
         cfg = RunConfig.from_dict(json.loads(saved.read_text()))
-        # Only the length of a run may change on resume.
+        # Only the length of a run and its evaluation (which never changes the training) may change on resume.
         if args.epochs:
             cfg.train.epochs = args.epochs
+        for k, v in evaluation.items():
+            setattr(cfg.train, k, v)
+        if evaluation.get("keep_best") and not cfg.train.eval_every:
+            cfg.train.eval_every = 1
         return cfg
+    if evaluation.get("keep_best") and evaluation.get("eval_every") is None:
+        evaluation["eval_every"] = 1
     cfg = make_config(
         args.method, args.preset, options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         size=args.size, seed=args.seed, sketch_augment=args.sketch_augment, log_every=args.log_every,
-        keep_every=args.keep_every, save_every_steps=args.save_every_steps, eval_every=args.eval_every,
+        keep_every=args.keep_every, save_every_steps=args.save_every_steps, **evaluation,
         amp=False if args.no_amp else None, bn_recalibrate=args.bn_recalibrate, zoom_out=getattr(args, "zoom_out", None),
         zoom_min=getattr(args, "zoom_min", None),
     )
     return cfg
+
+
+def _evaluation_settings(args) -> dict:
+    """The evaluation options given on the command line (absent ones left out); --val-data made absolute,
+    so that a resume from another folder finds it."""
+    given = {"eval_every": args.eval_every, "keep_best": args.keep_best,
+             "val_data": None if args.val_data is None else str(Path(args.val_data).absolute())}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def load_training_pairs(data: str, size: int | None):
@@ -94,12 +118,15 @@ def load_training_pairs(data: str, size: int | None):
 
 
 def eval_hooks(args, cfg) -> list:
-    """Training-time evaluation (``--eval-every``), provided by ganime.evaluate when installed."""
-    if not cfg.train.eval_every:
+    """Training-time evaluation (``--eval-every``, ``--val-data``, ``--keep-best``). The validation pairs
+    are read (and the metric's network checked) now, so a wrong path fails before any training."""
+    t = cfg.train
+    if not t.eval_every:
         return []
     from ganime.evaluate import training_eval_hook
 
-    return [training_eval_hook(args.data, cfg.train.eval_every)]
+    return [training_eval_hook(t.val_data or args.data, t.eval_every, size=t.size, keep_best=t.keep_best or None,
+                               training_data=not t.val_data)]
 
 
 def run(args) -> int:
@@ -126,6 +153,7 @@ def run(args) -> int:
     if args.dry_run:
         print(cfg.to_json())
         return 0
+    hooks = eval_hooks(args, cfg)  # before the (long) load of the training pairs: a bad --val-data fails now
     pairs, _ = load_training_pairs(args.data, cfg.train.size)
     # Under torchrun (RANK/WORLD_SIZE set): one process per device, --batch-size per process.
     from ganime.distributed import from_env
@@ -133,7 +161,7 @@ def run(args) -> int:
     dist = from_env(args.device)
     res = fit_closing(dist, lambda: Trainer(
         cfg, pairs, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-        hooks=eval_hooks(args, cfg), max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
+        hooks=hooks, max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
         time_limit=_seconds(args.time_limit), init_from=args.init_from))
     return report(res, args.out, dist)
 
@@ -199,12 +227,14 @@ def run_cyclegan(args) -> int:
     if cfg.train.sketch_augment:
         raise InputError("--sketch-augment re-extracts a pair's sketch from its colour image; "
                          "it does not apply to CycleGAN's unpaired data")
-    if cfg.train.eval_every and args.data is None:
-        raise InputError("--eval-every needs paired validation data: train from a prepared cache with --data")
+    if cfg.train.eval_every and args.data is None and not cfg.train.val_data:
+        raise InputError("--eval-every needs paired validation data: give --val-data PAIRS (or train from a "
+                         "prepared cache with --data)")
     cfg.validate()
     if args.dry_run:
         print(cfg.to_json())
         return 0
+    hooks = eval_hooks(args, cfg)
     if args.data is not None:
         pairs, cache = load_training_pairs(args.data, cfg.train.size)
         if args.size is None and not args.resume and cache.size != cfg.train.size:
@@ -231,7 +261,7 @@ def run_cyclegan(args) -> int:
             load_size=int(round(t.size * t.jitter)), flip=t.flip,
             rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
         return Trainer(cfg, None, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-                       hooks=eval_hooks(args, cfg), loader=loader, sample_pairs=loader.sample_pairs(8),
+                       hooks=hooks, loader=loader, sample_pairs=loader.sample_pairs(8),
                        max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
                        time_limit=_seconds(args.time_limit))
 
