@@ -254,6 +254,19 @@ def test_export_recalibrates_batchnorm_on_training_data(tiny_checkpoint, make_pa
     means = [k for k in g if k.endswith("running_mean")]
     assert means and all(fresh[k].abs().max() < 50 for k in means)
     assert all(torch.equal(fresh[k], g[k]) for k in g if k.endswith("weight"))
+    # As a library call: the same statistics, and the caller's random state is left as it was.
+    from ganime.config import RunConfig
+    from ganime.export import recalibrate
+    from ganime.methods import get_method
+
+    cfg = RunConfig.from_dict(ck["config"])
+    gen = get_method("pix2pix").build_generator(cfg)
+    gen.load_state_dict(g)
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    assert recalibrate(gen, cfg, tmp_path / "cache", batches=2) == 2
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(gen.state_dict()[k], fresh[k]) for k in means)
     assert main(["data", "prepare", str(make_pairs(4, 128, folder=tmp_path / "p128")), str(tmp_path / "c128"),
                  "--size", "128", "--no-progress"]) == 0
     capsys.readouterr()

@@ -67,9 +67,10 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
         raise InputError(f"{data}: holds {pairs.shape[2]}px images, the model was trained at {t.size}px")
     loader = PairLoader.for_training(pairs, t, torch.device("cpu"), batch_size=min(t.batch_size, len(pairs)),
                                      hint_sampler=HintSampler() if hints else None)
-    torch.manual_seed(t.seed)  # dropout
-    inputs = (generator_input(b, hints) for _, b in itertools.islice(loader.epoch(0), batches))
-    return recalibrate_batchnorm(generator, inputs)
+    with torch.random.fork_rng(devices=[]):  # the dropout draws are seeded; the caller's RNG state is left alone
+        torch.manual_seed(t.seed)
+        inputs = (generator_input(b, hints) for _, b in itertools.islice(loader.epoch(0), batches))
+        return recalibrate_batchnorm(generator, inputs)
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
