@@ -9,26 +9,39 @@
 # KAGGLE_REPEAT times (default 30) so the model also learns their full-body, white-paper look, which
 # the 3,200 busts lack. The generator paints a colour layer under the sketch's lines (--line-multiply),
 # and each epoch's checkpoint gets recomputed BatchNorm statistics (the default --bn-recalibrate 50).
+# Every VAL_EVERY-th sketchified bust (default 32: 100 of 3,200; 0: none) is held out as a validation
+# set: each epoch is evaluated on it, and the checkpoint with the best KEEP_BEST metric (default lpips;
+# ssim where the LPIPS weights are not installed) is the one exported (WORK/run/best.pt, else last.pt).
 # Resumable: rerunning continues the run in WORK/run; the fp16 weights land in WORK/default.safetensors.
 set -euo pipefail
 work=${1:?usage: build_default_model.sh WORK [train args]}; shift
 data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
 mkdir -p "$work"
 ganime data sketchify "$data/anime-busts/train" "$work/busts-train-pairs" --seed 0 --no-progress
-mkdir -p "$work/kaggle-train" "$work/kaggle-heldout" "$work/mixed"
+rm -rf "$work/mixed" "$work/busts-val"  # links only: remade, so a changed VAL_EVERY never leaks a held-out bust
+mkdir -p "$work/kaggle-train" "$work/kaggle-heldout" "$work/mixed" "$work/busts-val"
 i=0
 for f in $(ls "$data/kaggle-sample"/*.png | sort); do
   if (( i % 3 == 0 )); then dst="$work/kaggle-train"; else dst="$work/kaggle-heldout"; fi
   ln -sf "$f" "$dst/$(basename "$f")"
   i=$((i + 1))
 done
-for f in "$work"/busts-train-pairs/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/$(basename "$f")"; done
+val_every=${VAL_EVERY:-32}
+i=0
+for f in $(ls "$work"/busts-train-pairs/*.png | sort); do
+  if (( val_every > 0 && i % val_every == val_every - 1 )); then dst="$work/busts-val"; else dst="$work/mixed"; fi
+  ln -sf "$(readlink -f "$f")" "$dst/$(basename "$f")"
+  i=$((i + 1))
+done
 for r in $(seq 1 "${KAGGLE_REPEAT:-30}"); do
   for f in "$work"/kaggle-train/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/r$r-$(basename "$f")"; done
 done
 ganime data prepare "$work/mixed" "$work/cache" --no-progress
 resume=(); [[ -f "$work/run/last.pt" ]] && resume=(--resume)
+val=(); (( val_every > 0 )) && val=(--val-data "$work/busts-val" --keep-best "${KEEP_BEST:-lpips}")
 ganime train pix2pix --data "$work/cache" --out "$work/run" --hints --lambda-hint 20 --sketch-augment 0.5 \
-  --line-multiply --save-every-steps 50 --log-every 10 "${resume[@]}" "$@"
+  --line-multiply --save-every-steps 50 --log-every 10 "${val[@]}" "${resume[@]}" "$@"
 # the shipped weights: fp16, the colour layer smoothed (sigma 2 px; chosen on the 11 Kaggle training pairs)
-ganime export safetensors --checkpoint "$work/run/last.pt" --out "$work/default.safetensors" --color-blur 2 --overwrite
+ckpt="$work/run/last.pt"; [[ -f "$work/run/best.pt" ]] && ckpt="$work/run/best.pt"
+echo "build_default_model: exporting $ckpt"
+ganime export safetensors --checkpoint "$ckpt" --out "$work/default.safetensors" --color-blur 2 --overwrite

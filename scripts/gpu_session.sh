@@ -99,9 +99,11 @@ train_args=(--preset "$PRESET" --device "$DEVICE" --batch-size "$BATCH" --epochs
 # build_default_model.sh prepares the data (16 cores) and trains; the time left minus 90 s for the export
 train_min=$(awk -v s="$(left)" 'BEGIN { m = (s - 150) / 60; if (m < 0.5) m = 0.5; printf "%.2f", m }')
 stage "4. the shipped model: train ${train_args[*]} --time-limit $train_min"
-bash scripts/build_default_model.sh "$work" "${train_args[@]}" --time-limit "$train_min"
+# the device has no LPIPS weights (they cannot travel beside the data): best.pt by validation SSIM there
+KEEP_BEST=${KEEP_BEST:-ssim} bash scripts/build_default_model.sh "$work" "${train_args[@]}" --time-limit "$train_min"
 echo "train exit $?"
 cp "$work/run/log.jsonl" "$OUT/train-log.jsonl" 2>/dev/null
+cat "$work/run/best.json" 2>/dev/null
 last=$(ls "$work/run/samples/" 2>/dev/null | tail -1)
 [[ -n $last ]] && cp "$work/run/samples/$last" "$OUT/samples.png"
 
