@@ -134,30 +134,37 @@ def test_onnx_export_of_a_line_multiply_generator(tmp_path):
     gen = _with_stats(method.models["G"])
     save_checkpoint(tmp_path / "last.pt", method="pix2pix", config=cfg.to_dict(), state=method.state(),
                     progress={"epoch": 1, "step": 0, "global_step": 1})
-    # the colour blur has no weights: set at export time, into the network and its stored config
-    export_onnx(tmp_path / "last.pt", tmp_path / "g.onnx", color_blur=2.0)
+    # the colour blur and flattening have no weights: set at export time, into the network and its stored config
+    export_onnx(tmp_path / "last.pt", tmp_path / "g.onnx", color_blur=2.0, color_flatten=3.0)
     x = torch.rand(1, 7, 256, 256) * 2 - 1
+    x[:, :3] = 1 - 0.1 * x[:, :3].abs()  # paper (the flattening acts there)
     x[:, :3, 100:110] = -1  # a black line stays black
-    gen.color_blur = 2.0
+    gen.color_blur, gen.color_flatten = 2.0, 3.0
     with torch.no_grad():
         ref = gen(x)
+        gen.color_flatten = 0.0
+        unflattened = gen(x)
+        gen.color_flatten = 3.0
+    assert (ref - unflattened).abs().max() > 1e-3  # the flattening is in the reference (tolerance below: 1e-4)
     got = OnnxGenerator(tmp_path / "g.onnx")(x)
     assert (got - ref).abs().max() < 1e-4 and got[:, :, 100:110].max() < -0.999
     from ganime.colorize import Colorizer
     from ganime.export import export_safetensors
 
-    export_safetensors(tmp_path / "last.pt", tmp_path / "g.safetensors", color_blur=2.0)
+    export_safetensors(tmp_path / "last.pt", tmp_path / "g.safetensors", color_blur=2.0, color_flatten=3.0)
     c = Colorizer.from_checkpoint(tmp_path / "g.safetensors", "cpu")
     assert c.cfg.net.color_blur == 2.0 and c.generator.color_blur == 2.0
+    assert c.cfg.net.color_flatten == 3.0 and c.generator.color_flatten == 3.0
     with torch.no_grad():
         assert (c.generator(x) - ref).abs().max() < 2e-2  # fp16 weights
     # a plain generator has no colour layer to blur: one sentence
     cfg.net.line_multiply = False
     save_checkpoint(tmp_path / "plain.pt", method="pix2pix", config=cfg.to_dict(), state=method.state(),
                     progress={"epoch": 1, "step": 0, "global_step": 1})
-    assert main(["export", "safetensors", "--checkpoint", str(tmp_path / "plain.pt"), "--out",
-                 str(tmp_path / "p.safetensors"), "--color-blur", "2"]) != 0
-    assert not (tmp_path / "p.safetensors").exists()
+    for flag in ("--color-blur", "--color-flatten"):
+        assert main(["export", "safetensors", "--checkpoint", str(tmp_path / "plain.pt"), "--out",
+                     str(tmp_path / "p.safetensors"), flag, "2"]) != 0
+        assert not (tmp_path / "p.safetensors").exists()
 
 
 def test_safetensors_export_is_fp16_and_loads(checkpoint, tmp_path):
@@ -216,8 +223,9 @@ def test_prepacked_path_with_hint_channels_and_fallbacks():
     fast.prepare(x.shape)
     assert (fast(x) - ref).abs().max() < 1e-5
     # A multiply-layer output (line_multiply): packed, and the same outputs.
-    for blur in (0.0, 1.5):
-        mult = _with_stats(init_weights(UNetGenerator(7, 3, base=8, depth=5, line_multiply=True, color_blur=blur)))
+    for blur, flatten in ((0.0, 0.0), (1.5, 0.0), (0.0, 2.0)):
+        mult = _with_stats(init_weights(UNetGenerator(7, 3, base=8, depth=5, line_multiply=True, color_blur=blur,
+                                                      color_flatten=flatten)))
         with torch.no_grad():
             ref = mult(x)
         for pack in (True, False):

@@ -124,6 +124,63 @@ def test_color_blur_smooths_the_colour_layer_but_not_the_lines():
         cfg.validate()
 
 
+def test_color_flatten_evens_colour_within_regions_and_never_across_lines():
+    from ganime.nn.unet import flatten_between_lines, flatten_iterations, multiply_lines
+
+    g = torch.Generator().manual_seed(0)
+    size = 48
+    lum = torch.ones(1, 1, size, size)
+    lum[..., :, 20] = 0.0  # a vertical black line
+    for i in range(size):  # and a 1-px diagonal one (8-connected): 4-neighbours cannot step over it
+        lum[..., i, min(size - 1, 30 + i // 4)] = 0.2
+    left = torch.zeros(size, size, dtype=torch.bool)
+    left[:, :20] = True
+    c = torch.where(left, torch.tensor([0.8, -0.5, -0.5]).view(3, 1, 1), torch.tensor([-0.5, -0.5, 0.8]).view(3, 1, 1))
+    c = (c + 0.3 * torch.randn(3, size, size, generator=g))[None]
+    f = flatten_between_lines(c, lum, 5.0)
+    assert f.shape == c.shape and f.dtype == c.dtype
+    assert f[..., left].std(-1).max() < 0.4 * c[..., left].std(-1).min()  # noise evened out in the region
+    # Nothing flows through a line: each region keeps its own amount of every colour.
+    assert torch.allclose(f[..., left].sum(-1), c[..., left].sum(-1), rtol=1e-4, atol=1e-3)
+    inner = torch.zeros(size, size, dtype=torch.bool)  # between the two lines, strictly inside
+    for i in range(size):
+        inner[i, 21:min(size - 1, 30 + i // 4)] = True
+    assert torch.allclose(f[..., inner].sum(-1), c[..., inner].sum(-1), rtol=1e-4, atol=1e-3)
+    assert abs(f[0, 0][left].mean() - 0.8) < 0.05 and abs(f[0, 2][left].mean() + 0.5) < 0.05  # red stays red
+    # Without lines it is a blur of about sigma pixels; a flat layer stays flat; other dtypes come back as given.
+    spread = flatten_between_lines(torch.zeros(1, 1, 41, 41).index_put_((torch.tensor(0), torch.tensor(0),
+                                   torch.tensor(20), torch.tensor(20)), torch.tensor(1.0)), torch.ones(1, 1, 41, 41), 3.0)
+    r = torch.arange(41.0) - 20
+    var = (spread[0, 0].sum(0) * r * r).sum() / spread.sum()
+    assert abs(var.sqrt() - 3.0) < 0.15 and abs(spread.sum() - 1) < 1e-5
+    assert torch.allclose(flatten_between_lines(torch.full((1, 3, 16, 16), 0.3), torch.rand(1, 1, 16, 16), 4), torch.tensor(0.3))
+    assert flatten_between_lines(c.bfloat16(), lum, 2).dtype == torch.bfloat16
+    assert flatten_iterations(0) == 0 and flatten_iterations(5) == 53
+    # As the generator's output head: lines stay exactly black, gradients reach the colour layer.
+    x = lum.expand(1, 3, size, size) * 2 - 1
+    c.requires_grad_(True)
+    out = multiply_lines(c, x, 0.0, 5.0)
+    assert torch.allclose(out[..., :, 20], torch.tensor(-1.0))
+    out.sum().backward()
+    assert c.grad is not None and torch.isfinite(c.grad).all() and c.grad.abs().sum() > 0
+    gen = UNetGenerator(3, 3, 8, 6, line_multiply=True, color_flatten=3.0).eval()
+    with torch.no_grad():
+        assert gen(torch.rand(1, 3, 64, 64) * 2 - 1).shape == (1, 3, 64, 64)
+    import pytest
+
+    from ganime.errors import InputError
+
+    with pytest.raises(ValueError, match="line_multiply"):
+        UNetGenerator(3, 3, 8, 6, color_flatten=2.0)
+    cfg = make_config("pix2pix", "small")
+    cfg.net.color_flatten = 2.0
+    with pytest.raises(InputError, match="flattening smooths the colour layer of a --line-multiply"):
+        cfg.validate()
+    cfg.net.line_multiply, cfg.net.color_flatten = True, 17.0
+    with pytest.raises(InputError, match=r"flattening must be in \[0, 16\]"):
+        cfg.validate()
+
+
 def test_recalibrate_batchnorm_averages_fresh_batch_statistics():
     from torch import nn
 

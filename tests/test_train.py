@@ -216,6 +216,11 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
                  "--zoom-min", "0.3", "--dry-run"]) == 0
     t = json.loads(capsys.readouterr().out)["train"]
     assert (t["zoom_out"], t["zoom_min"]) == (0.5, 0.3)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--line-multiply",
+                 "--color-flatten", "4", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["net"]["color_flatten"] == 4.0
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--color-flatten", "4"]) != 0
+    assert "--line-multiply generator only" in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
 
 

@@ -36,6 +36,8 @@ class NetConfig:
     line_multiply: bool = False
     #: With line_multiply: Gaussian sigma (pixels) smoothing the colour layer before the multiply; 0 = off.
     color_blur: float = 0.0
+    #: With line_multiply: edge-aware smoothing of the colour layer between the sketch's lines (sigma, pixels); 0 = off.
+    color_flatten: float = 0.0
 
 
 #: ``--keep-best`` metric -> (the key of the evaluation record, True when higher is better).
@@ -142,6 +144,10 @@ class RunConfig:
             problems.append(f"colour blur must be in [0, 16] pixels (got {n.color_blur})")
         elif n.color_blur and not n.line_multiply:
             problems.append("colour blur smooths the colour layer of a --line-multiply generator only")
+        if not 0 <= n.color_flatten <= 16:
+            problems.append(f"colour flattening must be in [0, 16] pixels (got {n.color_flatten})")
+        elif n.color_flatten and not n.line_multiply:
+            problems.append("colour flattening smooths the colour layer of a --line-multiply generator only")
         if n.gen_base < 1 or n.disc_base < 1:
             problems.append("network widths must be positive")
         if problems:

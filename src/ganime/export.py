@@ -10,8 +10,9 @@ with onnxruntime behind the generator's torch call signature.
 ``ganime export safetensors`` writes fp16 generator weights for inference (what ``colorize`` and the
 web app load; half the size of the float32 weights, and free of pickle).
 
-Both take ``--color-blur SIGMA`` for a generator trained with ``--line-multiply``: the colour-layer
-blur has no weights, so it can be set (or changed) when exporting. ``--bn-data CACHE`` recomputes the
+Both take ``--color-blur SIGMA`` and ``--color-flatten SIGMA`` for a generator trained with
+``--line-multiply``: the colour layer's smoothing has no weights, so it can be set (or changed) when
+exporting. ``--bn-data CACHE`` recomputes the
 generator's BatchNorm statistics on training data first (precise BN; for checkpoints that carry only
 the running averages).
 """
@@ -30,21 +31,25 @@ from ganime.errors import InputError
 
 
 def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = None,
-                    bn_data: str | os.PathLike | None = None, bn_batches: int = 50):
-    """The checkpoint's generator, config and method; ``color_blur`` (not None) replaces the
-    weight-free colour-layer blur of a line-multiply generator in both the network and the config;
-    ``bn_data`` (a prepared cache) recomputes its BatchNorm statistics there (see :func:`recalibrate`)."""
+                    bn_data: str | os.PathLike | None = None, bn_batches: int = 50,
+                    color_flatten: float | None = None):
+    """The checkpoint's generator, config and method; ``color_blur`` and ``color_flatten`` (not None)
+    replace the weight-free colour-layer smoothing of a line-multiply generator in both the network and
+    the config; ``bn_data`` (a prepared cache) recomputes its BatchNorm statistics there (see
+    :func:`recalibrate`)."""
     from ganime.colorize import Colorizer
 
     c = Colorizer.from_checkpoint(checkpoint, "cpu")
     if bn_data is not None:
         recalibrate(c.generator, c.cfg, bn_data, bn_batches)
-    if color_blur is not None:
+    for name, value in (("color_blur", color_blur), ("color_flatten", color_flatten)):
+        if value is None:
+            continue
         if not c.cfg.net.line_multiply:
-            raise InputError(f"{checkpoint}: --color-blur needs a generator trained with --line-multiply")
-        c.cfg.net.color_blur = color_blur
+            raise InputError(f"{checkpoint}: --{name.replace('_', '-')} needs a generator trained with --line-multiply")
+        setattr(c.cfg.net, name, value)
         c.cfg.validate()
-        c.generator.color_blur = float(color_blur)
+        setattr(c.generator, name, float(value))
     return c.generator, c.cfg, c.method
 
 
@@ -75,7 +80,7 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
                 opset: int = 17, color_blur: float | None = None, bn_data: str | os.PathLike | None = None,
-                bn_batches: int = 50) -> dict:
+                bn_batches: int = 50, color_flatten: float | None = None) -> dict:
     """Write the checkpoint's generator as ONNX to ``out``; returns a small report dict."""
     from ganime.fast import fold_batchnorm
     from ganime.imageio import atomic_write_bytes
@@ -84,7 +89,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ModuleNotFoundError:
         raise InputError("ONNX export needs the onnx package: pip install 'ganime[onnx]'") from None
-    gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches)
+    gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches, color_flatten)
     size = size or cfg.train.size
     multiple = 2**cfg.net.gen_depth
     if size < multiple or size % multiple:
@@ -137,13 +142,13 @@ class OnnxGenerator:
 
 def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp16",
                        color_blur: float | None = None, bn_data: str | os.PathLike | None = None,
-                       bn_batches: int = 50) -> dict:
+                       bn_batches: int = 50, color_flatten: float | None = None) -> dict:
     """Write the checkpoint's generator weights (fp16 by default) with its config as safetensors."""
     from ganime.checkpoint import export_safetensors as write
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype not in dtypes:
         raise InputError(f"--dtype {dtype}: choose one of {', '.join(dtypes)}")
-    gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches)
+    gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches, color_flatten)
     write(out, method=method, config=cfg.to_dict(), generator_state=gen.state_dict(), dtype=dtypes[dtype])
     return {"out": str(out), "bytes": Path(out).stat().st_size, "method": method, "dtype": dtype}

@@ -219,7 +219,7 @@ class Trainer:
         path = Path(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
         # Settings without weights of their own (the output's line multiply and colour blur) may change when fine-tuning.
-        free = {"line_multiply", "color_blur"}
+        free = {"line_multiply", "color_blur", "color_flatten"}
         theirs = {k: v for k, v in _net_settings(ckpt["config"], path).items() if k not in free}
         ours = {k: v for k, v in self.cfg.to_dict()["net"].items() if k not in free}
         if theirs != ours:

@@ -33,6 +33,8 @@ def _add_generator_options(p) -> None:
     """Options of both exports that change the exported generator itself."""
     p.add_argument("--color-blur", type=float, metavar="SIGMA",
                    help="set the exported line-multiply generator's colour-layer blur (pixels; 0: off)")
+    p.add_argument("--color-flatten", type=float, metavar="SIGMA",
+                   help="set its edge-aware smoothing of the colour layer between the sketch's lines (pixels; 0: off)")
     p.add_argument("--bn-data", metavar="CACHE",
                    help="recompute the generator's BatchNorm statistics on this prepared training cache first")
     p.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
@@ -55,7 +57,7 @@ def run_onnx(args) -> int:
 
     _check_out(args.out, ".onnx", args.overwrite)
     r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, color_blur=args.color_blur,
-                    bn_data=args.bn_data, bn_batches=args.bn_batches)
+                    bn_data=args.bn_data, bn_batches=args.bn_batches, color_flatten=args.color_flatten)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['method']} generator, traced at {r['size']}px)")
     return 0
 
@@ -65,6 +67,6 @@ def run_safetensors(args) -> int:
 
     _check_out(args.out, ".safetensors", args.overwrite)
     r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype, color_blur=args.color_blur,
-                           bn_data=args.bn_data, bn_batches=args.bn_batches)
+                           bn_data=args.bn_data, bn_batches=args.bn_batches, color_flatten=args.color_flatten)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['dtype']} {r['method']} generator)")
     return 0

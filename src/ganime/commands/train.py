@@ -61,6 +61,8 @@ def register(sub) -> None:
                    help="the generator predicts a colour layer multiplied by the sketch's lines (kept exactly)")
     q.add_argument("--color-blur", type=float, metavar="SIGMA",
                    help="with --line-multiply: smooth the colour layer with a Gaussian of SIGMA pixels (0: off)")
+    q.add_argument("--color-flatten", type=float, metavar="SIGMA",
+                   help="with --line-multiply: smooth the colour layer between the sketch's lines only (0: off)")
     q.add_argument("--lambda-hint", type=float, help="extra L1 weight on hinted pixels (0 in the paper preset)")
     q.add_argument("--zoom-out", type=float, metavar="P",
                    help="shrink a pair onto white paper with probability P (close-ups -> small figures on paper)")
@@ -144,6 +146,8 @@ def run(args) -> int:
         cfg.net.line_multiply = True
     if getattr(args, "color_blur", None) is not None and not args.resume:
         cfg.net.color_blur = args.color_blur
+    if getattr(args, "color_flatten", None) is not None and not args.resume:
+        cfg.net.color_flatten = args.color_flatten
     from ganime.data.pairs import PairCache
 
     cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work

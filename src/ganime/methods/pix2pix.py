@@ -58,7 +58,7 @@ class Pix2Pix(Method):
     def build_generator(cfg: RunConfig) -> nn.Module:
         n = cfg.net
         return UNetGenerator(3 + n.hint_channels, 3, n.gen_base, n.gen_depth, n.norm, n.dropout,
-                             line_multiply=n.line_multiply, color_blur=n.color_blur)
+                             line_multiply=n.line_multiply, color_blur=n.color_blur, color_flatten=n.color_flatten)
 
     def generator_input(self, batch):
         return generator_input(batch, self.cfg.net.hint_channels)
