@@ -68,3 +68,23 @@ def test_hints_on_a_model_without_hint_channels_are_refused(tiny_checkpoint, tmp
                "--out", str(tmp_path / "o")])
     assert rc != 0
     assert "does not take colour hints" in one_line_error(capsys)
+
+
+def test_flatten_option_overrides_the_shipped_colour_flattening(colorizer, tiny_checkpoint, tmp_path, capsys):
+    net = colorizer.cfg.net
+    assert net.line_multiply and (net.color_blur, net.color_flatten) == (0.0, 5.0)  # as docs/model-card.md says
+    sketch = Image.open(SKETCH).convert("RGB").resize((256, 256))
+    flat = np.asarray(colorizer(sketch), dtype=float)
+    raw = np.asarray(Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu", flatten=0)(sketch), dtype=float)
+    lines = np.asarray(sketch.convert("L")) < 60
+    assert np.abs(flat - raw).mean() > 1 and np.abs(flat - raw)[lines].mean() < np.abs(flat - raw)[~lines].mean()
+    # Evened out: less colour texture between neighbouring pixels of the paper.
+    rough = lambda a: np.abs(np.diff(a, axis=1))[~lines[:, 1:]].mean()  # noqa: E731
+    assert rough(flat) < rough(raw)
+    out = tmp_path / "o"
+    assert main(["colorize", str(SKETCH), "--out", str(out), "--flatten", "0", "--no-progress"]) == 0
+    assert main(["colorize", str(SKETCH), "--out", str(tmp_path / "o2"), "--flatten", "20", "--no-progress"]) != 0
+    assert "--flatten 20: colour flattening must be in [0, 16] pixels" in one_line_error(capsys)
+    assert main(["colorize", str(SKETCH), "--out", str(tmp_path / "o3"), "--flatten", "2",
+                 "--checkpoint", str(tiny_checkpoint), "--no-progress"]) != 0
+    assert "trained with --line-multiply" in one_line_error(capsys)

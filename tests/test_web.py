@@ -155,6 +155,15 @@ def test_models_say_which_take_hints(srv):
     assert by_name["pix2pix"]["hints"] is True and by_name["pix2pix-2"]["hints"] is False
     assert all(x["kind"] == "colorizer" and not x["needs_style"] for x in m["models"])
     assert by_name["pix2pix"]["source"] == "last.pt"  # a file name, never the server's full paths
+    assert "flatten" not in by_name["pix2pix"]  # no colour layer
+
+
+def test_serve_flatten_sets_the_shipped_models_colour_flattening():
+    from ganime.colorize import DEFAULT_WEIGHTS
+
+    listed = lambda ms: {k: m.info.get("flatten") for k, m in ms.items()}  # noqa: E731
+    assert listed(models_from_checkpoints([DEFAULT_WEIGHTS], "cpu", style=False)) == {"pix2pix": 5.0}
+    assert listed(models_from_checkpoints([DEFAULT_WEIGHTS], "cpu", style=False, flatten=1.5)) == {"pix2pix": 1.5}
 
 
 def test_style_transfer_listed_only_when_importable(monkeypatch, models):

@@ -97,7 +97,9 @@ class Colorizer:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         fast: str | None = None, background: str = "model",
-                        max_size: int | None = None) -> "Colorizer":
+                        max_size: int | None = None, flatten: float | None = None) -> "Colorizer":
+        """``flatten`` (not None) replaces a line-multiply model's colour flattening
+        (``color_flatten``, sigma in pixels; 0: off) for this use; a model without a colour layer refuses it."""
         from ganime.train import resolve_device
 
         dev = resolve_device(device)
@@ -107,6 +109,15 @@ class Colorizer:
             cfg = RunConfig.from_dict(ckpt["config"])
         except (TypeError, InputError) as e:
             raise CheckpointError(f"{path}: checkpoint configuration is not understood ({e})") from None
+        if flatten is not None:
+            if not cfg.net.line_multiply:
+                raise InputError(f"{path}: --flatten smooths the colour layer of a model trained with --line-multiply; "
+                                 "this one has none")
+            cfg.net.color_flatten = flatten
+            try:
+                cfg.validate()
+            except InputError as e:
+                raise InputError(f"--flatten {flatten:g}: {e}".replace("invalid configuration: ", "")) from None
         gen = method_cls.build_generator(cfg)
         state = ckpt["models"].get(method_cls.generator_key)
         if state is None:

@@ -39,7 +39,7 @@ def run(args) -> int:
     passive_openmp_threads()
     ckpt = args.checkpoint or default_checkpoint()
     colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background,
-                                          max_size=args.max_size)
+                                          max_size=args.max_size, flatten=args.flatten)
     if args.hints:
         from pathlib import Path
 
@@ -64,7 +64,7 @@ FAST_CHOICES = ("off", "auto", "fp32", "bf16")
 
 
 def add_fast_arg(p) -> None:
-    """``--fast``, ``--background`` and ``--max-size``, shared with ``ganime serve``."""
+    """``--fast``, ``--background``, ``--max-size`` and ``--flatten``, shared with ``ganime serve``."""
     p.add_argument("--max-size", type=int, default=1024,
                    help="largest working size (default 1024): a sketch is coloured at the multiple of 256 nearest "
                         "its longest side, between the model's training size and this, so its lines keep their "
@@ -72,6 +72,9 @@ def add_fast_arg(p) -> None:
     p.add_argument("--background", choices=("model", "paper"), default="model",
                    help="model (default): the background as generated; paper: keep the sketch's blank paper "
                         "around the drawing (found by filling from the border) as it is")
+    p.add_argument("--flatten", type=float, metavar="SIGMA",
+                   help="for a model with a colour layer (the shipped one): how far its colours are evened out "
+                        "between the sketch's lines, in pixels (0: off; default: the model's own, 5 for the shipped one)")
     p.add_argument("--fast", choices=FAST_CHOICES, default="auto",
                    help="inference path: auto (default: bf16 where the CPU/GPU has native bf16, else fp32; "
                         "prepacked oneDNN convolutions on the CPU), fp32 (same pixels as off, faster), "

@@ -70,7 +70,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     checkpoints = args.checkpoint or [default_checkpoint()]
     models = models_from_checkpoints(checkpoints, device, fast=args.fast, background=args.background,
-                                     max_size=args.max_size)
+                                     max_size=args.max_size, flatten=args.flatten)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     max_active=args.max_active, max_queue=max(0, args.max_queue))
     try:

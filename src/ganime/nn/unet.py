@@ -160,8 +160,9 @@ def flatten_between_lines(color: torch.Tensor, lum: torch.Tensor, sigma: float) 
     steps = flatten_iterations(sigma)
     if steps == 0:
         return color
-    c = color.float()
-    w = ((lum.float() - FLATTEN_INK) / (FLATTEN_PAPER - FLATTEN_INK)).clamp(0, 1)
+    # Plain NCHW float32: the slices below are far slower on channels-last memory (the fast path's layout).
+    c = color.float().contiguous()
+    w = ((lum.float().contiguous() - FLATTEN_INK) / (FLATTEN_PAPER - FLATTEN_INK)).clamp(0, 1)
     gx = w[..., :, 1:] * w[..., :, :-1] * _FLATTEN_STEP  # between (i, j) and (i, j + 1)
     gy = w[..., 1:, :] * w[..., :-1, :] * _FLATTEN_STEP  # between (i, j) and (i + 1, j)
     # Each pixel's weights for its left, right, upper and lower neighbour (0 at the border) and itself.

@@ -137,26 +137,29 @@ def colorizer_model(name: str, colorizer) -> WebModel:
         return colorizer(sketch, hints_im)
 
     what = f"{colorizer.size}px model"
+    info = {"method": colorizer.method, "size": colorizer.size,
+            "source": Path(colorizer.source).name if colorizer.source else ""}
+    if colorizer.cfg.net.line_multiply:  # a colour layer under the lines, evened out by this much (--flatten)
+        info["flatten"] = colorizer.cfg.net.color_flatten
     return WebModel(name, "colorizer", run, hints=hints,
-                    description=what + (", takes colour hints" if hints else ""),
-                    info={"method": colorizer.method, "size": colorizer.size,
-                          "source": Path(colorizer.source).name if colorizer.source else ""})
+                    description=what + (", takes colour hints" if hints else ""), info=info)
 
 
 def models_from_checkpoints(checkpoints: list, device: str = "auto", style: bool = True,
                             fast: str | None = None, background: str = "model",
-                            max_size: int | None = None) -> dict[str, WebModel]:
+                            max_size: int | None = None, flatten: float | None = None) -> dict[str, WebModel]:
     """Load each checkpoint as a colorizer (the first is the default), plus style transfer when available.
 
     Names are the checkpoint's method (``pix2pix``, ``cyclegan``), numbered when a method repeats.
     ``fast`` is the colorizers' inference path (:class:`ganime.colorize.Colorizer`; ``ganime serve
-    --fast``).
+    --fast``); ``flatten`` sets the colour flattening of those with a colour layer (``--flatten``).
     """
     from ganime.colorize import Colorizer
 
     models: dict[str, WebModel] = {}
     for ckpt in checkpoints:
-        c = Colorizer.from_checkpoint(ckpt, device, fast=fast, background=background, max_size=max_size)
+        c = Colorizer.from_checkpoint(ckpt, device, fast=fast, background=background, max_size=max_size,
+                                      flatten=flatten)
         name, n = c.method, 2
         while name in models:
             name, n = f"{c.method}-{n}", n + 1
