@@ -12,6 +12,7 @@ import threading
 import time
 import types
 import uuid
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,6 +23,9 @@ from ganime.cli import build_parser, main
 from ganime.web.server import Limits, colorizer_model, make_server, models_from_checkpoints, style_transfer_model
 from tests.conftest import one_line_error, synthetic_color, synthetic_sketch, tiny_config, tiny_pairs
 from tests.test_colorize import huge_header_png
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------------
@@ -262,6 +266,40 @@ def test_colorize_result_equals_direct_colorizer_call(srv, models):
     body = srv.post({"image": png(im), "hints": png(hint_strokes(45, 77))})[2]
     direct = models["pix2pix"].run(im, hint_strokes(45, 77))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(direct))
+
+
+def test_per_request_flatten_and_background_on_the_shipped_model(models):
+    """The page's Result options: a model with a colour layer takes 'flatten', every colorizer
+    'background'; each request's choice applies to it alone, concurrently too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ganime.colorize import DEFAULT_WEIGHTS, Colorizer
+
+    s = Running({**models_from_checkpoints([DEFAULT_WEIGHTS], "cpu", style=False), "tiny": models["pix2pix-2"]})
+    try:
+        im = Image.open(ROOT / "examples" / "adp-test1.png").convert("RGB").resize((96, 128))
+        ref = Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu")
+        want = {"": np.asarray(ref(im)), "0": np.asarray(ref(im, flatten=0)),
+                "paper": np.asarray(ref(im, flatten=2.5, background="paper"))}
+        assert not np.array_equal(want[""], want["0"]) and not np.array_equal(want["0"], want["paper"])
+        asks = {"": {}, "0": {"flatten": "0"}, "paper": {"flatten": "2.5", "background": "paper"}}
+
+        def ask(key):
+            st, h, body = s.post({"image": png(im), "method": "pix2pix", **asks[key]})
+            return key, np.asarray(result_image(st, h, body, im.size))
+
+        with ThreadPoolExecutor(4) as pool:
+            for key, got in pool.map(ask, ["", "0", "paper", "", "0", "paper", ""]):
+                assert np.array_equal(got, want[key]), key
+        # Bad values and fields a model cannot take: 400 with a sentence.
+        for fields, expect in (({"flatten": "17"}, "from 0 to 16"), ({"flatten": "nan"}, "from 0 to 16"),
+                               ({"flatten": "wide"}, "from 0 to 16"), ({"background": "sky"}, "choose one of model, paper"),
+                               ({"flatten": "1", "method": "tiny"}, "has no colour layer")):
+            msg = error_of(*s.post({"image": png(im), "method": "pix2pix", **fields}), 400)
+            assert expect in msg, msg
+        result_image(*s.post({"image": png(im), "method": "tiny", "background": "paper"}), im.size)
+    finally:
+        s.close()
 
 
 # ---- bad input: 4xx with a JSON sentence, never 5xx ---------------------------------------------

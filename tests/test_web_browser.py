@@ -82,6 +82,10 @@ def test_colorize_in_the_browser(browser, page, tmp_path):
     assert "model(s) on cpu" in d.find_element(By.ID, "server-status").text
     assert d.find_element(By.ID, "colorize").get_attribute("disabled")  # nothing to colour yet
 
+    assert d.find_element(By.ID, "result-options").is_displayed()  # "Keep the paper white"
+    has_layer = "flatten" in page.server.models[page.server.default_model].info  # not the two-step test model
+    assert d.find_element(By.ID, "flatten-group").is_displayed() == has_layer
+
     d.find_element(By.ID, "file").send_keys(str(SKETCH))
     assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
     w, h = Image.open(SKETCH).size
@@ -108,17 +112,8 @@ def test_colorize_in_the_browser(browser, page, tmp_path):
     # Read the PNG behind the download link back into Python.
     link = d.find_element(By.ID, "download")
     assert link.is_displayed() and link.get_attribute("download") == "adp-test1-colored.png"
-    b64 = d.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "fetch(arguments[0].href).then(r => r.arrayBuffer()).then(buf => {"
-        "  let s = ''; const u = new Uint8Array(buf);"
-        "  for (let i = 0; i < u.length; i += 8192) s += String.fromCharCode.apply(null, u.subarray(i, i + 8192));"
-        "  done(btoa(s)); }).catch(e => done('ERR ' + e));", link)
-    assert not b64.startswith("ERR"), b64
-    data = base64.b64decode(b64)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    im = Image.open(io.BytesIO(data))
-    assert im.size == (w, h) and im.mode == "RGB"
+    im = fetch_png(d, "download")
+    assert im.format == "PNG" and im.size == (w, h) and im.mode == "RGB"
     # The hints were sent (the server refuses hints of another size than the sketch, so they were the
     # canvas at natural size) and changed the result: it differs from colouring without hints.
     assert any('"POST /api/colorize" 200' in line for line in page.log), page.log
@@ -160,3 +155,53 @@ def test_page_shows_api_errors(browser, page, tmp_path):
     err = d.find_element(By.ID, "error")
     assert err.is_displayed() and "image: not a readable image" in err.text, err.text
     assert any('"POST /api/colorize" 400' in line for line in page.log)
+
+
+@pytest.fixture(scope="module")
+def shipped_page():
+    from ganime.colorize import DEFAULT_WEIGHTS
+
+    s = Running(models_from_checkpoints([DEFAULT_WEIGHTS], "cpu", style=False))
+    yield s
+    s.close()
+
+
+def fetch_png(d, element_id: str) -> Image.Image:
+    """The PNG behind an element's href (the download link), read back into Python."""
+    from selenium.webdriver.common.by import By
+
+    b64 = d.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0].href).then(r => r.arrayBuffer()).then(buf => {"
+        "  let s = ''; const u = new Uint8Array(buf);"
+        "  for (let i = 0; i < u.length; i += 8192) s += String.fromCharCode.apply(null, u.subarray(i, i + 8192));"
+        "  done(btoa(s)); }).catch(e => done('ERR ' + e));", d.find_element(By.ID, element_id))
+    assert not b64.startswith("ERR"), b64
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_result_options_reach_the_shipped_model(browser, shipped_page):
+    """Flat colours and Keep the paper white: the page sends them, the result is that of the model
+    called with them directly."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ganime.colorize import DEFAULT_WEIGHTS, Colorizer
+
+    d = browser
+    d.get(f"http://127.0.0.1:{shipped_page.port}/")
+    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.getElementById('method').options.length") > 0)
+    slider = d.find_element(By.ID, "flatten")
+    assert d.find_element(By.ID, "flatten-group").is_displayed() and slider.get_attribute("value") == "5"
+    d.execute_script("arguments[0].value = '1.5'; arguments[0].dispatchEvent(new Event('input'));", slider)
+    assert d.find_element(By.ID, "flatten-value").text == "1.5"
+    d.find_element(By.ID, "paper").click()
+    d.find_element(By.ID, "file").send_keys(str(SKETCH))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+    got = np.asarray(fetch_png(d, "download"))
+    sketch = open_image(SKETCH)
+    ref = Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu")
+    assert np.array_equal(got, np.asarray(ref(sketch, flatten=1.5, background="paper")))
+    assert not np.array_equal(got, np.asarray(ref(sketch)))

@@ -92,7 +92,26 @@ class Colorizer:
             self.generator = optimize_generator(self.generator, device, precision, compile=comp == "compile")
             if in_channels:  # pack the weights for the one input shape now, not on the first image
                 self.generator.prepare((1, in_channels, self.size, self.size))
+        from ganime.nn.unet import UNetGenerator
+
+        #: The modules whose output head flattens the colour layer (per-call ``flatten``; none without one).
+        self._heads = [m for m in self.generator.modules() if isinstance(m, UNetGenerator) and m.line_multiply]
         self._lock = threading.Lock()
+
+    @property
+    def flatten(self) -> float | None:
+        """The colour flattening (sigma, pixels) of a model with a colour layer, else None."""
+        return self._heads[0].color_flatten if self._heads else None
+
+    def check_options(self, flatten: float | None = None, background: str | None = None) -> None:
+        """One-line InputError for per-call options this model cannot take."""
+        if background is not None and background not in BACKGROUNDS:
+            raise InputError(f"unknown background {background!r}: choose one of {', '.join(BACKGROUNDS)}")
+        if flatten is not None:
+            if not self._heads:
+                raise InputError(f"this model ({self.method}) has no colour layer to flatten")
+            if not 0 <= flatten <= 16:
+                raise InputError(f"flatten {flatten:g}: must be between 0 and 16 pixels")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
@@ -171,16 +190,29 @@ class Colorizer:
         return x, box
 
     @torch.no_grad()
-    def __call__(self, sketch: Image.Image, hints: Image.Image | None = None) -> Image.Image:
-        """Colour ``sketch`` (any size/mode PIL image); returns RGB at the sketch's own size."""
+    def __call__(self, sketch: Image.Image, hints: Image.Image | None = None, flatten: float | None = None,
+                 background: str | None = None) -> Image.Image:
+        """Colour ``sketch`` (any size/mode PIL image); returns RGB at the sketch's own size.
+
+        ``flatten`` and ``background`` override the model's colour flattening and this colorizer's
+        background for this call only (see :meth:`check_options`)."""
         from ganime.imageio import tensor_to_pil
 
+        self.check_options(flatten, background)
         x, box = self.prepare(sketch, hints)
         with self._lock:
-            y = self.generator(x.to(self.device)).float().cpu()[0]
+            saved = [m.color_flatten for m in self._heads]
+            try:
+                if flatten is not None:
+                    for m in self._heads:
+                        m.color_flatten = float(flatten)
+                y = self.generator(x.to(self.device)).float().cpu()[0]
+            finally:
+                for m, v in zip(self._heads, saved):
+                    m.color_flatten = v
         out = tensor_to_pil(y).crop(box)
         out = out.resize(sketch.size, Image.BICUBIC) if out.size != sketch.size else out
-        if self.background == "paper":
+        if (background or self.background) == "paper":
             out = keep_paper(sketch, out, fitted_size=(box[2] - box[0], box[3] - box[1]))
         return out
 

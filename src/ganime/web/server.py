@@ -27,6 +27,7 @@ import email.utils
 import io
 import ipaddress
 import json
+import math
 import socket
 import sys
 import threading
@@ -133,14 +134,15 @@ def colorizer_model(name: str, colorizer) -> WebModel:
     """Wrap a :class:`ganime.colorize.Colorizer` (thread-safe: it serialises inference itself)."""
     hints = bool(colorizer.hint_channels)
 
-    def run(sketch, hints_im=None, style=None):
-        return colorizer(sketch, hints_im)
+    def run(sketch, hints_im=None, style=None, **options):  # options: flatten, background (per request)
+        return colorizer(sketch, hints_im, **options)
 
     what = f"{colorizer.size}px model"
     info = {"method": colorizer.method, "size": colorizer.size,
             "source": Path(colorizer.source).name if colorizer.source else ""}
-    if colorizer.cfg.net.line_multiply:  # a colour layer under the lines, evened out by this much (--flatten)
-        info["flatten"] = colorizer.cfg.net.color_flatten
+    if colorizer.flatten is not None:  # a colour layer under the lines, evened out by this much (--flatten)
+        info["flatten"] = colorizer.flatten
+    info["background"] = colorizer.background
     return WebModel(name, "colorizer", run, hints=hints,
                     description=what + (", takes colour hints" if hints else ""), info=info)
 
@@ -534,6 +536,33 @@ class Handler(BaseHTTPRequestHandler):
         self._body_read = True
         return bytes(buf)
 
+    @staticmethod
+    def _options(fields: dict, name: str, model: WebModel) -> dict:
+        """The optional per-request fields ``flatten`` (a number of pixels, for a model with a colour
+        layer) and ``background`` (model or paper, for a colorizer), checked: 400 for anything else."""
+        from ganime.colorize import BACKGROUNDS
+
+        text = {k: fields[k][1].decode("utf-8", "replace").strip() for k in ("flatten", "background")
+                if k in fields and fields[k][1].strip()}
+        options: dict = {}
+        if "background" in text:
+            if model.kind != "colorizer":
+                raise HTTPError(400, f"method {name!r} takes no 'background' field")
+            if text["background"] not in BACKGROUNDS:
+                raise HTTPError(400, f"background {text['background'][:40]!r}: choose one of {', '.join(BACKGROUNDS)}")
+            options["background"] = text["background"]
+        if "flatten" in text:
+            if "flatten" not in model.info:
+                raise HTTPError(400, f"method {name!r} has no colour layer to flatten; send no 'flatten' field")
+            try:
+                value = float(text["flatten"])
+            except ValueError:
+                value = math.nan
+            if not 0 <= value <= 16:  # also refuses nan and inf
+                raise HTTPError(400, f"flatten {text['flatten'][:40]!r}: give a number of pixels from 0 to 16")
+            options["flatten"] = value
+        return options
+
     def _colorize(self, length: int) -> None:
         s = self.server
         ctype = self.headers.get("Content-Type", "")
@@ -567,7 +596,7 @@ class Handler(BaseHTTPRequestHandler):
             style = decode_image(fields["style"][1], "style", limit)
         elif model.needs_style:
             raise HTTPError(400, f"method {name!r} needs a 'style' field: a colour image whose look to copy")
-        out = model.run(sketch, hints, style)
+        out = model.run(sketch, hints, style, **self._options(fields, name, model))
         if out.size != sketch.size:  # every model promises this; a mismatch is a bug, not bad input
             raise RuntimeError(f"{name} returned {out.size}, expected {sketch.size}")
         headers = {"X-Ganime-Method": name}

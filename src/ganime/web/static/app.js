@@ -80,7 +80,20 @@ function onMethodChange() {
   canvas.classList.toggle("off", !hints);
   $("method-note").textContent = m && !hints ? "this model takes no colour hints" : "";
   $("style-group").hidden = !(m && m.needs_style);
+  // Result options: colour flattening for models with a colour layer, the paper for every colorizer;
+  // each model starts from its own server-side settings.
+  const colorizer = !!(m && m.kind === "colorizer");
+  $("result-options").hidden = !colorizer;
+  const flat = colorizer && typeof m.flatten === "number";
+  $("flatten-group").hidden = !flat;
+  if (flat) setFlatten(Math.min(m.flatten, Number($("flatten").max)));
+  $("paper").checked = colorizer && m.background === "paper";
   updateButtons();
+}
+
+function setFlatten(v) {
+  $("flatten").value = String(v);
+  $("flatten-value").textContent = $("flatten").value;
 }
 
 function updateButtons() {
@@ -245,6 +258,8 @@ async function colorize() {
     form.append("method", m.name);
     if (m.hints && state.painted) form.append("hints", await canvasBlob(), "hints.png");
     if (m.needs_style) form.append("style", $("style-file").files[0]);
+    if (!$("result-options").hidden) form.append("background", $("paper").checked ? "paper" : "model");
+    if (!$("result-options").hidden && !$("flatten-group").hidden) form.append("flatten", $("flatten").value);
     const r = await fetch("/api/colorize", { method: "POST", body: form });
     if (!r.ok) {
       let msg = `${r.status} ${r.statusText}`;
@@ -284,6 +299,7 @@ function init() {
   $("style-file").addEventListener("change", updateButtons);
   $("method").addEventListener("change", onMethodChange);
   $("brush").addEventListener("input", () => { $("brush-value").textContent = $("brush").value; });
+  $("flatten").addEventListener("input", () => setFlatten($("flatten").value));
   $("color").addEventListener("input", () => setEraser(false));
   $("eraser").addEventListener("click", () => setEraser(!state.eraser));
   $("undo").addEventListener("click", undo);
