@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ganime.config import make_config
@@ -112,16 +113,6 @@ def test_color_blur_smooths_the_colour_layer_but_not_the_lines():
     gen = UNetGenerator(3, 3, 8, 6, line_multiply=True, color_blur=2.0).eval()
     with torch.no_grad():
         assert gen(x).shape == (1, 3, 64, 64)
-    import pytest
-
-    with pytest.raises(ValueError, match="line_multiply"):
-        UNetGenerator(3, 3, 8, 6, color_blur=2.0)
-    from ganime.errors import InputError
-
-    cfg = make_config("pix2pix", "small")
-    cfg.net.color_blur = 2.0
-    with pytest.raises(InputError, match="line-multiply"):
-        cfg.validate()
 
 
 def test_color_flatten_evens_colour_within_regions_and_never_across_lines():
@@ -166,18 +157,21 @@ def test_color_flatten_evens_colour_within_regions_and_never_across_lines():
     gen = UNetGenerator(3, 3, 8, 6, line_multiply=True, color_flatten=3.0).eval()
     with torch.no_grad():
         assert gen(torch.rand(1, 3, 64, 64) * 2 - 1).shape == (1, 3, 64, 64)
-    import pytest
 
+
+@pytest.mark.parametrize("setting,words", [("color_blur", "blur"), ("color_flatten", "flattening")])
+def test_colour_layer_smoothing_needs_a_line_multiply_generator_and_a_sane_sigma(setting, words):
     from ganime.errors import InputError
 
-    with pytest.raises(ValueError, match="line_multiply"):
-        UNetGenerator(3, 3, 8, 6, color_flatten=2.0)
+    with pytest.raises(ValueError, match="line_multiply generator only"):
+        UNetGenerator(3, 3, 8, 6, **{setting: 2.0})
     cfg = make_config("pix2pix", "small")
-    cfg.net.color_flatten = 2.0
-    with pytest.raises(InputError, match="flattening smooths the colour layer of a --line-multiply"):
+    setattr(cfg.net, setting, 2.0)
+    with pytest.raises(InputError, match=f"colour {words} smooths the colour layer of a --line-multiply"):
         cfg.validate()
-    cfg.net.line_multiply, cfg.net.color_flatten = True, 17.0
-    with pytest.raises(InputError, match=r"flattening must be in \[0, 16\]"):
+    cfg.net.line_multiply = True
+    setattr(cfg.net, setting, 17.0)
+    with pytest.raises(InputError, match=rf"colour {words} must be in \[0, 16\]"):
         cfg.validate()
 
 
