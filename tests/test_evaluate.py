@@ -90,6 +90,8 @@ def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, m
     ("missing-checkpoint", "no such checkpoint"),
     ("floor-with-checkpoint", "takes no --checkpoint"),
     ("no-default-model", "ships no default model"),
+    ("floor-with-flatten", "takes no --flatten"),
+    ("flatten-without-colour-layer", "trained with --line-multiply"),
 ])
 def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys, monkeypatch):
     pairs = make_pairs(2, size=32)
@@ -106,6 +108,8 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
         "missing-checkpoint": ["--method", "pix2pix", "--checkpoint", tmp_path / "x.pt", *base],
         "floor-with-checkpoint": ["--method", "white", "--checkpoint", tiny_checkpoint, *base],
         "no-default-model": ["--method", "default", *base],
+        "floor-with-flatten": ["--method", "identity", "--flatten", 2, *base],
+        "flatten-without-colour-layer": ["--method", "pix2pix", "--checkpoint", tiny_checkpoint, "--flatten", 2, *base],
     }[case]
     if case == "no-default-model":
         import ganime.colorize
@@ -114,6 +118,17 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
     assert evaluate_cli(*args) == 2
     assert expect in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_default_model_with_another_flattening(make_pairs, tmp_path):
+    pairs = make_pairs(2, size=64)
+    for flatten in (None, 0):
+        out = tmp_path / f"out-{flatten}"
+        extra = [] if flatten is None else ["--flatten", flatten]
+        assert evaluate_cli("--method", "default", "--data", pairs, "--out", out, "--size", 64, "--no-inception", *extra) == 0
+        assert json.loads((out / "metrics.json").read_text())["flatten"] == (5.0 if flatten is None else 0.0)
+    a, b = (np.asarray(Image.open(tmp_path / f"out-{f}" / "images" / "pair_000.png")) for f in (None, 0))
+    assert not np.array_equal(a, b)
 
 
 def test_metrics_do_not_depend_on_subset_order_or_batching(tiny_checkpoint, make_pairs):

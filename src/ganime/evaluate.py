@@ -191,7 +191,7 @@ def generate_with(generator: torch.nn.Module, sketches: np.ndarray, hint_channel
 
 
 def _model_generator(method: str, checkpoint: str | None, device: torch.device, progress: bool,
-                     background: str = "model"):
+                     background: str = "model", flatten: float | None = None):
     from ganime.checkpoint import load_checkpoint
     from ganime.colorize import Colorizer, default_checkpoint
 
@@ -213,7 +213,8 @@ def _model_generator(method: str, checkpoint: str | None, device: torch.device, 
     info = {"checkpoint": str(Path(path).resolve()), "checkpoint_method": ckpt["method"],
             "checkpoint_progress": ckpt.get("progress")}
     del ckpt
-    col = Colorizer.from_checkpoint(path, device)
+    col = Colorizer.from_checkpoint(path, device, flatten=flatten)
+    info["flatten"] = col.flatten
 
     def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
         if sketches.shape[1] == col.size:
@@ -272,17 +273,20 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
 
 def make_generator(method: str, checkpoint: str | None = None, device: str | torch.device = "cpu",
                    size: int = 256, iterations: int = 1000, progress: bool = True,
-                   background: str = "model") -> tuple[Callable, dict]:
-    """``(generate(sketches, colours) -> outputs, info)`` for a method name of :data:`METHODS` (uint8 NHWC)."""
+                   background: str = "model", flatten: float | None = None) -> tuple[Callable, dict]:
+    """``(generate(sketches, colours) -> outputs, info)`` for a method name of :data:`METHODS` (uint8 NHWC).
+    ``background`` and ``flatten`` (models only) as for ``ganime colorize``."""
     if method not in METHODS:
         raise InputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     from ganime.train import resolve_device
 
     device = resolve_device(device)
     if method in MODEL_METHODS:
-        return _model_generator(method, checkpoint, device, progress, background)
+        return _model_generator(method, checkpoint, device, progress, background, flatten)
     if checkpoint:
         raise InputError(f"--method {method} takes no --checkpoint")
+    if flatten is not None:
+        raise InputError(f"--method {method} takes no --flatten (a model's colour-layer setting)")
     if method in STYLE_METHODS:
         if iterations < 1:
             raise InputError(f"--iterations {iterations}: must be at least 1")

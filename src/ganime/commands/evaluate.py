@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--no-inception", action="store_true", help="skip FID and KID (the slow part on a CPU)")
     p.add_argument("--background", default="model", choices=["model", "paper"],
                    help="models: keep the generated background (model) or the sketch's blank paper (paper)")
+    p.add_argument("--flatten", type=float, metavar="SIGMA",
+                   help="models with a colour layer: its flattening between the lines (default: the model's own)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in DIR")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -45,7 +47,7 @@ def run(args) -> int:
     check_out_dir(args.out, args.overwrite)  # before any slow work
     device = resolve_device(args.device)
     gen = make_generator(args.method, args.checkpoint, device, args.size, args.iterations, not args.no_progress,
-                         background=args.background)
+                         background=args.background, flatten=args.flatten)
     pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed, args.split)
     meta = {"data": str(Path(args.data).resolve()), "split": args.split, "n_available": total}
     r = evaluate(args.method, pairs, names, device=device, iterations=args.iterations, seed=args.seed,
