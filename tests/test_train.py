@@ -249,6 +249,8 @@ def test_cli_keep_best_on_a_separate_validation_set_and_across_a_resume(cache256
     assert main(base + ["--keep-best", "ssim", "--val-data", str(val), "--dry-run"]) == 0
     t = json.loads(capsys.readouterr().out)["train"]
     assert (t["eval_every"], t["keep_best"], t["val_data"]) == (1, "ssim", str(val.absolute()))
+    assert main(base + ["--keep-best", "ssim", "--val-data", str(cache256), "--max-steps", "1", "--out", str(tmp_path / "same")]) == 0
+    assert "judged on training pairs" in capsys.readouterr().err  # --val-data naming the training data itself
     assert main(base + ["--keep-best", "ssim", "--val-data", str(tmp_path / "nope")]) != 0
     assert "no such data folder" in one_line_error(capsys)
     assert not out.exists()  # refused before the run folder was made

@@ -127,8 +127,9 @@ def eval_hooks(args, cfg) -> list:
         return []
     from ganime.evaluate import training_eval_hook
 
+    same = bool(t.val_data) and args.data is not None and Path(t.val_data).resolve() == Path(args.data).resolve()
     return [training_eval_hook(t.val_data or args.data, t.eval_every, size=t.size, keep_best=t.keep_best or None,
-                               training_data=not t.val_data)]
+                               training_data=not t.val_data or same)]
 
 
 def run(args) -> int:
