@@ -219,6 +219,14 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--line-multiply",
                  "--color-flatten", "4", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["net"]["color_flatten"] == 4.0
+    # Fine-tuning the shipped (line-multiply) model keeps its colour layer unless told otherwise.
+    ft = ["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "small", "--hints",
+          "--init-from", "default", "--dry-run"]
+    assert main(ft) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["net"]["line_multiply"] is True and "training with --line-multiply" in out.err
+    assert main(ft + ["--no-line-multiply"]) == 0
+    assert json.loads(capsys.readouterr().out)["net"]["line_multiply"] is False
     assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--color-flatten", "4"]) != 0
     assert "--line-multiply generator only" in one_line_error(capsys)
     assert not (tmp_path / "r").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -57,8 +58,9 @@ def register(sub) -> None:
     q.add_argument("--data", required=True, help="prepared cache folder")
     q.add_argument("--lambda-l1", type=float, help="L1 weight (100 in the paper)")
     q.add_argument("--hints", action="store_true", help="train a hint-aware generator (sketch + colour hints)")
-    q.add_argument("--line-multiply", action="store_true",
-                   help="the generator predicts a colour layer multiplied by the sketch's lines (kept exactly)")
+    q.add_argument("--line-multiply", action=argparse.BooleanOptionalAction, default=None,
+                   help="the generator predicts a colour layer multiplied by the sketch's lines (kept exactly); "
+                        "with --init-from, the default is that of the weights started from")
     q.add_argument("--color-blur", type=float, metavar="SIGMA",
                    help="with --line-multiply: smooth the colour layer with a Gaussian of SIGMA pixels (0: off)")
     q.add_argument("--color-flatten", type=float, metavar="SIGMA",
@@ -143,8 +145,11 @@ def run(args) -> int:
     cfg = build_config(args, options)
     if getattr(args, "hints", False) and not args.resume:
         cfg.net.hint_channels = 4
-    if getattr(args, "line_multiply", False) and not args.resume:
-        cfg.net.line_multiply = True
+    line_multiply = getattr(args, "line_multiply", None)
+    if line_multiply is None and getattr(args, "init_from", None) and not args.resume:
+        line_multiply = _init_line_multiply(args.init_from)
+    if line_multiply is not None and not args.resume:
+        cfg.net.line_multiply = line_multiply
     if getattr(args, "color_blur", None) is not None and not args.resume:
         cfg.net.color_blur = args.color_blur
     if getattr(args, "color_flatten", None) is not None and not args.resume:
@@ -182,6 +187,26 @@ def fit_closing(dist, make_trainer):
     if dist is not None:
         dist.close()
     return res
+
+
+def _init_line_multiply(init_from: str) -> bool | None:
+    """Whether the weights of --init-from were trained as a colour layer (--line-multiply): a fine-tune
+    keeps that unless told otherwise. None when they cannot be read (the Trainer then says why)."""
+    from ganime.checkpoint import load_checkpoint
+    from ganime.errors import GanimeError
+
+    try:
+        if init_from == "default":
+            from ganime.colorize import default_checkpoint
+
+            init_from = default_checkpoint()
+        found = bool(load_checkpoint(init_from)["config"].get("net", {}).get("line_multiply", False))
+    except (GanimeError, OSError):
+        return None
+    if found:
+        print(f"ganime: {init_from} paints a colour layer under the lines: training with --line-multiply "
+              "(--no-line-multiply to change it)", file=sys.stderr)
+    return found
 
 
 def _seconds(minutes: float | None) -> float | None:
