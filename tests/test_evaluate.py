@@ -354,8 +354,11 @@ def test_keep_best_restarts_its_record_for_another_metric_or_a_missing_best_pt(t
     _keep_if_best(tr, "lpips", {"epoch": 3, "global_step": 3, "validation": "v", "lpips_mean": 0.9}, {})
     assert tr.saved[-1] == ("best.pt", 3)  # a record without its checkpoint is not kept
     tr.epoch = 4
-    _keep_if_best(tr, "lpips", {"epoch": 4, "global_step": 4, "validation": "v", "lpips_mean": None}, {})
-    assert tr.saved[-1] == ("best.pt", 3)  # no value (e.g. weights gone): nothing replaced
+    _keep_if_best(tr, "lpips", {"epoch": 4, "global_step": 4, "validation": "other pairs", "lpips_mean": 0.95}, {})
+    assert tr.saved[-1] == ("best.pt", 4)  # judged on other pairs (a resume with a new --val-data): a new record
+    tr.epoch = 5
+    _keep_if_best(tr, "lpips", {"epoch": 5, "global_step": 5, "validation": "v", "lpips_mean": None}, {})
+    assert tr.saved[-1] == ("best.pt", 4)  # no value (e.g. weights gone): nothing replaced
 
 
 def test_keep_best_in_a_training_run_keeps_the_best_epochs_weights(make_pairs, tmp_path):

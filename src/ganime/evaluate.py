@@ -654,10 +654,11 @@ def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
         print(f"ganime: warning: epoch {record['epoch']}: no {metric} value, best.pt left as it is", file=sys.stderr)
         return
     best_file = trainer.out / "best.json"
-    if "best" not in state:  # a resumed run continues its own record, if it was kept by the same metric
+    if "best" not in state:  # a resumed run continues its record, if kept by the same metric on the same pairs
         try:
             old = json.loads(best_file.read_text())
-            state["best"] = old if old.get("metric") == metric and (trainer.out / "best.pt").exists() else None
+            same = old.get("metric") == metric and old.get("validation") == record["validation"]
+            state["best"] = old if same and (trainer.out / "best.pt").exists() else None
         except (OSError, ValueError):
             state["best"] = None
     best = state["best"]
