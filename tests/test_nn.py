@@ -147,6 +147,12 @@ def test_color_flatten_evens_colour_within_regions_and_never_across_lines():
     assert torch.allclose(flatten_between_lines(torch.full((1, 3, 16, 16), 0.3), torch.rand(1, 1, 16, 16), 4), torch.tensor(0.3))
     assert flatten_between_lines(c.bfloat16(), lum, 2).dtype == torch.bfloat16
     assert flatten_iterations(0) == 0 and flatten_iterations(5) == 53
+    # The inference loop (no autograd) and the differentiable one compute the same numbers.
+    with torch.no_grad():
+        fast = flatten_between_lines(c, lum, 5.0)
+    assert torch.equal(fast, f) and fast.is_contiguous()
+    assert torch.equal(flatten_between_lines(c.requires_grad_(True), lum, 5.0).detach(), f)
+    c = c.detach()
     # As the generator's output head: lines stay exactly black, gradients reach the colour layer.
     x = lum.expand(1, 3, size, size) * 2 - 1
     c.requires_grad_(True)

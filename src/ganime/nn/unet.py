@@ -168,11 +168,22 @@ def flatten_between_lines(color: torch.Tensor, lum: torch.Tensor, sigma: float) 
     # Each pixel's weights for its left, right, upper and lower neighbour (0 at the border) and itself.
     gl, gr, gu, gd = F.pad(gx, (1, 0)), F.pad(gx, (0, 1)), F.pad(gy, (0, 0, 1, 0)), F.pad(gy, (0, 0, 0, 1))
     g0 = 1 - gl - gr - gu - gd
+    if c.requires_grad or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        for _ in range(steps):  # out-of-place steps: differentiable and traceable
+            p = F.pad(c, (1, 1, 1, 1))
+            c = (c * g0).addcmul_(p[..., 1:-1, :-2], gl).addcmul_(p[..., 1:-1, 2:], gr)
+            c = c.addcmul_(p[..., :-2, 1:-1], gu).addcmul_(p[..., 2:, 1:-1], gd)
+        return c.to(color.dtype)
+    # Inference: the same arithmetic between two zero-bordered buffers, without a pad copy per step (~20% faster).
+    a = F.pad(c, (1, 1, 1, 1))
+    b = torch.zeros_like(a)
     for _ in range(steps):
-        p = F.pad(c, (1, 1, 1, 1))
-        c = (c * g0).addcmul_(p[..., 1:-1, :-2], gl).addcmul_(p[..., 1:-1, 2:], gr)
-        c = c.addcmul_(p[..., :-2, 1:-1], gu).addcmul_(p[..., 2:, 1:-1], gd)
-    return c.to(color.dtype)
+        inner = b[..., 1:-1, 1:-1]
+        torch.mul(a[..., 1:-1, 1:-1], g0, out=inner)
+        inner.addcmul_(a[..., 1:-1, :-2], gl).addcmul_(a[..., 1:-1, 2:], gr)
+        inner.addcmul_(a[..., :-2, 1:-1], gu).addcmul_(a[..., 2:, 1:-1], gd)
+        a, b = b, a
+    return a[..., 1:-1, 1:-1].contiguous().to(color.dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
