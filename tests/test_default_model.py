@@ -81,6 +81,12 @@ def test_flatten_option_overrides_the_shipped_colour_flattening(colorizer, tiny_
     # Evened out: less colour texture between neighbouring pixels of the paper.
     rough = lambda a: np.abs(np.diff(a, axis=1))[~lines[:, 1:]].mean()  # noqa: E731
     assert rough(flat) < rough(raw)
+    # Per call, on the fast (prepacked) path too: the same as a colorizer built with that setting.
+    fast = Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu", fast="fp32")
+    assert fast.flatten == 5.0
+    once = np.asarray(fast(sketch, flatten=0))
+    assert np.array_equal(once, np.asarray(Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu", fast="fp32", flatten=0)(sketch)))
+    assert fast.flatten == 5.0 and not np.array_equal(np.asarray(fast(sketch)), once)  # restored after the call
     out = tmp_path / "o"
     assert main(["colorize", str(SKETCH), "--out", str(out), "--flatten", "0", "--no-progress"]) == 0
     assert main(["colorize", str(SKETCH), "--out", str(tmp_path / "o2"), "--flatten", "20", "--no-progress"]) != 0
