@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ganime.checkpoint import load_checkpoint
-from ganime.config import RunConfig
+from ganime.config import MAX_SMOOTHING_SIGMA, RunConfig
 from ganime.errors import CheckpointError, InputError
 from ganime.imageio import list_images, open_image, save_png
 from ganime.methods import get_method
@@ -110,15 +110,18 @@ class Colorizer:
         if flatten is not None:
             if not self._heads:
                 raise InputError(f"this model ({self.method}) has no colour layer to flatten")
-            if not 0 <= flatten <= 16:
-                raise InputError(f"flatten {flatten:g}: must be between 0 and 16 pixels")
+            if not 0 <= flatten <= MAX_SMOOTHING_SIGMA:
+                raise InputError(f"flatten {flatten:g}: must be between 0 and {MAX_SMOOTHING_SIGMA} pixels")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         fast: str | None = None, background: str = "model",
-                        max_size: int | None = None, flatten: float | None = None) -> "Colorizer":
-        """``flatten`` (not None) replaces a line-multiply model's colour flattening
-        (``color_flatten``, sigma in pixels; 0: off) for this use; a model without a colour layer refuses it."""
+                        max_size: int | None = None, flatten: float | None = None, color_blur: float | None = None,
+                        option_names: dict[str, str] | None = None) -> "Colorizer":
+        """``flatten`` and ``color_blur`` (not None) replace a line-multiply model's weight-free colour-layer
+        smoothing (``color_flatten``, ``color_blur``: sigma in pixels; 0: off) in its config and network; a
+        model without a colour layer refuses them. ``option_names`` names them in messages (by config
+        field; default ``--flatten`` and ``--color-blur``)."""
         from ganime.train import resolve_device
 
         dev = resolve_device(device)
@@ -128,15 +131,18 @@ class Colorizer:
             cfg = RunConfig.from_dict(ckpt["config"])
         except (TypeError, InputError) as e:
             raise CheckpointError(f"{path}: checkpoint configuration is not understood ({e})") from None
-        if flatten is not None:
+        names = {"color_flatten": "--flatten", "color_blur": "--color-blur", **(option_names or {})}
+        for field_name, value in (("color_flatten", flatten), ("color_blur", color_blur)):
+            if value is None:
+                continue
             if not cfg.net.line_multiply:
-                raise InputError(f"{path}: --flatten smooths the colour layer of a model trained with --line-multiply; "
-                                 "this one has none")
-            cfg.net.color_flatten = flatten
+                raise InputError(f"{path}: {names[field_name]} smooths the colour layer of a model trained with "
+                                 "--line-multiply; this one has none")
+            setattr(cfg.net, field_name, float(value))
             try:
                 cfg.validate()
             except InputError as e:
-                raise InputError(f"--flatten {flatten:g}: {e}".replace("invalid configuration: ", "")) from None
+                raise InputError(f"{names[field_name]} {value:g}: {e}".replace("invalid configuration: ", "")) from None
         gen = method_cls.build_generator(cfg)
         state = ckpt["models"].get(method_cls.generator_key)
         if state is None:

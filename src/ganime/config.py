@@ -40,6 +40,12 @@ class NetConfig:
     color_flatten: float = 0.0
 
 
+#: The weight-free smoothings of a line-multiply generator's colour layer (NetConfig field -> its name in
+#: messages) and their largest sigma in pixels.
+COLOUR_LAYER_SMOOTHING = {"color_blur": "colour blur", "color_flatten": "colour flattening"}
+MAX_SMOOTHING_SIGMA = 16
+
+
 #: ``--keep-best`` metric -> (the key of the evaluation record, True when higher is better).
 KEEP_BEST_METRICS = {"lpips": ("lpips_mean", False), "ssim": ("ssim_mean", True), "psnr": ("psnr_mean", True),
                      "fid": ("fid", False), "kid": ("kid_mean", False)}
@@ -140,14 +146,12 @@ class RunConfig:
             problems.append(f"zoom-out minimum scale must be in [0.1, 1] (got {t.zoom_min})")
         if n.norm not in ("batch", "instance", "none"):
             problems.append(f"norm must be batch, instance or none (got {n.norm!r})")
-        if not 0 <= n.color_blur <= 16:
-            problems.append(f"colour blur must be in [0, 16] pixels (got {n.color_blur})")
-        elif n.color_blur and not n.line_multiply:
-            problems.append("colour blur smooths the colour layer of a --line-multiply generator only")
-        if not 0 <= n.color_flatten <= 16:
-            problems.append(f"colour flattening must be in [0, 16] pixels (got {n.color_flatten})")
-        elif n.color_flatten and not n.line_multiply:
-            problems.append("colour flattening smooths the colour layer of a --line-multiply generator only")
+        for field_name, what in COLOUR_LAYER_SMOOTHING.items():
+            sigma = getattr(n, field_name)
+            if not 0 <= sigma <= MAX_SMOOTHING_SIGMA:
+                problems.append(f"{what} must be in [0, {MAX_SMOOTHING_SIGMA}] pixels (got {sigma})")
+            elif sigma and not n.line_multiply:
+                problems.append(f"{what} smooths the colour layer of a --line-multiply generator only")
         if n.gen_base < 1 or n.disc_base < 1:
             problems.append("network widths must be positive")
         if problems:

@@ -39,17 +39,10 @@ def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = No
     :func:`recalibrate`)."""
     from ganime.colorize import Colorizer
 
-    c = Colorizer.from_checkpoint(checkpoint, "cpu")
+    c = Colorizer.from_checkpoint(checkpoint, "cpu", flatten=color_flatten, color_blur=color_blur,
+                                  option_names={"color_flatten": "--color-flatten"})
     if bn_data is not None:
         recalibrate(c.generator, c.cfg, bn_data, bn_batches)
-    for name, value in (("color_blur", color_blur), ("color_flatten", color_flatten)):
-        if value is None:
-            continue
-        if not c.cfg.net.line_multiply:
-            raise InputError(f"{checkpoint}: --{name.replace('_', '-')} needs a generator trained with --line-multiply")
-        setattr(c.cfg.net, name, value)
-        c.cfg.validate()
-        setattr(c.generator, name, float(value))
     return c.generator, c.cfg, c.method
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ganime.checkpoint import load_checkpoint, save_checkpoint
-from ganime.config import RunConfig
+from ganime.config import COLOUR_LAYER_SMOOTHING, RunConfig
 from ganime.data.loader import PairLoader, step_seed
 from ganime.errors import InputError, TrainingDiverged
 from ganime.imageio import atomic_write_bytes
@@ -218,8 +218,9 @@ class Trainer:
             init_from = default_checkpoint()
         path = Path(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
-        # Settings without weights of their own (the output's line multiply and colour blur) may change when fine-tuning.
-        free = {"line_multiply", "color_blur", "color_flatten"}
+        # Settings without weights of their own (the output's line multiply and its colour-layer smoothing)
+        # may change when fine-tuning.
+        free = {"line_multiply", *COLOUR_LAYER_SMOOTHING}
         theirs = {k: v for k, v in _net_settings(ckpt["config"], path).items() if k not in free}
         ours = {k: v for k, v in self.cfg.to_dict()["net"].items() if k not in free}
         if theirs != ours:

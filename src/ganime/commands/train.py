@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ganime.config import KEEP_BEST_METRICS
+from ganime.config import COLOUR_LAYER_SMOOTHING, KEEP_BEST_METRICS
 
 #: Method name -> function(parser) adding that method's own arguments.
 METHOD_ARGS = {}
@@ -150,10 +150,9 @@ def run(args) -> int:
         line_multiply = _init_line_multiply(args.init_from)
     if line_multiply is not None and not args.resume:
         cfg.net.line_multiply = line_multiply
-    if getattr(args, "color_blur", None) is not None and not args.resume:
-        cfg.net.color_blur = args.color_blur
-    if getattr(args, "color_flatten", None) is not None and not args.resume:
-        cfg.net.color_flatten = args.color_flatten
+    for field_name in COLOUR_LAYER_SMOOTHING:  # --color-blur, --color-flatten
+        if getattr(args, field_name, None) is not None and not args.resume:
+            setattr(cfg.net, field_name, getattr(args, field_name))
     from ganime.data.pairs import PairCache
 
     cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work

@@ -541,6 +541,7 @@ class Handler(BaseHTTPRequestHandler):
         """The optional per-request fields ``flatten`` (a number of pixels, for a model with a colour
         layer) and ``background`` (model or paper, for a colorizer), checked: 400 for anything else."""
         from ganime.colorize import BACKGROUNDS
+        from ganime.config import MAX_SMOOTHING_SIGMA
 
         text = {k: fields[k][1].decode("utf-8", "replace").strip() for k in ("flatten", "background")
                 if k in fields and fields[k][1].strip()}
@@ -558,8 +559,9 @@ class Handler(BaseHTTPRequestHandler):
                 value = float(text["flatten"])
             except ValueError:
                 value = math.nan
-            if not 0 <= value <= 16:  # also refuses nan and inf
-                raise HTTPError(400, f"flatten {text['flatten'][:40]!r}: give a number of pixels from 0 to 16")
+            if not 0 <= value <= MAX_SMOOTHING_SIGMA:  # also refuses nan and inf
+                raise HTTPError(400, f"flatten {text['flatten'][:40]!r}: give a number of pixels from 0 to "
+                                     f"{MAX_SMOOTHING_SIGMA}")
             options["flatten"] = value
         return options
 
