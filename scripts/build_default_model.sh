@@ -10,8 +10,9 @@
 # the 3,200 busts lack. The generator paints a colour layer under the sketch's lines (--line-multiply),
 # and each epoch's checkpoint gets recomputed BatchNorm statistics (the default --bn-recalibrate 50).
 # Every VAL_EVERY-th sketchified bust (default 32: 100 of 3,200; 0: none) is held out as a validation
-# set: each epoch is evaluated on it, and the checkpoint with the best KEEP_BEST metric (default lpips;
-# ssim where the LPIPS weights are not installed) is the one exported (WORK/run/best.pt, else last.pt).
+# set: each epoch is evaluated on it, and the checkpoint with the best KEEP_BEST metric (default lpips,
+# which needs the LPIPS weights: without them the run is refused; set KEEP_BEST=ssim there, as
+# scripts/gpu_session.sh does) is the one exported (WORK/run/best.pt, else last.pt).
 # Resumable: rerunning continues the run in WORK/run; the fp16 weights land in WORK/default.safetensors.
 set -euo pipefail
 work=${1:?usage: build_default_model.sh WORK [train args]}; shift
