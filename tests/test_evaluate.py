@@ -3,6 +3,7 @@
 import argparse
 import importlib.util
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -174,6 +175,32 @@ def test_fid_kid_path_and_real_features_cached_on_disk(make_pairs, tmp_path, mon
         assert m["fid"] > 0 and m["kid_mean"] is not None and m["kid_std"] is not None
         assert any("strongly biased" in n for n in m["notes"])
     assert a["fid"] != b["fid"]
+
+
+def test_real_feature_disk_cache_is_keyed_by_the_inception_file_in_use(tmp_path, monkeypatch, user_cache):
+    """Features of another network ($GANIME_INCEPTION_FILE, e.g. the float16 copy) never answer for the
+    reference network's, nor the other way round (docs/evaluation.md: keyed by the Inception file)."""
+    from ganime.evaluate import make_inception
+    from ganime.metrics import InceptionFeatures
+
+    nets = {"a": tmp_path / "a.pt", "b": tmp_path / "b.pt"}
+    nets["a"].write_bytes(b"one network")
+    nets["b"].write_bytes(b"another network")
+    computed = []
+
+    def features(self, images, cache_key=None):  # stands in for the network: which file computed them
+        computed.append(os.environ["GANIME_INCEPTION_FILE"])
+        return np.full((len(images), 2048), float(len(computed)))
+
+    monkeypatch.setattr(InceptionFeatures, "__call__", features)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    got = {}
+    for name in ("a", "b", "a"):
+        monkeypatch.setenv("GANIME_INCEPTION_FILE", str(nets[name]))
+        got.setdefault(name, []).append(make_inception(progress=False)(images, cache_key="real"))
+    assert computed == [str(nets["a"]), str(nets["b"])]  # the second "a" came from the disk cache
+    assert not np.array_equal(got["a"][0], got["b"][0]) and np.array_equal(got["a"][0], got["a"][1])
+    assert len(list((user_cache / "inception").glob("*.npy"))) == 2
 
 
 @pytest.mark.skipif(not KAGGLE.is_dir(), reason="needs ../shared/data/kaggle-sample")

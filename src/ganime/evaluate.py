@@ -119,7 +119,7 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
     (``cache_key``), keeps their features in ``cache_dir()/inception``. Raises GanimeError without the
     metrics extra only when features are first computed."""
     from ganime.metrics import InceptionFeatures
-    from ganime.metrics.fid import FEATURE_DIM, INCEPTION_SHA1
+    from ganime.metrics.fid import FEATURE_DIM, inception_sha1
 
     RESIZE_TAG = "-t"  # features of the torch port of the clean resize (older caches used PIL itself)
 
@@ -132,7 +132,9 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
             n = len(images)
             path = None
             if cache_key is not None and disk_cache:
-                path = cache_dir() / "inception" / f"{cache_key}-{self.resize}{RESIZE_TAG}-{INCEPTION_SHA1[:8]}.npy"
+                # named by the network actually loaded ($GANIME_INCEPTION_FILE may name another one)
+                net = inception_sha1()[:8]
+                path = cache_dir() / "inception" / f"{cache_key}-{self.resize}{RESIZE_TAG}-{net}.npy"
                 try:
                     f = np.load(path)
                     if f.shape == (n, FEATURE_DIM):

