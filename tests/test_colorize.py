@@ -262,3 +262,39 @@ def test_large_sketches_are_coloured_near_their_own_resolution(tiny_checkpoint):
     assert col(sk.resize((500, 300))).size == (500, 300)
     assert seen == [(128, 128), (64, 64), (128, 128)]
     assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu").working_size(500, 300) == 64  # library default
+
+
+
+SPY_TORCH_IMPORT = """
+import os, sys
+seen = []
+class Spy:  # records OMP_WAIT_POLICY at the moment torch is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+sys.meta_path.insert(0, Spy())
+from ganime.cli import main
+rc = main(sys.argv[1:])
+print("policy when torch loaded:", seen[0] if seen else "torch not loaded")
+sys.exit(rc)
+"""
+
+
+def test_colorize_sets_passive_openmp_wait_before_torch_loads(tiny_checkpoint, tmp_path):
+    """docs/performance.md: ganime colorize sets OMP_WAIT_POLICY=PASSIVE before torch loads (the OpenMP
+    runtime reads it when it starts), unless the user chose a policy."""
+    import os
+    import subprocess
+    import sys
+
+    sketch = tmp_path / "s.png"
+    synthetic_sketch(synthetic_color(0)).save(sketch)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for policy, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy
+        r = subprocess.run([sys.executable, "-c", SPY_TORCH_IMPORT, "colorize", str(sketch), "--out",
+                            str(tmp_path / f"out-{expected}"), "--checkpoint", str(tiny_checkpoint), "--no-progress"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and f"policy when torch loaded: {expected}" in r.stdout, (r.stdout, r.stderr)

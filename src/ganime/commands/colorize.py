@@ -30,13 +30,13 @@ def passive_openmp_threads() -> None:
 
 
 def run(args) -> int:
+    passive_openmp_threads()  # before torch loads (ganime.colorize imports it)
     import sys
 
     from ganime.colorize import Colorizer, colorize_files, default_checkpoint
     from ganime.errors import InputError
     from ganime.imageio import open_image, save_png
 
-    passive_openmp_threads()
     ckpt = args.checkpoint or default_checkpoint()
     colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background,
                                           max_size=args.max_size, flatten=args.flatten)
