@@ -93,6 +93,7 @@ def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, m
     ("no-default-model", "ships no default model"),
     ("floor-with-flatten", "takes no --flatten"),
     ("flatten-without-colour-layer", "trained with --line-multiply"),
+    ("missing-split", "folder has no 'val' split (has: train)"),
 ])
 def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys, monkeypatch):
     pairs = make_pairs(2, size=32)
@@ -111,6 +112,7 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
         "no-default-model": ["--method", "default", *base],
         "floor-with-flatten": ["--method", "identity", "--flatten", 2, *base],
         "flatten-without-colour-layer": ["--method", "pix2pix", "--checkpoint", tiny_checkpoint, "--flatten", 2, *base],
+        "missing-split": ["--method", "identity", *base, "--split", "val"],
     }[case]
     if case == "no-default-model":
         import ganime.colorize

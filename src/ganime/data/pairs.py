@@ -280,6 +280,9 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
             arr = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).reshape(-1, 2, size, size, 3).numpy()
         return arr, names
     _, splits = discover(p)
+    if split and not splits.get(split):
+        found = ", ".join(s for s, v in splits.items() if v) or "none"
+        raise InputError(f"{p}: folder has no {split!r} split (has: {found})")
     items = splits.get(split, []) if split else [i for v in splits.values() for i in v]
     arrays, names = [], []
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
