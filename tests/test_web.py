@@ -350,6 +350,7 @@ def test_bad_colorize_input(srv, tmp_path, case, status, needle):
     ("field twice", 400),
     ("chunked body", 411),
     ("bad content-length", 400),
+    ("boundary outside latin-1", 400),
 ])
 def test_bad_request_bodies(srv, case, status):
     good = png(sketch(32, 32))
@@ -372,6 +373,8 @@ def test_bad_request_bodies(srv, case, status):
         resp = conn.getresponse()
         r = (resp.status, dict(resp.getheaders()), resp.read())
         conn.close()
+    elif case == "boundary outside latin-1":  # RFC 2231 lets a header parameter carry any character
+        r = srv.request("POST", "/api/colorize", body, {"Content-Type": "multipart/form-data; boundary*=utf-8''%E2%82%AC"})
     else:
         r = raw_request(srv, b"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: lots\r\n\r\n")
     error_of(*r, status)

@@ -216,9 +216,12 @@ def parse_multipart(body: bytes, boundary: str) -> dict[str, tuple[str | None, b
     Small and strict: the body is already in memory (bounded by the upload limit); a missing closing
     delimiter, a part without a name or a field given twice is a 400.
     """
+    try:  # (an RFC 2231 encoded boundary may hold any character; a valid one is ASCII)
+        delim = b"\r\n--" + boundary.encode("latin-1")
+    except UnicodeEncodeError:
+        boundary = ""
     if not boundary or len(boundary) > 200:
         raise HTTPError(400, "multipart body has no valid boundary")
-    delim = b"\r\n--" + boundary.encode("latin-1")
     segments = (b"\r\n" + body).split(delim)
     fields: dict[str, tuple[str | None, bytes]] = {}
     closed = False
