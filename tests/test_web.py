@@ -411,6 +411,11 @@ def test_only_localhost_host_names_on_loopback(srv):
     status, headers, body = srv.request("GET", "/api/health", headers={"Host": "evil.example:8000"})
     assert "only answers to localhost" in error_of(status, headers, body, 403)
     assert srv.request("GET", "/api/health", headers={"Host": f"localhost:{srv.port}"})[0] == 200
+    # A name that merely starts like a loopback address is someone's domain (DNS rebinding).
+    for host in ("127.0.0.1.evil.example", f"127.0.0.1.nip.io:{srv.port}", "127.evil.example"):
+        error_of(*srv.request("GET", "/api/health", headers={"Host": host}), 403)
+    for host in (f"127.0.0.1:{srv.port}", "127.3.2.1", f"[::1]:{srv.port}", "LOCALHOST"):
+        assert srv.request("GET", "/api/health", headers={"Host": host})[0] == 200, host
 
 
 # ---- limits -------------------------------------------------------------------------------------

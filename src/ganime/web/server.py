@@ -408,7 +408,11 @@ class Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").strip().lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         name = name.strip("[]")
-        if name not in ("localhost", "127.0.0.1", "::1") and not name.startswith("127."):
+        try:  # an address, not a name that starts like one (127.0.0.1.example.com is anyone's)
+            loopback = ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            loopback = name == "localhost"
+        if not loopback:
             raise HTTPError(403, f"this server only answers to localhost, not to Host {host!r}")
 
     def _route(self) -> str:
