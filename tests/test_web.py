@@ -380,6 +380,20 @@ def test_bad_request_bodies(srv, case, status):
     error_of(*r, status)
 
 
+@pytest.mark.parametrize("lengths", [["+{n}"], ["{n}_0"], ["0x{n}"], ["{n}", "5"], ["{n}, {n}"]])
+def test_content_length_is_digits_and_only_one(srv, lengths):
+    """Content-Length is digits (Python's int() also takes '+12' and '1_2'), sent once or always alike:
+    a proxy in front could frame the request otherwise than we do (request smuggling)."""
+    body, ctype = multipart({"image": png(sketch(32, 32))})
+    head = "".join(f"Content-Length: {v.format(n=len(body))}\r\n" for v in lengths)
+    r = raw_request(srv, f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n{head}"
+                         f"\r\n".encode() + body)
+    assert "Content-Length" in error_of(*r, 400)
+    ok = f"Content-Length: {len(body)} \r\nContent-Length:\t{len(body)}\r\n"  # spaces around a value, twice alike
+    result_image(*raw_request(srv, f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                                   f"{ok}Connection: close\r\n\r\n".encode() + body), (32, 32))
+
+
 def raw_request(srv, data: bytes):
     """Send raw bytes; parse the answer with http.client."""
     with socket.create_connection((srv.host, srv.port), timeout=30) as s:

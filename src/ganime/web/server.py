@@ -487,17 +487,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise HTTPError(411, "send the upload with a Content-Length (chunked uploads are not accepted)")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+        raws = [v.strip(" \t") for v in self.headers.get_all("Content-Length") or []]
+        if not raws:
             self.close_connection = True
             raise HTTPError(411, "the upload has no Content-Length")
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+        raw = raws[0] if len(set(raws)) == 1 else ", ".join(raws)
+        if not (raw.isascii() and raw.isdigit()):  # not int()'s '+12' or '1_2', nor two lengths that differ
             self.close_connection = True
-            raise HTTPError(400, f"bad Content-Length {raw!r}") from None
+            raise HTTPError(400, f"bad Content-Length {raw!r}")
+        length = int(raw)
         if length > limit:
             self._refuse_body(length)
             raise HTTPError(413, f"upload is {length:,} bytes, over this server's limit of {limit:,} bytes")
