@@ -497,6 +497,24 @@ def test_concurrent_requests_match_sequential(srv):
         assert body == expected[i % 2], f"request {i} differs from the sequential result"
 
 
+def test_client_leaving_mid_upload_is_one_log_line_not_a_traceback(models, capsys):
+    s = Running(models)
+    try:
+        body, ctype = multipart({"image": png(sketch(300, 300)) + bytes(200_000)})
+        for _ in range(3):
+            with socket.create_connection((s.host, s.port), timeout=30) as c:
+                c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 3])
+        deadline = time.time() + 10
+        while len(s.log) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        assert len(s.log) == 3 and all('"POST /api/colorize"' in line for line in s.log), s.log
+        result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))  # still serving
+    finally:
+        s.close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # ---- logging, CLI, bind address -----------------------------------------------------------------
 
 def test_one_log_line_per_request(models):

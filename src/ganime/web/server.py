@@ -362,7 +362,10 @@ class Handler(BaseHTTPRequestHandler):
         except (HTTPError, InputError) as e:
             err = e if isinstance(e, HTTPError) else HTTPError(400, str(e))
             self._unread_body_guard()
-            self._json(err.status, {"error": err.message}, err.headers)
+            try:
+                self._json(err.status, {"error": err.message}, err.headers)
+            except OSError:  # the client left (e.g. mid-upload) before hearing why
+                self.close_connection = True
             self._note = err.message
         except (ConnectionError, socket.timeout) as e:
             self.close_connection = True
