@@ -412,6 +412,9 @@ def raw_request(srv, data: bytes):
     ("DELETE", "/", 405, "GET, HEAD"),
     ("GET", "/../../etc/passwd", 404, None),
     ("GET", "/server.py", 404, None),
+    ("TRACE", "/api/colorize", 405, "POST"),  # verbs http.server has no do_<VERB> for: not its 501
+    ("FOO", "/", 405, "GET, HEAD"),
+    ("get", "/nope", 404, None),
 ])
 def test_unknown_paths_and_verbs(srv, method, path, status, allow):
     body = b"x" * 100 if method in ("POST", "PUT") else None
@@ -419,6 +422,22 @@ def test_unknown_paths_and_verbs(srv, method, path, status, allow):
     error_of(status_, headers, resp, status)
     if allow:
         assert headers["Allow"] == allow
+
+
+@pytest.mark.parametrize("request_head", [
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",                 # TLS to a plain-HTTP port
+    b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n",                          # http.server's 505
+    b"GET / HTTP/1.1 x\r\nHost: localhost\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",  # header over 64 kB
+    b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",         # over 100 headers
+    b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+], ids=["tls", "http/2", "bad version", "long header", "many headers", "long path"])
+def test_malformed_requests_get_a_json_4xx(srv, request_head):
+    """What http.server refuses itself (before any route) is answered like the rest: 4xx and JSON."""
+    status, headers, body = raw_request(srv, request_head)
+    assert 400 <= status < 500
+    error_of(status, headers, body, status)
+    assert headers.get("Connection") == "close"
 
 
 def test_only_localhost_host_names_on_loopback(srv):

@@ -336,6 +336,20 @@ class Handler(BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-"):  # we log once per request in _finish instead
         pass
 
+    def send_error(self, code, message=None, explain=None):
+        """What http.server refuses itself (a malformed request line, headers over its limits) answered in
+        JSON like the rest; a verb it has no ``do_`` method for is a 405 like PUT's, and HTTP/2 a 400:
+        no 5xx for bad input."""
+        if code == HTTPStatus.NOT_IMPLEMENTED and self.command:  # e.g. TRACE, or 'get'
+            return self._other_verb()
+        if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            code, message = HTTPStatus.BAD_REQUEST, f"{message}; this server speaks HTTP/1.1"
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # (the default until a request line parses: send a status line)
+            self.request_version = self.protocol_version
+        self._json(code, {"error": message or HTTPStatus(code).phrase})
+
     def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
