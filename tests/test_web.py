@@ -485,6 +485,20 @@ def test_pixel_limit(small):
     result_image(*small.post({"image": png(sketch(100, 100))}), (100, 100))
 
 
+def test_long_field_values_are_not_echoed_whole(models):
+    s = Running(models)
+    try:
+        for field in ("method", "background"):
+            msg = error_of(*s.post({"image": png(sketch(32, 32)), field: "m" * 100_000}), 400)
+            assert len(msg) < 200, (field, len(msg))
+        deadline = time.time() + 5
+        while len(s.log) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert len(s.log) == 2 and all(len(line) < 300 for line in s.log)
+    finally:
+        s.close()
+
+
 def test_busy_server_answers_503_with_retry_after(models):
     s = Running(models, Limits(max_active=1, max_queue=0))
     try:

@@ -601,7 +601,7 @@ class Handler(BaseHTTPRequestHandler):
         name = fields.get("method", (None, b""))[1].decode("utf-8", "replace").strip() or s.default_model
         model = s.models.get(name)
         if model is None:
-            raise HTTPError(400, f"unknown method {name!r}: choose one of {', '.join(s.models)}")
+            raise HTTPError(400, f"unknown method {name[:40]!r}: choose one of {', '.join(s.models)}")
         limit = s.limits.max_pixels
         sketch = decode_image(fields["image"][1], "image", limit)
         hints = style = None
