@@ -69,6 +69,7 @@ def test_colorize_never_overwrites_without_permission(tiny_checkpoint, odd_input
     ("missing", "no such file"),
     ("emptydir", "holds no image"),
     ("truncated", "corrupt or truncated"),
+    ("ico", "not a readable image"),  # a Pillow format outside imageio.IMAGE_FORMATS, named .png
 ])
 def test_bad_inputs_give_one_line_and_nonzero_exit(kind, needle, tiny_checkpoint, tmp_path, capsys):
     p = tmp_path / "bad.png"
@@ -85,6 +86,8 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(kind, needle, tiny_checkpoint
         buf = io.BytesIO()
         synthetic_color(1, 64).save(buf, format="PNG")
         p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif kind == "ico":
+        synthetic_color(1, 64).save(p, format="ICO")
     out = tmp_path / "out"
     rc = main(["colorize", str(p), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"])
     assert rc != 0

@@ -70,6 +70,16 @@ def test_hints_on_a_model_without_hint_channels_are_refused(tiny_checkpoint, tmp
     assert "does not take colour hints" in one_line_error(capsys)
 
 
+def test_hints_without_transparency_are_refused(tmp_path, capsys):
+    """An RGB hint image would hint every pixel (a JPEG, or strokes flattened onto white): say so."""
+    hints = tmp_path / "h.png"
+    Image.new("RGB", Image.open(SKETCH).size, (255, 255, 255)).save(hints)
+    rc = main(["colorize", str(SKETCH), "--hints", str(hints), "--out", str(tmp_path / "o")])
+    assert rc != 0
+    assert "h.png: image has no transparency" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
 def test_flatten_option_overrides_the_shipped_colour_flattening(colorizer, tiny_checkpoint, tmp_path, capsys):
     net = colorizer.cfg.net
     assert net.line_multiply and (net.color_blur, net.color_flatten) == (0.0, 5.0)  # as docs/model-card.md says

@@ -112,6 +112,12 @@ def sketch(w=64, h=64, mode="RGB") -> Image.Image:
     return synthetic_sketch(synthetic_color(5, 96)).resize((w, h)).convert(mode)
 
 
+def ico(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="ICO")
+    return buf.getvalue()
+
+
 def hint_strokes(w, h) -> Image.Image:
     im = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     d = ImageDraw.Draw(im)
@@ -325,6 +331,8 @@ def huge_png(tmp_path) -> bytes:
     ("hints to a model without hints", 400, "does not take colour hints"),
     ("hints of another size", 400, "paint hints at the image's size"),
     ("corrupt hints", 400, "hints: not a readable image"),
+    ("hints without transparency", 400, "hints: image has no transparency"),
+    ("an ICO, a format not read", 400, "image: not a readable image"),
 ])
 def test_bad_colorize_input(srv, tmp_path, case, status, needle):
     good = png(sketch(40, 40))
@@ -338,6 +346,8 @@ def test_bad_colorize_input(srv, tmp_path, case, status, needle):
         "hints to a model without hints": {"image": good, "method": "pix2pix-2", "hints": png(hint_strokes(40, 40))},
         "hints of another size": {"image": good, "hints": png(hint_strokes(41, 40))},
         "corrupt hints": {"image": good, "hints": b"GIF89a nonsense"},
+        "hints without transparency": {"image": good, "hints": png(hint_strokes(40, 40).convert("RGB"))},
+        "an ICO, a format not read": {"image": ico(sketch(32, 32))},
     }[case]
     msg = error_of(*srv.post(fields), status)
     assert needle in msg, msg

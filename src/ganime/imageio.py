@@ -19,6 +19,9 @@ from PIL import Image, ImageOps
 from ganime.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+#: The formats any command decodes (a camera's MPO opens as JPEG). Other Pillow plugins are never tried, so an
+#: upload cannot reach a decoder nobody meant to expose (EPS would run Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 #: Largest image (in pixels) any command decodes; a header claiming more is refused before decoding.
 MAX_PIXELS = 64 * 1024 * 1024
 
@@ -68,8 +71,9 @@ class ImageTooLarge(InputError):
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, keep_alpha: bool = False) -> Image.Image:
     """Read ``path`` as an 8-bit RGB PIL image, or raise one :class:`InputError` sentence.
 
-    EXIF orientation is applied; alpha is composited on white (or kept, as RGBA, with ``keep_alpha``);
-    16-bit and palette images are converted.
+    EXIF orientation is applied; alpha is composited on white (or kept, as RGBA, with ``keep_alpha``,
+    which refuses an image without transparency: hint strokes are painted on a transparent layer);
+    16-bit and palette images are converted. Only :data:`IMAGE_FORMATS` are decoded.
     """
     path = Path(path)
     if not path.exists():
@@ -100,15 +104,19 @@ def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(f)
+            im = Image.open(f, formats=IMAGE_FORMATS)
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise InputError(f"{name}: image has no pixels ({w}x{h})")
             if w * h > max_pixels:
                 raise ImageTooLarge(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels:,} pixels")
             im.load()
+            transparent = "A" in im.getbands() or "transparency" in im.info
             im = ImageOps.exif_transpose(im)
             if keep_alpha:
+                if not transparent:
+                    raise InputError(f"{name}: image has no transparency; hints are colour strokes on a "
+                                     "transparent layer (an RGBA PNG), anything unpainted left transparent")
                 return im.convert("RGBA")
             return _to_rgb(im)
     except InputError:
@@ -118,7 +126,8 @@ def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bo
     except Exception as e:  # PIL raises many types for bad data
         kind = type(e).__name__
         if kind == "UnidentifiedImageError":
-            raise InputError(f"{name}: not a readable image (unknown or corrupt format)") from None
+            raise InputError(f"{name}: not a readable image (unknown or corrupt format; "
+                             "PNG, JPEG, WebP, BMP, GIF and TIFF are read)") from None
         raise InputError(f"{name}: corrupt or truncated image ({kind}: {e})") from None
 
 
