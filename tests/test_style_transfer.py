@@ -280,6 +280,15 @@ def test_stylize_pairs_calls_method_with_sketch_then_colour(tmp_path):
     assert seen == [((0, 0, 0), (200, 30, 30))]
 
 
+def test_stylize_into_the_input_folder_never_replaces_the_inputs(tmp_path):
+    im = Image.new("RGB", (8, 4), (200, 30, 30))
+    im.save(tmp_path / "pair.png")
+    before = (tmp_path / "pair.png").read_bytes()
+    with pytest.raises(InputError, match="is an input image itself"):
+        st.stylize_pairs([tmp_path], tmp_path, lambda s, c: s, overwrite=True, progress=False)
+    assert (tmp_path / "pair.png").read_bytes() == before
+
+
 def test_cli_bad_inputs_are_one_line_errors(run_cli, tmp_path, monkeypatch):
     good = tmp_path / "good.png"
     Image.new("RGB", (16, 16), "white").save(good)

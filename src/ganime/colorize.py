@@ -264,6 +264,12 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+def check_not_input(src: Path, target: Path) -> None:
+    """Refuse an output that is the input file itself: --overwrite replaces earlier results, never a sketch."""
+    if target.exists() and target.resolve() == src.resolve():
+        raise InputError(f"{target}: is the input sketch itself; choose another --out")
+
+
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
                    progress: bool = True, suffix: str = "") -> dict:
     """Colour every input into ``out/<stem><suffix>.png``. Bad files are reported and skipped.
@@ -279,6 +285,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
     targets = [out / f"{f.stem}{suffix}.png" for f in files]
     seen: dict[Path, Path] = {}
     for f, t in zip(files, targets):
+        check_not_input(f, t)
         if t in seen:
             raise InputError(f"{f} and {seen[t]} would both be written to {t}; colour them into separate folders")
         seen[t] = f

@@ -364,6 +364,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 def _check_outputs(paths: list[Path], out_dir: Path, overwrite: bool) -> list[Path]:
     targets = [out_dir / f"{p.stem}.png" for p in paths]
+    for p, t in zip(paths, targets):
+        if t.exists() and t.resolve() == p.resolve():
+            raise InputError(f"{t}: is an input image itself; choose another --out")
     if not overwrite:
         existing = [t for t in targets if t.exists()]
         if existing:
