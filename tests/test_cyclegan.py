@@ -249,6 +249,19 @@ def test_cli_trains_on_a_paired_cache(tmp_path, tiny_preset, capsys):
     assert (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("option", [("--lambda-cycle", "-1"), ("--lambda-identity", "nan"), ("--pool-size", "-1")])
+def test_bad_option_leaves_no_run_folder(tmp_path, tiny_preset, capsys, option):
+    # checked with the configuration, before the run folder (and its config.json) exists: the corrected
+    # command then starts the run instead of being refused as "already holds files"
+    good = write_images(tmp_path / "good", 2)
+    args = ["train", "cyclegan", "--sketches", str(good), "--colors", str(good), "--out", str(tmp_path / "run"),
+            "--preset", tiny_preset, "--size", str(SIZE), "--device", "cpu", "--no-progress"]
+    assert main(args + list(option)) == 2
+    assert "CycleGAN" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+    assert main(args + list(option) + ["--dry-run"]) == 2
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "no-colors", "both", "sketch-augment", "eval-unpaired"])
 def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     good = write_images(tmp_path / "good", 2)

@@ -232,6 +232,14 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("option", [("--lambda-l1", "nan"), ("--lambda-l1", "-5"), ("--lambda-hint", "inf")])
+def test_cli_train_refuses_unusable_loss_weights(cache256, tmp_path, capsys, option):
+    # a NaN weight trained to NaN weights unnoticed (only the unweighted losses are logged and checked)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), *option]) == 2
+    assert option[0] in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small",

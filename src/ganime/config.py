@@ -154,6 +154,9 @@ class RunConfig:
                 problems.append(f"{what} smooths the colour layer of a --line-multiply generator only")
         if n.gen_base < 1 or n.disc_base < 1:
             problems.append("network widths must be positive")
+        from ganime.methods import get_method  # the method owns its options and their rules
+
+        problems += get_method(self.method).option_problems(self.options)
         if problems:
             raise InputError("invalid configuration: " + "; ".join(problems))
         return self

@@ -34,6 +34,12 @@ class Method:
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
+    @classmethod
+    def option_problems(cls, options: dict) -> list[str]:
+        """What is wrong with ``options`` (merged over the defaults), as phrases for RunConfig.validate,
+        which runs before a run folder is created; empty when they are usable."""
+        return []
+
     # ---- to implement ------------------------------------------------------------------------
     @staticmethod
     def build_generator(cfg: RunConfig) -> nn.Module:

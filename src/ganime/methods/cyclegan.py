@@ -29,6 +29,7 @@ stays exact.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -94,15 +95,24 @@ class ImagePool:
 class CycleGAN(Method):
     default_options = {"lambda_cycle": 10.0, "lambda_identity": 0.0, "pool_size": 0, "gan_mode": "vanilla"}
 
+    @classmethod
+    def option_problems(cls, options: dict) -> list[str]:
+        o, problems = {**cls.default_options, **options}, []
+        if o["gan_mode"] not in GAN_MODES:
+            problems.append(f"CycleGAN gan_mode must be one of {', '.join(GAN_MODES)} (got {o['gan_mode']!r})")
+        if not (0 <= o["lambda_cycle"] < math.inf and 0 <= o["lambda_identity"] < math.inf):
+            problems.append("CycleGAN loss weights must be finite and not negative "
+                            f"(got --lambda-cycle {o['lambda_cycle']}, --lambda-identity {o['lambda_identity']})")
+        if int(o["pool_size"]) != o["pool_size"] or o["pool_size"] < 0:
+            problems.append(f"CycleGAN pool size must be a whole number >= 0 (got {o['pool_size']})")
+        return problems
+
     def __init__(self, cfg: RunConfig, device: torch.device):
         super().__init__(cfg, device)
         o = self.options
-        if o["gan_mode"] not in GAN_MODES:
-            raise InputError(f"CycleGAN gan_mode must be one of {', '.join(GAN_MODES)} (got {o['gan_mode']!r})")
-        if o["lambda_cycle"] < 0 or o["lambda_identity"] < 0:
-            raise InputError("CycleGAN loss weights must not be negative")
-        if int(o["pool_size"]) != o["pool_size"] or o["pool_size"] < 0:
-            raise InputError(f"CycleGAN pool size must be a whole number >= 0 (got {o['pool_size']})")
+        problems = self.option_problems(o)
+        if problems:
+            raise InputError("; ".join(problems))
         n = cfg.net
         self.models["G"] = init_weights(self.build_generator(cfg))
         self.models["F"] = init_weights(self.build_generator(cfg))

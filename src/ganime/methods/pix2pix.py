@@ -16,6 +16,8 @@ is (x, y x sketch luminance): both pairs carry exactly the sketch's lines, so D 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -42,6 +44,12 @@ def generator_input(batch: dict[str, torch.Tensor], hint_channels: int) -> torch
 @register("pix2pix")
 class Pix2Pix(Method):
     default_options = {"lambda_l1": 100.0, "lambda_hint": 0.0}
+
+    @classmethod
+    def option_problems(cls, options: dict) -> list[str]:
+        o = {**cls.default_options, **options}
+        return [f"--{k.replace('_', '-')} must be a finite weight >= 0 (got {o[k]})"
+                for k in ("lambda_l1", "lambda_hint") if not 0 <= o[k] < math.inf]
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         super().__init__(cfg, device)
