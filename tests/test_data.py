@@ -224,6 +224,18 @@ def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
     assert "crayon" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("case", ["size-negative", "size-zero", "size-huge", "out-is-src"])
+def test_sketchify_bad_size_or_output_is_one_line(tmp_path, capsys, case):
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(src / "c0.png")
+    size = {"size-negative": ["--size", "-5"], "size-zero": ["--size", "0"], "size-huge": ["--size", "100000"]}
+    out = src if case == "out-is-src" else tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--no-progress", *size.get(case, [])]) == 2
+    assert ("--size" if case in size else "source folder") in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c0.png", "colour"]
+
+
 def test_download_without_credentials_fails_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)

@@ -66,9 +66,13 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
 
     if extractor != "random" and extractor not in EXTRACTORS:
         raise InputError(f"unknown extractor {extractor!r}: choose one of {', '.join(EXTRACTORS)}, or random")
+    if size is not None and not 16 <= size <= 4096:
+        raise InputError(f"--size {size}: must be between 16 and 4096")
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InputError(f"{src}: no such folder")
+    if out.resolve() == (src.parent if src.is_file() else src).resolve():
+        raise InputError(f"{out}: is the source folder; write the pairs to another folder")
     files = [src] if src.is_file() else list_images(src)
     if not files:
         raise InputError(f"{src}: no image files found")
