@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganime.checkpoint import load_checkpoint, save_checkpoint
+from ganime.checkpoint import export_safetensors, load_checkpoint, save_checkpoint
 from ganime.cli import main
 from ganime.colorize import Colorizer
 from ganime.errors import CheckpointError
@@ -160,6 +160,25 @@ def test_bad_checkpoints_give_one_line(kind, needle, tiny_checkpoint, odd_inputs
     line = one_line_error(capsys)
     assert needle in line and "model.pt" in line
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind,needle", [("mismatch", "do not fit"), ("config", "metadata is corrupt"),
+                                         ("version", "metadata is corrupt")])
+def test_inconsistent_exported_models_give_one_line(kind, needle, tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "good.safetensors"
+    ck = load_checkpoint(tiny_checkpoint)
+    cfg = dict(ck["config"], net={**ck["config"]["net"], "gen_base": 4}) if kind == "mismatch" else ck["config"]
+    export_safetensors(good, method="pix2pix", config=cfg, generator_state=ck["models"]["G"])
+    meta = load_checkpoint(good)["meta"]
+    meta.update({"config": meta["config"][:-1]} if kind == "config" else {"format_version": "x"} if kind == "version" else {})
+    bad = tmp_path / "model.safetensors"
+    save_file(load_file(good), bad, metadata=meta)
+    rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    line = one_line_error(capsys)
+    assert needle in line and "model.safetensors" in line
 
 
 def test_checkpoint_of_another_method_is_refused_where_a_method_is_expected(tiny_checkpoint):

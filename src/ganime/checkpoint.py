@@ -154,11 +154,15 @@ def _load_safetensors(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
     if meta.get("format") != FORMAT or "config" not in meta or "method" not in meta:
         raise CheckpointError(f"{path}: not a GANime model (safetensors without GANime metadata)")
+    try:
+        version, config = int(meta.get("format_version", 1)), json.loads(meta["config"])
+    except ValueError:
+        raise CheckpointError(f"{path}: GANime metadata is corrupt (unreadable configuration or format version)") from None
     return {
         "format": FORMAT,
-        "format_version": int(meta.get("format_version", 1)),
+        "format_version": version,
         "method": meta["method"],
-        "config": json.loads(meta["config"]),
+        "config": config,
         "models": {"G": {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}},
         "meta": meta,
     }

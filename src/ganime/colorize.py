@@ -150,7 +150,7 @@ class Colorizer:
         try:
             gen.load_state_dict(state)
         except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights do not fit the network in its own config ({str(e)[:120]})") from None
+            raise CheckpointError(f"{path}: weights do not fit the network in its own config ({' '.join(str(e).split())[:120]})") from None
         return cls(gen, cfg, ckpt["method"], dev, source=str(path), fast=fast, background=background,
                    max_size=max_size)
 
