@@ -240,6 +240,19 @@ def test_cli_train_refuses_unusable_loss_weights(cache256, tmp_path, capsys, opt
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("option,needle", [
+    (("--log-every", "0"), "log interval"), (("--keep-every", "-1"), "--keep-every -1"),
+    (("--save-every-steps", "-1"), "--save-every-steps -1"), (("--lr", "inf"), "learning rate"),
+    (("--max-steps", "0"), "--max-steps 0"), (("--time-limit", "nan"), "--time-limit nan"),
+])
+def test_cli_train_refuses_nonsense_intervals_and_limits(cache256, tmp_path, capsys, option, needle):
+    # each was accepted: a numbered checkpoint or last.pt written every epoch/step, one step then "finished", ...
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "small",
+                 "--batch-size", "2", "--epochs", "1", "--no-progress", "--device", "cpu", *option]) == 2
+    assert needle in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -121,8 +122,13 @@ class RunConfig:
             problems.append(f"epochs must be at least 1 (got {t.epochs})")
         if t.batch_size < 1:
             problems.append(f"batch size must be at least 1 (got {t.batch_size})")
-        if not (t.lr > 0):
-            problems.append(f"learning rate must be positive (got {t.lr})")
+        if not (0 < t.lr < math.inf):
+            problems.append(f"learning rate must be positive and finite (got {t.lr})")
+        if t.log_every < 1:
+            problems.append(f"log interval must be at least 1 step (got {t.log_every})")
+        if t.keep_every < 0 or t.save_every_steps < 0:
+            problems.append(f"checkpoint intervals must be 0 (off) or more (got --keep-every {t.keep_every}, "
+                            f"--save-every-steps {t.save_every_steps})")
         multiple = 2**n.gen_depth
         if t.size < multiple or t.size % multiple:
             problems.append(

@@ -146,7 +146,9 @@ class Trainer:
         self.progress = progress and self.main
         self.hooks = hooks or []
         self.max_steps = max_steps
-        if time_limit is not None and time_limit <= 0:
+        if max_steps is not None and max_steps < 1:
+            raise InputError(f"--max-steps {max_steps}: must be at least 1")
+        if time_limit is not None and not time_limit > 0:
             raise InputError(f"--time-limit {time_limit / 60:g}: must be more than 0 minutes")
         self.time_limit = time_limit  # seconds of this call to fit(), then save and stop like --max-steps
         init = self._read_init(init_from) if init_from is not None and not resume else None  # before any write
