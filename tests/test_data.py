@@ -109,6 +109,24 @@ def test_prepare_refuses_a_foreign_non_empty_output(tmp_path, make_pairs, capsys
     assert main(["data", "prepare", str(src), str(out), "--no-progress"]) != 0
     assert "not a GANime cache" in one_line_error(capsys)
     assert (out / "notes.txt").read_text() == "precious"
+    (out / "notes.txt").unlink()  # arrays of the user's own, named like shards: not a cache either
+    (out / "train-00001-features.npy").write_bytes(b"mine")
+    assert main(["data", "prepare", str(src), str(out), "--no-progress"]) != 0
+    assert "not a GANime cache" in one_line_error(capsys)
+    assert (out / "train-00001-features.npy").read_bytes() == b"mine"
+
+
+def test_prepare_resumes_a_killed_run_and_keeps_files_added_to_its_cache(tmp_path, make_pairs, capsys):
+    src, out = make_pairs(3), tmp_path / "cache"
+    prepare(src, out, size=32, workers=1, progress=False)
+    (out / "index.json").unlink()  # as if killed before the index: shards and a temporary are left
+    (out / ".train-00000-0123456789ab.npy.k2j3h4.tmp").write_bytes(b"partial")
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    assert not list(out.glob(".*.tmp")) and PairCache(out).count() == 3
+    (out / "README.txt").write_text("my notes")  # a finished cache is recognised by its index
+    (out / "train-00001-features.npy").write_bytes(b"mine")
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    assert (out / "README.txt").read_text() == "my notes" and (out / "train-00001-features.npy").read_bytes() == b"mine"
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "kaggle-sample").exists(), reason="../shared/data not present")

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").exists() and not any(out.glob("*.npy")):
+    if out.is_dir() and not _is_cache_folder(out):
         raise InputError(f"{out}: folder is not empty and is not a GANime cache; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
@@ -197,11 +198,32 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
             f"{src}: none of the {total} image files could be used ({index['skipped'][0] if index['skipped'] else ''})"
         )
     atomic_write_bytes(out / "index.json", json.dumps(index, indent=1).encode())
-    # Shards of earlier runs that no longer belong to the index are ours to remove.
-    for p in out.glob("*-?????-*.*"):
-        if p.suffix in (".npy", ".json") and p.name not in keep:
+    # Shards of earlier runs that no longer belong to the index are ours to remove (nothing else is).
+    for p in out.iterdir():
+        if _ours(p.name) and p.name not in keep and p.name != "index.json":
             p.unlink()
     return index
+
+
+#: A shard or its names file, as :func:`prepare` names them: ``{split}-{k:05d}-{key}.npy`` / ``.json``.
+SHARD_NAME = re.compile(r"[A-Za-z]+-\d{5}-[0-9a-f]{12}\.(npy|json)")
+
+
+def _ours(name: str) -> bool:
+    """A file prepare writes: a shard, its names, or one's temporary left by a killed prepare."""
+    if name.startswith(".") and name.endswith(".tmp"):  # atomic_write_bytes: .{name}.XXXXXXXX.tmp
+        name = name[1:].rsplit(".", 2)[0]
+    return name == "index.json" or bool(SHARD_NAME.fullmatch(name))
+
+
+def _is_cache_folder(out: Path) -> bool:
+    """Empty, a finished cache (its index.json is ours), or an interrupted prepare (only our shards)."""
+    try:
+        if json.loads((out / "index.json").read_text()).get("format") == CACHE_FORMAT:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    return all(_ours(p.name) for p in out.iterdir())
 
 
 class PairCache:
