@@ -332,3 +332,15 @@ def test_colorize_sets_passive_openmp_wait_before_torch_loads(tiny_checkpoint, t
                             str(tmp_path / f"out-{expected}"), "--checkpoint", str(tiny_checkpoint), "--no-progress"],
                            env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and f"policy when torch loaded: {expected}" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_an_output_the_system_refuses_is_one_line_naming_it(tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    """OSErrors with a path (a parent that is a file, no permission, disk full) name the path, not 'unexpected'."""
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    rc = main(["colorize", str(odd_inputs), "--checkpoint", str(tiny_checkpoint), "--out", str(blocker / "sub"),
+               "--no-progress"])
+    assert rc == 1 and one_line_error(capsys) == f"ganime: error: {blocker / 'sub'}: Not a directory"
+    rc = main(["export", "safetensors", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker / "m.safetensors")])
+    assert rc == 1 and one_line_error(capsys) == f"ganime: error: {blocker}: is a file, where a folder is needed"
+    assert blocker.read_text() == "mine"

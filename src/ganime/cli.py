@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # last resort: still one line, with a hint for bug reports
         if os.environ.get("GANIME_DEBUG"):
             raise
+        if isinstance(e, OSError) and e.filename is not None:
+            # a path the system refused (its parent is a file, no permission, disk full): the user's to fix
+            where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+            why = e.strerror or str(e)
+            if isinstance(e, FileExistsError) and os.path.isfile(e.filename):  # mkdir where a file is
+                why = "is a file, where a folder is needed"
+            print(f"ganime: error: {where}: {why}", file=sys.stderr)
+            return 1
         print(
             f"ganime: error: unexpected {type(e).__name__}: {e} (set GANIME_DEBUG=1 for a traceback)",
             file=sys.stderr,
