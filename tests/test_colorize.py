@@ -163,7 +163,8 @@ def test_bad_checkpoints_give_one_line(kind, needle, tiny_checkpoint, odd_inputs
 
 
 @pytest.mark.parametrize("kind,needle", [("mismatch", "do not fit"), ("config", "metadata is corrupt"),
-                                         ("version", "metadata is corrupt")])
+                                         ("version", "metadata is corrupt"), ("newer", "format 99 is newer"),
+                                         ("method", "unknown method 'nosuch'")])
 def test_inconsistent_exported_models_give_one_line(kind, needle, tiny_checkpoint, odd_inputs, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
@@ -172,7 +173,8 @@ def test_inconsistent_exported_models_give_one_line(kind, needle, tiny_checkpoin
     cfg = dict(ck["config"], net={**ck["config"]["net"], "gen_base": 4}) if kind == "mismatch" else ck["config"]
     export_safetensors(good, method="pix2pix", config=cfg, generator_state=ck["models"]["G"])
     meta = load_checkpoint(good)["meta"]
-    meta.update({"config": meta["config"][:-1]} if kind == "config" else {"format_version": "x"} if kind == "version" else {})
+    meta.update({"config": {"config": meta["config"][:-1]}, "version": {"format_version": "x"},
+                 "newer": {"format_version": "99"}, "method": {"method": "nosuch"}}.get(kind, {}))
     bad = tmp_path / "model.safetensors"
     save_file(load_file(good), bad, metadata=meta)
     rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(bad), "--out", str(tmp_path / "o")])

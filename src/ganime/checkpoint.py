@@ -108,11 +108,7 @@ def _load_torch(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {msg})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a GANime checkpoint (foreign or raw state dict)")
-    if obj.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {obj['format_version']} is newer than this GANime "
-            f"({__version__}) understands; upgrade ganime"
-        )
+    _check_format_version(path, obj.get("format_version", 0))
     try:
         obj["config"] = json.loads(obj.pop("config_json"))
     except (KeyError, ValueError):
@@ -121,6 +117,14 @@ def _load_torch(path: Path) -> dict:
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint is missing its {key!r} entry")
     return obj
+
+
+def _check_format_version(path: Path, version) -> None:
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: checkpoint format version {str(version)[:40]!r} is not understood")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this GANime ({__version__}) "
+                              "understands; upgrade ganime")
 
 
 def export_safetensors(path: str | os.PathLike, *, method: str, config: dict, generator_state: dict,
@@ -158,6 +162,7 @@ def _load_safetensors(path: Path) -> dict:
         version, config = int(meta.get("format_version", 1)), json.loads(meta["config"])
     except ValueError:
         raise CheckpointError(f"{path}: GANime metadata is corrupt (unreadable configuration or format version)") from None
+    _check_format_version(path, version)
     return {
         "format": FORMAT,
         "format_version": version,

@@ -126,7 +126,10 @@ class Colorizer:
 
         dev = resolve_device(device)
         ckpt = load_checkpoint(path)
-        method_cls = get_method(ckpt["method"])
+        try:
+            method_cls = get_method(ckpt["method"])
+        except InputError as e:
+            raise CheckpointError(f"{path}: {e} (a model of another GANime version?)") from None
         try:
             cfg = RunConfig.from_dict(ckpt["config"])
         except (TypeError, InputError) as e:
