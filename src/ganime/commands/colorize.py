@@ -58,7 +58,8 @@ def run(args) -> int:
         return 0
     r = colorize_files(colorizer, args.inputs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {len(r['written'])} images to {args.out}" + (f"; {len(r['failed'])} failed" if r["failed"] else ""))
-    return 0 if r["written"] else 2
+    # every input that could not be coloured was named on stderr; a partial result still says so in its exit
+    return 2 if not r["written"] else 1 if r["failed"] else 0
 
 
 FAST_CHOICES = ("off", "auto", "fp32", "bf16")
