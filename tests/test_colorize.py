@@ -347,3 +347,10 @@ def test_an_output_the_system_refuses_is_one_line_naming_it(tiny_checkpoint, odd
     rc = main(["export", "safetensors", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker / "m.safetensors")])
     assert rc == 1 and one_line_error(capsys) == f"ganime: error: {blocker}: is a file, where a folder is needed"
     assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "big"])
+def test_max_size_must_be_a_positive_number(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["colorize", "x.png", "--out", str(tmp_path / "o"), "--max-size", value])
+    assert e.value.code == 2 and f"--max-size: expected a positive number, got '{value}'" in capsys.readouterr().err

@@ -190,6 +190,16 @@ def test_export_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "no such checkpoint" in err[0]
 
 
+@pytest.mark.parametrize("opset", ["0", "99"])
+def test_export_opset_out_of_range_is_one_line(tiny_checkpoint, opset, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"),
+                 "--opset", opset]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"--opset {opset}: this torch exports ONNX opsets" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 # ---- prepacked oneDNN path (the CPU default of the fast path) ----------------------------------------
 
 def test_cpu_fast_path_is_prepacked_and_matches_for_any_shape(small_unet):

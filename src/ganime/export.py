@@ -82,6 +82,14 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ModuleNotFoundError:
         raise InputError("ONNX export needs the onnx package: pip install 'ganime[onnx]'") from None
+    try:  # the exporter's own bounds (private constants; their values in torch 2.13 as the fallback)
+        from torch.onnx import _constants as onnx_constants
+
+        lo, hi = onnx_constants.ONNX_MIN_OPSET, onnx_constants.ONNX_MAX_OPSET
+    except (ImportError, AttributeError):
+        lo, hi = 7, 23
+    if not lo <= opset <= hi:
+        raise InputError(f"--opset {opset}: this torch exports ONNX opsets {lo} to {hi} (default 17)")
     gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches, color_flatten)
     size = size or cfg.train.size
     multiple = 2**cfg.net.gen_depth

@@ -67,7 +67,9 @@ FAST_CHOICES = ("off", "auto", "fp32", "bf16")
 
 def add_fast_arg(p) -> None:
     """``--fast``, ``--background``, ``--max-size`` and ``--flatten``, shared with ``ganime serve``."""
-    p.add_argument("--max-size", type=int, default=1024,
+    from ganime.commands import positive
+
+    p.add_argument("--max-size", type=positive(int), default=1024,
                    help="largest working size (default 1024): a sketch is coloured at the multiple of 256 nearest "
                         "its longest side, between the model's training size and this, so its lines keep their "
                         "thickness; the training size (e.g. 256) gives the paper's fixed-size behaviour")

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(kind):
-    def parse(s: str):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-        return v
-
-    return parse
+from ganime.commands import positive
 
 
 def _port(s: str) -> int:
@@ -41,11 +30,11 @@ def register(sub) -> None:
                    help="a run's last.pt (or run folder) or an exported .safetensors; repeat to offer several "
                         "models (the first is the default); default: the model shipped with GANime")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=20.0,
+    p.add_argument("--max-upload-mb", type=positive(float), default=20.0,
                    help="largest upload in megabytes (default 20)")
-    p.add_argument("--max-pixels", type=_positive(int), default=4096 * 4096,
+    p.add_argument("--max-pixels", type=positive(int), default=4096 * 4096,
                    help="largest image in pixels, width x height (default 16777216 = 4096x4096)")
-    p.add_argument("--max-active", type=_positive(int), default=2,
+    p.add_argument("--max-active", type=positive(int), default=2,
                    help="requests decoded and coloured at once; more wait in a queue (default 2)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests waiting for a turn before the server answers 503 busy (default 16)")
