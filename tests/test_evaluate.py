@@ -94,6 +94,7 @@ def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, m
     ("floor-with-flatten", "takes no --flatten"),
     ("flatten-without-colour-layer", "trained with --line-multiply"),
     ("missing-split", "folder has no 'val' split (has: train)"),
+    ("out-is-the-data", "is where the pairs of"),
 ])
 def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys, monkeypatch):
     pairs = make_pairs(2, size=32)
@@ -113,6 +114,7 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
         "floor-with-flatten": ["--method", "identity", "--flatten", 2, *base],
         "flatten-without-colour-layer": ["--method", "pix2pix", "--checkpoint", tiny_checkpoint, "--flatten", 2, *base],
         "missing-split": ["--method", "identity", *base, "--split", "val"],
+        "out-is-the-data": ["--method", "identity", *base, "--out", pairs, "--overwrite"],
     }[case]
     if case == "no-default-model":
         import ganime.colorize

@@ -302,9 +302,20 @@ def make_generator(method: str, checkpoint: str | None = None, device: str | tor
 # evaluation, result folder
 
 
-def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse a non-empty output folder unless ``overwrite`` (which then replaces only our own files)."""
+def check_out_dir(out: str | os.PathLike, overwrite: bool, data: str | os.PathLike | None = None) -> Path:
+    """Refuse a non-empty output folder unless ``overwrite`` (which then replaces only our own files), and
+    one the pairs of ``data`` are read from (its grid.png would be read as a pair next time)."""
     out = Path(out)
+    if data is not None and out.is_dir():
+        from ganime.data.pairs import discover
+
+        data = Path(data)
+        sources = {data.resolve()}
+        if data.is_dir() and not (data / "index.json").exists():
+            sources |= {Path(f).parent.resolve() for items in discover(data)[1].values() for it in items
+                        for f in it.files()}
+        if out.resolve() in sources:
+            raise InputError(f"{out}: is where the pairs of {data} are read from; choose another --out")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -44,7 +44,7 @@ def run(args) -> int:
 
     from ganime.train import resolve_device
 
-    check_out_dir(args.out, args.overwrite)  # before any slow work
+    check_out_dir(args.out, args.overwrite, args.data)  # before any slow work
     device = resolve_device(args.device)
     gen = make_generator(args.method, args.checkpoint, device, args.size, args.iterations, not args.no_progress,
                          background=args.background, flatten=args.flatten)
@@ -110,7 +110,7 @@ def run_table1(args) -> dict:
     rows += [(s, None) for s in styles] + [("identity", None), ("white", None)]
     out = Path(args.out) if args.out else None
     if out is not None:
-        check_out_dir(out, args.overwrite)
+        check_out_dir(out, args.overwrite, args.data)
     device = resolve_device(getattr(args, "device", "auto"))
     progress = not args.no_progress
     # Load every model first, so a bad checkpoint fails before minutes of work.
