@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import select
 import socket
 import sys
 import threading
@@ -538,6 +539,36 @@ def test_concurrent_requests_match_sequential(srv):
     for i, status, body in results:
         assert status == 200
         assert body == expected[i % 2], f"request {i} differs from the sequential result"
+
+
+def test_a_trickling_upload_gets_408_and_frees_its_slot(models):
+    """A client sending a byte now and then (never silent for socket_timeout) held an active slot for as
+    long as it liked; a body must now arrive at min_upload_rate on average."""
+    s = Running(models, Limits(max_active=1, max_queue=1, socket_timeout=1.0, min_upload_rate=1000.0))
+    try:
+        body, ctype = multipart({"image": png(sketch(32, 32))})
+        t0 = time.monotonic()
+        with socket.create_connection((s.host, s.port), timeout=30) as c:
+            c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode())
+            allowed = 1.0 + len(body) / 1000.0
+            answer = b""
+            for i in range(len(body)):  # one byte each 0.5 s: never silent for 1 s, far below 1000 B/s
+                try:
+                    c.sendall(body[i : i + 1])
+                except OSError:
+                    break
+                ready = select.select([c], [], [], 0.5)[0]
+                if ready:  # the answer, then the server closes
+                    while chunk := c.recv(65536):
+                        answer += chunk
+                    break
+            elapsed = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408") and b"upload too slow" in answer, answer[:200]
+        assert allowed - 0.1 < elapsed < allowed + 2.0, (elapsed, allowed)
+        result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))  # the slot is free again
+    finally:
+        s.close()
 
 
 def test_client_leaving_mid_upload_is_one_log_line_not_a_traceback(models, capsys):

@@ -87,6 +87,10 @@ class Limits:
     max_queue: int = 16
     #: Seconds a socket may stay silent before the connection is dropped (slow or stalled clients).
     socket_timeout: float = 30.0
+    #: Slowest average upload accepted, in bytes/s: a body must arrive within ``socket_timeout`` plus its
+    #: length at this rate (20 MB: 10 minutes), or 408. Without it a client trickling a byte now and then
+    #: would hold one of the ``max_active`` slots for as long as it liked.
+    min_upload_rate: float = 32 * 1024
 
 
 class Gate:
@@ -544,10 +548,24 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def _read_body(self, length: int) -> bytes:
-        limit = self.server.limits.max_upload_bytes
+        limits = self.server.limits
+        limit = limits.max_upload_bytes
+        deadline = time.monotonic() + limits.socket_timeout + length / limits.min_upload_rate
         buf = bytearray()
         while len(buf) < length:
-            chunk = self.rfile.read(min(1 << 16, length - len(buf)))
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise socket.timeout
+                self.connection.settimeout(min(self.timeout, left))
+                # read1: what has arrived (one recv), so the deadline is checked however slowly bytes come
+                chunk = self.rfile.read1(min(1 << 16, length - len(buf)))
+            except socket.timeout:
+                if time.monotonic() < deadline:
+                    raise  # silent for socket_timeout: dropped as before
+                self.close_connection = True
+                raise HTTPError(408, f"upload too slow: {len(buf):,} of {length:,} bytes in "
+                                     f"{limits.socket_timeout + length / limits.min_upload_rate:.0f} s") from None
             if not chunk:
                 self.close_connection = True
                 raise HTTPError(400, f"upload ended after {len(buf):,} of {length:,} bytes")
@@ -555,6 +573,7 @@ class Handler(BaseHTTPRequestHandler):
             if len(buf) > limit:  # cannot happen with an honest Content-Length; enforced regardless
                 self.close_connection = True
                 raise HTTPError(413, f"upload is over this server's limit of {limit:,} bytes")
+        self.connection.settimeout(self.timeout)
         self._body_read = True
         return bytes(buf)
 
