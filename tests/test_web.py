@@ -571,6 +571,28 @@ def test_a_trickling_upload_gets_408_and_frees_its_slot(models):
         s.close()
 
 
+def test_open_connections_are_capped_and_the_cap_frees_up(models):
+    """Idle connections each hold a thread (up to socket_timeout): past max_connections a 503 at once."""
+    s = Running(models, Limits(max_connections=2))
+    idle = [socket.create_connection((s.host, s.port), timeout=10) for _ in range(2)]
+    try:
+        deadline = time.time() + 5
+        while s.server._connections < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        status, headers, body = s.request("GET", "/api/health")
+        assert "too many open connections" in error_of(status, headers, body, 503)
+        for c in idle:
+            c.close()
+        deadline = time.time() + 5
+        while s.server._connections and time.time() < deadline:
+            time.sleep(0.01)
+        assert s.request("GET", "/api/health")[0] == 200
+    finally:
+        for c in idle:
+            c.close()
+        s.close()
+
+
 def test_client_leaving_mid_upload_is_one_log_line_not_a_traceback(models, capsys):
     s = Running(models)
     try:

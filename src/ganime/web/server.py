@@ -91,6 +91,9 @@ class Limits:
     #: length at this rate (20 MB: 10 minutes), or 408. Without it a client trickling a byte now and then
     #: would hold one of the ``max_active`` slots for as long as it liked.
     min_upload_rate: float = 32 * 1024
+    #: Open connections at once (each has a thread until it closes or stays silent for socket_timeout);
+    #: more are answered 503 and closed at once.
+    max_connections: int = 64
 
 
 class Gate:
@@ -299,10 +302,38 @@ class GanimeServer(ThreadingHTTPServer):
         self.device = device
         self.gate = Gate(self.limits.max_active, self.limits.max_queue)
         self.log_line = log_line or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._connections = 0
+        self._connections_lock = threading.Lock()
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address):
+        """A thread per connection, up to ``Limits.max_connections``; past that a 503 at once (the request
+        is not read), so idle or stalled connections cannot pile up threads without bound."""
+        with self._connections_lock:
+            full = self._connections >= self.limits.max_connections
+            if not full:
+                self._connections += 1
+        if not full:
+            return super().process_request(request, client_address)
+        body = json.dumps({"error": "too many open connections; try again in a few seconds"}).encode()
+        try:
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Retry-After: 2\r\nConnection: close\r\n"
+                            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        except OSError:
+            pass
+        self.log_line(f"{client_address[0]} - refused: {self.limits.max_connections} connections open")
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections -= 1
 
     @property
     def url(self) -> str:
