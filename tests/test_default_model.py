@@ -8,6 +8,7 @@ from PIL import Image
 
 from ganime.cli import main
 from ganime.colorize import DEFAULT_WEIGHTS, Colorizer
+from ganime.errors import InputError
 from tests.conftest import one_line_error
 
 ROOT = DEFAULT_WEIGHTS.parents[3]
@@ -104,3 +105,36 @@ def test_flatten_option_overrides_the_shipped_colour_flattening(colorizer, tiny_
     assert main(["colorize", str(SKETCH), "--out", str(tmp_path / "o3"), "--flatten", "2",
                  "--checkpoint", str(tiny_checkpoint), "--no-progress"]) != 0
     assert "trained with --line-multiply" in one_line_error(capsys)
+
+
+def test_the_readme_python_example_runs_and_its_hint_reddens_the_dress(tmp_path, monkeypatch):
+    import re
+
+    block = re.search(r"## Python\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    plain, red = (np.asarray(Image.open(tmp_path / f), dtype=float) for f in ("colored.png", "red-dress.png"))
+    assert plain.shape == red.shape == (512, 512, 3)
+    redness = lambda a: (a[..., 0] - (a[..., 1] + a[..., 2]) / 2)[200:248, 232:280].mean()  # noqa: E731
+    assert redness(red) > redness(plain) + 40, (redness(plain), redness(red))
+
+
+def test_library_inputs_are_read_as_the_cli_reads_them(colorizer, tmp_path):
+    """A path, a uint8 array or a PIL image of any mode give the same result; transparent paper is white
+    paper (a PIL RGBA sketch was converted by dropping its alpha: black paper)."""
+    sketch = Image.open(SKETCH).convert("RGB").resize((128, 128))
+    want = np.asarray(colorizer(sketch))
+    sketch.save(tmp_path / "s.png")
+    assert np.array_equal(np.asarray(colorizer(tmp_path / "s.png")), want)
+    assert np.array_equal(np.asarray(colorizer(np.asarray(sketch))), want)
+    ink = Image.new("RGBA", sketch.size, (0, 0, 0, 0))  # the same lines on a transparent layer
+    ink.putalpha(Image.eval(sketch.convert("L"), lambda v: 255 - v))
+    on_white = Image.alpha_composite(Image.new("RGBA", sketch.size, "white"), ink).convert("RGB")
+    assert np.array_equal(np.asarray(colorizer(ink)), np.asarray(colorizer(on_white)))
+    with pytest.raises(InputError, match="sketch: an array must be uint8"):
+        colorizer(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(InputError, match="sketch: expected a PIL image, a uint8 array or a path, not list"):
+        colorizer([[0]])
+    with pytest.raises(InputError, match="hints: image has no transparency"):
+        colorizer(sketch, Image.new("RGB", sketch.size, "red"))

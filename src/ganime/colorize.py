@@ -114,17 +114,19 @@ class Colorizer:
                 raise InputError(f"flatten {flatten:g}: must be between 0 and {MAX_SMOOTHING_SIGMA} pixels")
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         fast: str | None = None, background: str = "model",
                         max_size: int | None = None, flatten: float | None = None, color_blur: float | None = None,
                         option_names: dict[str, str] | None = None) -> "Colorizer":
-        """``flatten`` and ``color_blur`` (not None) replace a line-multiply model's weight-free colour-layer
+        """Load ``path`` (a run's ``last.pt`` or run folder, an exported ``.safetensors``; None: the
+        shipped default model). ``flatten`` and ``color_blur`` (not None) replace a line-multiply model's weight-free colour-layer
         smoothing (``color_flatten``, ``color_blur``: sigma in pixels; 0: off) in its config and network; a
         model without a colour layer refuses them. ``option_names`` names them in messages (by config
         field; default ``--flatten`` and ``--color-blur``)."""
         from ganime.train import resolve_device
 
         dev = resolve_device(device)
+        path = default_checkpoint() if path is None else path
         ckpt = load_checkpoint(path)
         try:
             method_cls = get_method(ckpt["method"])
@@ -199,14 +201,19 @@ class Colorizer:
         return x, box
 
     @torch.no_grad()
-    def __call__(self, sketch: Image.Image, hints: Image.Image | None = None, flatten: float | None = None,
+    def __call__(self, sketch, hints=None, flatten: float | None = None,
                  background: str | None = None) -> Image.Image:
-        """Colour ``sketch`` (any size/mode PIL image); returns RGB at the sketch's own size.
+        """Colour ``sketch``; returns an RGB PIL image at the sketch's own size.
 
+        ``sketch``: a PIL image of any size and mode (transparency is composited on white paper), a
+        uint8 array (H x W, H x W x 3 or x 4) or a path. ``hints``: colour strokes on a transparent layer
+        (an RGBA PIL image, H x W x 4 uint8 array or a path), for a model trained with hints.
         ``flatten`` and ``background`` override the model's colour flattening and this colorizer's
         background for this call only (see :meth:`check_options`)."""
         from ganime.imageio import tensor_to_pil
 
+        sketch = as_image(sketch, "sketch")
+        hints = None if hints is None else as_image(hints, "hints", hints=True)
         self.check_options(flatten, background)
         x, box = self.prepare(sketch, hints)
         with self._lock:
@@ -227,6 +234,27 @@ class Colorizer:
 
 
 BACKGROUNDS = ("model", "paper")
+
+
+def as_image(x, name: str, hints: bool = False) -> Image.Image:
+    """A library caller's sketch (or ``hints``) as the CLI would read it: RGB on white paper (RGBA with
+    transparency for hints), from a PIL image, a uint8 array or a path; else one InputError sentence."""
+    from ganime.imageio import check_transparent, open_image, to_rgb
+
+    if isinstance(x, (str, os.PathLike)):
+        return open_image(x, keep_alpha=hints)
+    if isinstance(x, np.ndarray):
+        channels = 1 if x.ndim == 2 else x.shape[-1] if x.ndim == 3 else 0
+        if x.dtype != np.uint8 or channels not in ((4,) if hints else (1, 3, 4)):
+            want = "H x W x 4 (RGBA)" if hints else "H x W, H x W x 3 or H x W x 4"
+            raise InputError(f"{name}: an array must be uint8 {want}, not {x.dtype} of shape {x.shape}")
+        x = Image.fromarray(np.ascontiguousarray(x[..., 0] if x.ndim == 3 and channels == 1 else x))
+    if not isinstance(x, Image.Image):
+        raise InputError(f"{name}: expected a PIL image, a uint8 array or a path, not {type(x).__name__}")
+    if hints:
+        check_transparent(x, name)
+        return x.convert("RGBA")
+    return to_rgb(x)
 
 
 def keep_paper(sketch: Image.Image, out: Image.Image, fitted_size: tuple[int, int] | None = None) -> Image.Image:

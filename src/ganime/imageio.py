@@ -41,7 +41,7 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(p for p in it if p.is_file() and is_image_path(p) and not p.name.startswith("."))
 
 
-def _to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
+def to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Transparency is composited over ``background`` (white paper)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
@@ -62,6 +62,14 @@ def _to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return im
+
+
+def check_transparent(im: Image.Image, name: str) -> None:
+    """Hint strokes are painted on a transparent layer: an image without transparency would hint every
+    pixel (a JPEG, or strokes flattened onto white), so it is refused in one sentence."""
+    if "A" not in im.getbands() and "transparency" not in im.info:
+        raise InputError(f"{name}: image has no transparency; hints are colour strokes on a "
+                         "transparent layer (an RGBA PNG), anything unpainted left transparent")
 
 
 class ImageTooLarge(InputError):
@@ -111,14 +119,12 @@ def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bo
             if w * h > max_pixels:
                 raise ImageTooLarge(f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels:,} pixels")
             im.load()
-            transparent = "A" in im.getbands() or "transparency" in im.info
+            if keep_alpha:
+                check_transparent(im, name)
             im = ImageOps.exif_transpose(im)
             if keep_alpha:
-                if not transparent:
-                    raise InputError(f"{name}: image has no transparency; hints are colour strokes on a "
-                                     "transparent layer (an RGBA PNG), anything unpainted left transparent")
                 return im.convert("RGBA")
-            return _to_rgb(im)
+            return to_rgb(im)
     except InputError:
         raise
     except MemoryError:
