@@ -283,3 +283,31 @@ def test_download_network_failure_is_one_line(tmp_path):
 
     with pytest.raises(GanimeError, match="download failed.*by hand"):
         download(tmp_path / "out", downloader=offline)
+
+
+def test_download_interrupted_while_copying_is_not_taken_for_the_dataset(tmp_path, make_pairs, monkeypatch):
+    import shutil
+
+    from ganime.data.download import download
+
+    fake_cache = tmp_path / "kagglehub" / "data"
+    make_pairs(3, folder=fake_cache / "train")
+    make_pairs(2, folder=fake_cache / "val")
+    copytree, copied = shutil.copytree, []
+
+    def copy_then_die(src, dst, **kw):  # a kill or a full disk after two files
+        if len(copied) == 2:
+            raise OSError(28, "No space left on device")
+        copied.append(src)
+        return shutil.copy2(src, dst, **kw)
+
+    def dying_copytree(src, dst, *args, **kw):  # copytree recurses with positional arguments
+        return copytree(src, dst, *args, **kw) if args else copytree(src, dst, copy_function=copy_then_die, **kw)
+
+    monkeypatch.setattr(shutil, "copytree", dying_copytree)
+    with pytest.raises(OSError):
+        download(tmp_path / "out", downloader=lambda: tmp_path / "kagglehub")
+    monkeypatch.setattr(shutil, "copytree", copytree)
+    root = download(tmp_path / "out", downloader=lambda: tmp_path / "kagglehub")  # the rerun copies it all
+    assert len(list((root / "train").iterdir())) == 3 and len(list((root / "val").iterdir())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kagglehub", "out"]  # no temporary left behind
