@@ -311,3 +311,20 @@ def test_download_interrupted_while_copying_is_not_taken_for_the_dataset(tmp_pat
     root = download(tmp_path / "out", downloader=lambda: tmp_path / "kagglehub")  # the rerun copies it all
     assert len(list((root / "train").iterdir())) == 3 and len(list((root / "val").iterdir())) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kagglehub", "out"]  # no temporary left behind
+
+
+def test_loader_epoch_drops_the_last_partial_batch_and_reshuffles_which():
+    pairs = np.zeros((23, 2, 4, 4, 3), np.uint8)
+    pairs[:, :, 0, 0, 0] = np.arange(23)[:, None]
+    seen = {}
+    for world in (1, 2):
+        for epoch in (0, 1):
+            ids = []
+            for rank in range(world):
+                loader = PairLoader(pairs, 4, torch.device("cpu"), seed=1, flip=False, rank=rank, world_size=world)
+                batches = [b["color"][:, 0, 0, 0] for _, b in loader.epoch(epoch)]
+                assert len(batches) == loader.steps_per_epoch == 23 // (4 * world)
+                ids += ((torch.cat(batches) + 1) * 127.5).round().long().tolist()
+            assert len(ids) == len(set(ids)) == 23 // (4 * world) * 4 * world  # none twice; the tail dropped
+            seen[world, epoch] = set(ids)
+        assert seen[world, 0] != seen[world, 1]  # a different tail each epoch

@@ -2,7 +2,10 @@
 
 No worker processes and no per-step image decoding: the prepared cache is loaded once (pinned host
 memory, or the GPU itself when it fits), each epoch draws a fresh permutation, and each batch is
-gathered, moved, converted to [-1, 1] floats and jittered on the training device.
+gathered, moved, converted to [-1, 1] floats and jittered on the training device. An epoch is
+``n // (batch_size * world_size)`` full batches per process: the last partial batch is dropped (as
+with ``drop_last``), so every process takes the same number of equal steps; the reshuffle makes it
+different pairs each epoch, none seen twice within one.
 
 Every random choice comes from generators seeded by (seed, epoch) for the order and (seed, global
 step) for augmentation, so resuming at any step reproduces the uninterrupted run exactly.

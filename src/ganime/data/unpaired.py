@@ -15,8 +15,9 @@ two differences:
 - each domain gets its own permutation per epoch, and its own crop/mirror per image;
 - an epoch is ``max(n_sketches, n_colors)`` images long, as in the CycleGAN reference's unaligned
   dataset: the smaller domain wraps around, drawing a fresh permutation each time it runs out, so
-  every image of the larger domain is seen once per epoch and no image of the smaller one is seen
-  twice before all the others were seen once.
+  every image of the larger domain is seen once per epoch (but for the last partial batch, dropped as
+  by :class:`~ganime.data.loader.PairLoader`) and no image of the smaller one is seen twice before
+  all the others were seen once.
 """
 
 from __future__ import annotations
