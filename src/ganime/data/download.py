@@ -65,13 +65,13 @@ def download(out: str | os.PathLike, downloader=None) -> Path:
     if root is None:
         raise GanimeError(f"downloaded files at {got} hold no train/ folder; {MANUAL}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
     # kagglehub keeps its own cache, so copy out of it rather than move. The copy goes to a temporary
     # sibling renamed when complete: an interrupted copy must not leave an ``out`` that a rerun takes
     # for the finished dataset.
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(root, tmp)
-    if out.exists():
-        out.rmdir()
     tmp.rename(out)
     return out
