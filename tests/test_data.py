@@ -328,3 +328,16 @@ def test_loader_epoch_drops_the_last_partial_batch_and_reshuffles_which():
             assert len(ids) == len(set(ids)) == 23 // (4 * world) * 4 * world  # none twice; the tail dropped
             seen[world, epoch] = set(ids)
         assert seen[world, 0] != seen[world, 1]  # a different tail each epoch
+
+
+def test_download_skips_the_macos_resource_forks_of_a_zip(tmp_path, make_pairs):
+    from ganime.data.download import download
+
+    fake_cache = tmp_path / "kagglehub"
+    make_pairs(2, folder=fake_cache / "data" / "train")
+    make_pairs(1, folder=fake_cache / "data" / "val")
+    for split in ("train", "val"):  # a zip made by macOS: AppleDouble files sorted before data/
+        (fake_cache / "__MACOSX" / "data" / split).mkdir(parents=True)
+        (fake_cache / "__MACOSX" / "data" / split / "._pair_000.png").write_bytes(b"\0\5\26\7")
+    root = download(tmp_path / "out", downloader=lambda: fake_cache)
+    assert discover(root)[0] == "kaggle" and [len(v) for v in discover(root)[1].values()] == [2, 1]

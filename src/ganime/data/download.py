@@ -29,8 +29,14 @@ def have_credentials() -> bool:
 
 
 def find_split_root(root: Path) -> Path | None:
-    """The folder under ``root`` that holds ``train/`` (the archive nests it as ``data/``)."""
-    for cand in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+    """The folder under ``root`` that holds ``train/`` (the archive nests it as ``data/``).
+
+    Hidden folders and ``__MACOSX/`` (a macOS-made zip's AppleDouble files, which sort first) are skipped.
+    """
+    def junk(p: Path) -> bool:
+        return any(part.startswith((".", "__MACOSX")) for part in p.relative_to(root).parts)
+
+    for cand in [root, *sorted(p for p in root.rglob("*") if p.is_dir() and not junk(p))]:
         if (cand / "train").is_dir():
             return cand
     return None
