@@ -270,6 +270,29 @@ def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     assert "--time-limit" in one_line_error(capsys)
 
 
+def test_cli_resume_refuses_changed_settings_and_another_method(cache256, tmp_path, capsys):
+    # each was silently ignored (the run went on with its saved settings), and `train cyclegan --resume` of a
+    # pix2pix run trained Pix2Pix on independently shuffled, unpaired data
+    out = tmp_path / "run"
+    args = ["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small", "--batch-size", "2",
+            "--no-progress", "--device", "cpu"]
+    assert main(args + ["--max-steps", "1"]) == 0
+    before = (out / "last.pt").read_bytes()
+    for extra in (["--batch-size", "1"], ["--lr", "0.1"], ["--seed", "3"], ["--hints"], ["--lambda-l1", "3"],
+                  ["--preset", "paper"], ["--no-amp"], ["--line-multiply"], ["--zoom-out", "0.5"]):
+        assert main(args + ["--resume", *extra]) == 2, extra
+        assert f"{extra[0]} would change them" in one_line_error(capsys)
+    assert main(["train", "cyclegan", "--data", str(cache256), "--out", str(out), "--resume", "--device", "cpu"]) == 2
+    assert "holds a pix2pix run, not cyclegan" in one_line_error(capsys)
+    assert main(args + ["--resume", "--epochs", "0"]) == 2
+    assert "epochs must be at least 1" in one_line_error(capsys)
+    assert (out / "last.pt").read_bytes() == before
+    # the run's own values may be repeated; the length, log and checkpoint intervals may change
+    assert main(args + ["--resume", "--lambda-l1", "100", "--no-line-multiply", "--max-steps", "2",
+                        "--log-every", "7"]) == 0
+    assert load_checkpoint(out / "last.pt")["config"]["train"]["log_every"] == 7
+
+
 def test_cli_keep_best_on_a_separate_validation_set_and_across_a_resume(cache256, make_pairs, tmp_path, capsys):
     out = tmp_path / "run"
     val = make_pairs(3, size=256, folder=tmp_path / "val")

@@ -15,8 +15,8 @@ METHOD_ARGS = {}
 
 def add_common(p) -> None:
     p.add_argument("--out", required=True, help="run folder (new, or an existing one with --resume)")
-    p.add_argument("--preset", default="paper", help="paper (the paper's settings), medium (32 base channels: the shipped model's "
-                                                        "size budget) or small (16, fast, CPU-friendly)")
+    p.add_argument("--preset", help="paper (the paper's settings; the default), medium (32 base channels: the shipped "
+                                    "model's size budget) or small (16, fast, CPU-friendly)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -78,16 +78,30 @@ def register(sub) -> None:
         adder(msub)
 
 
-def build_config(args, options: dict):
+def build_config(args, options: dict, net: dict | None = None):
+    """The run's configuration: from the command line, or on --resume from the run's config.json, which the
+    options given may extend (length, bookkeeping, evaluation) but not change (``net``: the network settings
+    given, field -> (option as written, value), checked on --resume only)."""
     from ganime.config import RunConfig, make_config
+    from ganime.errors import InputError
 
     saved = Path(args.out) / "config.json"
     evaluation = _evaluation_settings(args)
     if args.resume and saved.exists():
         cfg = RunConfig.from_dict(json.loads(saved.read_text()))
-        # Only the length of a run and its evaluation (which never changes the training) may change on resume.
-        if args.epochs:
-            cfg.train.epochs = args.epochs
+        if cfg.method != args.method:
+            raise InputError(f"{args.out}: holds a {cfg.method} run, not {args.method}; "
+                             f"continue it with ganime train {cfg.method} --resume")
+        changed = _changed_on_resume(args, cfg, options, net or {})
+        if changed:
+            raise InputError(f"{args.out}: --resume continues the run with the settings in {saved}, and "
+                             f"{', '.join(changed)} would change them; drop {'it' if len(changed) == 1 else 'them'}, "
+                             "or start a new run with another --out")
+        # Only the length of a run, its log and checkpoint intervals and its evaluation (none of which
+        # changes the training) may change on resume.
+        for k in ("epochs", "log_every", "keep_every", "save_every_steps"):
+            if getattr(args, k) is not None:
+                setattr(cfg.train, k, getattr(args, k))
         for k, v in evaluation.items():
             setattr(cfg.train, k, v)
         if evaluation.get("keep_best") and not cfg.train.eval_every:
@@ -96,13 +110,28 @@ def build_config(args, options: dict):
     if evaluation.get("keep_best") and evaluation.get("eval_every") is None:
         evaluation["eval_every"] = 1
     cfg = make_config(
-        args.method, args.preset, options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        args.method, args.preset or "paper", options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         size=args.size, seed=args.seed, sketch_augment=args.sketch_augment, log_every=args.log_every,
         keep_every=args.keep_every, save_every_steps=args.save_every_steps, **evaluation,
         amp=False if args.no_amp else None, bn_recalibrate=args.bn_recalibrate, zoom_out=getattr(args, "zoom_out", None),
         zoom_min=getattr(args, "zoom_min", None),
     )
     return cfg
+
+
+def _changed_on_resume(args, cfg, options: dict, net: dict) -> list[str]:
+    """The options given (as written) whose values differ from those of the run being resumed."""
+    t = cfg.train
+    given = [("--preset", args.preset, cfg.preset), ("--batch-size", args.batch_size, t.batch_size),
+             ("--lr", args.lr, t.lr), ("--size", args.size, t.size), ("--seed", args.seed, t.seed),
+             ("--sketch-augment", args.sketch_augment, t.sketch_augment),
+             ("--bn-recalibrate", args.bn_recalibrate, t.bn_recalibrate),
+             ("--zoom-out", getattr(args, "zoom_out", None), t.zoom_out),
+             ("--zoom-min", getattr(args, "zoom_min", None), t.zoom_min),
+             ("--no-amp", False if args.no_amp else None, t.amp)]
+    given += [(f"--{k.replace('_', '-')}", v, cfg.options.get(k)) for k, v in options.items()]
+    given += [(flag, v, getattr(cfg.net, k)) for k, (flag, v) in net.items()]
+    return [flag for flag, v, saved in given if v is not None and v != saved]
 
 
 def _evaluation_settings(args) -> dict:
@@ -142,7 +171,18 @@ def run(args) -> int:
         options["lambda_l1"] = args.lambda_l1
     if getattr(args, "lambda_hint", None) is not None:
         options["lambda_hint"] = args.lambda_hint
-    cfg = build_config(args, options)
+    net = {}  # the network settings given, checked against the run's on --resume
+    if args.hints:
+        net["hint_channels"] = ("--hints", 4)
+    if args.line_multiply is not None:
+        net["line_multiply"] = ("--line-multiply" if args.line_multiply else "--no-line-multiply", args.line_multiply)
+    for field_name in COLOUR_LAYER_SMOOTHING:
+        if getattr(args, field_name) is not None:
+            net[field_name] = (f"--{field_name.replace('_', '-')}", getattr(args, field_name))
+    cfg = build_config(args, options, net)
+    if args.resume and args.init_from is not None:
+        print(f"ganime: --init-from {args.init_from} applies to a new run only; --resume continues from "
+              f"{Path(args.out) / 'last.pt'}", file=sys.stderr)
     if getattr(args, "hints", False) and not args.resume:
         cfg.net.hint_channels = 4
     line_multiply = getattr(args, "line_multiply", None)
