@@ -293,6 +293,19 @@ def test_cli_resume_refuses_changed_settings_and_another_method(cache256, tmp_pa
     assert load_checkpoint(out / "last.pt")["config"]["train"]["log_every"] == 7
 
 
+def test_cli_resume_keeps_what_a_resume_changed_for_the_next_one(cache256, tmp_path, capsys):
+    # config.json kept the first --epochs: the next --resume read 1 epoch, trained nothing and said "finished"
+    out = tmp_path / "run"
+    args = ["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small", "--batch-size", "2",
+            "--no-progress", "--device", "cpu", "--bn-recalibrate", "0"]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert main(args + ["--resume", "--epochs", "2", "--max-steps", "3"]) == 0  # stopped inside epoch 2
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "finished: 2 epochs, 4 steps" in capsys.readouterr().out
+
+
 def test_cli_keep_best_on_a_separate_validation_set_and_across_a_resume(cache256, make_pairs, tmp_path, capsys):
     out = tmp_path / "run"
     val = make_pairs(3, size=256, folder=tmp_path / "val")

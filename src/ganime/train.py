@@ -6,7 +6,8 @@ detection, Ctrl-C, exact resume, and (under ``torchrun``) distributed data paral
 
 Run folder layout::
 
-    RUN/config.json          the resolved configuration (written once, checked on --resume)
+    RUN/config.json          the resolved configuration (written at the start; a --resume that extends the
+                             run, e.g. with more epochs, updates it)
     RUN/log.jsonl            one JSON object per log interval and per epoch
     RUN/samples/epoch_0001.png   sketch | truth | output rows for fixed samples
     RUN/last.pt              the latest checkpoint (atomic; resume point)
@@ -165,6 +166,10 @@ class Trainer:
         self.epoch, self.step, self.global_step = 0, 0, 0
         if resume:
             self._load(self.out / "last.pt")
+            saved = self.out / "config.json"
+            if self.main and (not saved.exists() or saved.read_text() != self.cfg.to_json()):
+                # what this --resume changed (its length, intervals, evaluation) holds for the next one too
+                atomic_write_bytes(saved, self.cfg.to_json().encode())
         if loader is None:
             if pairs is None:
                 raise InputError("no training data given")
