@@ -135,6 +135,16 @@ def test_epoch_end_checkpoints_carry_recalibrated_batchnorm_statistics(tmp_path)
     assert t0.recalibrate_bn() == 0 and torch.equal(bn0.running_mean, shifted)
 
 
+def test_save_every_steps_does_not_wait_for_a_log_line(tmp_path):
+    # the save sat inside the log block: --save-every-steps 1 with --log-every 4 saved every 4 steps only
+    t = Trainer(tiny_config(epochs=1, log_every=4, save_every_steps=1), tiny_pairs(10), tmp_path / "r", device="cpu",
+                progress=False)
+    saved, save = [], t.save
+    t.save = lambda name="last.pt": (saved.append(t.global_step), save(name))
+    t.fit()
+    assert saved == [1, 2, 3, 4, 5]
+
+
 def test_run_folder_is_never_clobbered(tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False).fit()

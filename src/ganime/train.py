@@ -372,8 +372,11 @@ class Trainer:
                                   "global_step": self.global_step, "img_s": round(ips, 2), "time": time.time(), **means})
                         result.last_losses, result.images_per_second = means, ips
                         sums, n_in_interval, t0 = {}, 0, time.perf_counter()
-                        if t.save_every_steps and self.global_step % t.save_every_steps == 0 and not last_of_epoch:
-                            self.save()
+                    if (t.save_every_steps and self.global_step % t.save_every_steps == 0 and not last_of_epoch
+                            and not stopping):  # those save below
+                        if sums:  # never save past a non-finite loss, whatever the log interval
+                            self._check_finite(sums)
+                        self.save()
                     if stopping and not last_of_epoch:
                         if not stop_now:  # a planned stop (time or step limit), not Ctrl-C: worth the forward passes
                             self.recalibrate_bn()
