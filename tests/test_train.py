@@ -156,6 +156,28 @@ def test_run_folder_is_never_clobbered(tmp_path):
         Trainer(tiny_config(), tiny_pairs(4), tmp_path / "new", device="cpu", resume=True)
 
 
+def test_a_run_stopped_before_its_first_checkpoint_can_be_resumed(tmp_path, capsys):
+    # it could not: without --resume "already holds files; pass --resume", with it "nothing to resume"
+    out = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False)  # killed before any save
+    with pytest.raises(InputError, match="saved no checkpoint yet; pass --resume"):
+        Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False)
+    res = Trainer(tiny_config(epochs=1), tiny_pairs(4), out, device="cpu", progress=False, resume=True).fit()
+    assert "starting its run from the beginning" in capsys.readouterr().err
+    assert res.global_step == 2 and load_checkpoint(out / "last.pt")["progress"]["global_step"] == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a run")
+    with pytest.raises(InputError, match="not a run folder; choose a new --out"):
+        Trainer(tiny_config(epochs=1), tiny_pairs(4), tmp_path / "mine", device="cpu", progress=False)
+    with pytest.raises(InputError, match="nothing to resume"):
+        Trainer(tiny_config(epochs=1), tiny_pairs(4), tmp_path / "mine", device="cpu", progress=False, resume=True)
+    # a NaN before the first checkpoint does not claim one is kept
+    t = Trainer(tiny_config(epochs=1), tiny_pairs(4), tmp_path / "nan", device="cpu", progress=False)
+    t.method.train_step = lambda batch: {"G_l1": torch.tensor(float("nan"))}
+    with pytest.raises(TrainingDiverged, match="no checkpoint was saved yet"):
+        t.fit()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     t = Trainer(tiny_config(epochs=3), tiny_pairs(4), out, device="cpu", progress=False)

@@ -165,7 +165,8 @@ class Trainer:
             dist.wrap(self.method)
         self.epoch, self.step, self.global_step = 0, 0, 0
         if resume:
-            self._load(self.out / "last.pt")
+            if (self.out / "last.pt").exists():
+                self._load(self.out / "last.pt")
             saved = self.out / "config.json"
             if self.main and (not saved.exists() or saved.read_text() != self.cfg.to_json()):
                 # what this --resume changed (its length, intervals, evaluation) holds for the next one too
@@ -195,19 +196,24 @@ class Trainer:
         last = self.out / "last.pt"
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"{self.out}: exists and is not a folder")
+        saved = self.out / "config.json"
         if resume:
-            if not last.exists():
+            if not last.exists() and not saved.exists():
                 raise InputError(f"{self.out}: nothing to resume (no last.pt); drop --resume to start a new run")
-            saved = self.out / "config.json"
             if saved.exists():
                 old = json.loads(saved.read_text())
                 if old.get("method") != self.cfg.method:
                     raise InputError(f"{self.out}: holds a {old.get('method')} run, not {self.cfg.method}")
+            if not last.exists() and self.main:  # stopped before its first checkpoint (kill -9, a crash)
+                print(f"ganime: {self.out} holds no checkpoint yet: starting its run from the beginning", file=sys.stderr)
+                (self.out / "samples").mkdir(exist_ok=True)
             return
         if not self.main:  # DDP: rank 0 checks and creates the folder; the others would race with it
             return
         if self.out.exists() and any(self.out.iterdir()):
-            what = "a checkpoint" if last.exists() else "files"
+            if not saved.exists():
+                raise InputError(f"{self.out}: already holds files and is not a run folder; choose a new --out")
+            what = "a checkpoint" if last.exists() else "a run that saved no checkpoint yet"
             raise InputError(
                 f"{self.out}: run folder already holds {what}; pass --resume to continue it or choose a new --out"
             )
@@ -301,9 +307,11 @@ class Trainer:
         if self.dist is not None:
             bad = self.dist.any_flag(bool(bad)) and (bad or ["(another process)"])
         if bad:
+            last = self.out / "last.pt"
+            kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint was saved yet"
             raise TrainingDiverged(
                 f"loss {', '.join(bad)} became NaN/Inf at epoch {self.epoch + 1}, step {self.step}; "
-                f"stopped, and the last good checkpoint ({self.out / 'last.pt'}) is kept; try a lower --lr"
+                f"stopped, and {kept}; try a lower --lr in a new run"
             )
         return values
 
