@@ -56,6 +56,15 @@ def test_resume_continues_exactly(tmp_path, stop_at):
         assert torch.equal(ta[k], tb[k]), k
 
 
+def test_resume_past_max_steps_trains_nothing(tmp_path):
+    # it trained one more step (the limit was checked after each step) and reported "finished"
+    cfg, pairs = tiny_config(epochs=2), tiny_pairs(4)
+    Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, max_steps=3).fit()
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    res = Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, resume=True, max_steps=2).fit()
+    assert res.global_step == 3 and (tmp_path / "r" / "last.pt").read_bytes() == before
+
+
 def test_time_limit_saves_and_stops_then_resume_continues(tmp_path, capsys):
     cfg = tiny_config(epochs=3)
     pairs = tiny_pairs(4)  # 2 steps per epoch

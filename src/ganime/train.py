@@ -336,6 +336,8 @@ class Trainer:
         t = self.cfg.train
         spe = self.loader.steps_per_epoch
         result = TrainResult(self.epoch, self.global_step)
+        if self.max_steps is not None and self.global_step >= self.max_steps:
+            return result  # a resumed run already past --max-steps: nothing to train
         images_per_step = t.batch_size * self.world_size
         bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
                    disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}")
