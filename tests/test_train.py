@@ -404,13 +404,14 @@ def _wait_for_steps(out, n, proc, timeout=120):
     raise AssertionError("training made no progress")
 
 
-def test_ctrl_c_saves_and_exits_cleanly(cache256, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a scheduler's or kill's request
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(sig, cache256, tmp_path):
     out = tmp_path / "run"
     p = _start(cache256, out)
     _wait_for_steps(out, 2, p)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
+    assert p.returncode == 128 + sig, err
     assert "Traceback" not in err and "--resume" in err
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["progress"]["global_step"] >= 2

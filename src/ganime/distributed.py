@@ -20,7 +20,7 @@ and after every step every process contributes its flag to a small all-reduce (M
 group of CPU tensors, started asynchronously and read one step later, so it costs no GPU
 synchronisation and no wait. All processes read the same vote at the same step, so they save and
 stop at the same step (rank 0 writes ``last.pt``) and leave cleanly, whichever of them got the
-signal (a terminal's Ctrl-C, or ``kill -INT`` of one rank).
+signal (a terminal's Ctrl-C, or ``kill -INT`` of one rank; SIGTERM, a scheduler's warning, likewise).
 
 Each process trains on its own share of each epoch's seeded permutation (``PairLoader`` takes
 ``rank``/``world_size``), with ``--batch-size`` images per process; only rank 0 logs, writes samples

@@ -61,29 +61,36 @@ class TrainResult:
     epochs_done: int
     global_step: int
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that interrupted it here (SIGINT, SIGTERM)
     time_limit_reached: bool = False
     last_losses: dict = field(default_factory=dict)
     images_per_second: float = 0.0
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to save and stop at the next step; a second one aborts at once.
+    """First Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop at the next step; a second one
+    aborts at once. SIGTERM is what a cluster scheduler (SLURM, Kubernetes) or ``kill`` sends before it
+    kills: the run saves instead of losing the steps since its last checkpoint.
 
     Under DDP (``abort_on_second=False``) every signal only sets the flag: torchrun forwards the
     terminal's SIGINT to its workers a second time, and it kills them itself if they do not stop.
     The processes agree on the step to stop at through ``Distributed.agree_stop``.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self, abort_on_second: bool = True):
         self.requested = False
+        self.signum: int | None = None  # the signal that asked (None: none here, e.g. another DDP rank's)
         self.abort_on_second = abort_on_second
-        self._old = None
+        self._old: dict = {}
 
     def __enter__(self):
         try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not in the main thread
-            self._old = None
+            pass
         return self
 
     def _handle(self, signum, frame):
@@ -91,13 +98,14 @@ class _StopFlag:
             if self.abort_on_second:
                 raise KeyboardInterrupt
             return
-        self.requested = True
+        self.requested, self.signum = True, signum
         again = "Ctrl-C again to abort" if self.abort_on_second else "all processes stop at the same step"
-        print(f"\nganime: stopping after this step and saving a checkpoint ({again})", file=sys.stderr)
+        what = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
+        print(f"\nganime: {what}stopping after this step and saving a checkpoint ({again})", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _net_settings(config: dict, path) -> dict:
@@ -391,7 +399,7 @@ class Trainer:
                         if not stop_now:  # a planned stop (time or step limit), not Ctrl-C: worth the forward passes
                             self.recalibrate_bn()
                         self.save()
-                        result.interrupted = stop_now
+                        result.interrupted, result.stop_signal = stop_now, stop.signum
                         result.epochs_done, result.global_step = self.epoch, self.global_step
                         bar.close()
                         if (stop_now or out_of_time) and self.main:
@@ -416,7 +424,7 @@ class Trainer:
                 if self.dist is None:
                     stop_now = stop.requested  # a Ctrl-C during the epoch's samples, checkpoint or hooks
                 if stop_now or out_of_time or (self.max_steps is not None and self.global_step >= self.max_steps):
-                    result.interrupted = stop_now
+                    result.interrupted, result.stop_signal = stop_now, stop.signum
                     result.time_limit_reached = out_of_time and not stop_now
                     break
         bar.close()

@@ -253,11 +253,12 @@ def _seconds(minutes: float | None) -> float | None:
 
 
 def report(res, out, dist, detail: str = "") -> int:
-    """The closing line (main process only) and the exit code: 130 after Ctrl-C, else 0."""
+    """The closing line (main process only) and the exit code: 128 + the signal after a stop by one
+    (130 for Ctrl-C, 143 for SIGTERM; 130 on a DDP process that stopped for another's), else 0."""
     if dist is None or dist.main:
         state = "interrupted" if res.interrupted else "time limit reached" if res.time_limit_reached else "finished"
         print(f"{state}: {res.epochs_done} epochs, {res.global_step} steps{detail}; checkpoint {Path(out) / 'last.pt'}")
-    return 130 if res.interrupted else 0
+    return 128 + (res.stop_signal or 2) if res.interrupted else 0
 
 
 def add_cyclegan_parser(msub) -> None:
