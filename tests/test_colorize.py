@@ -1,4 +1,5 @@
 import io
+import os
 import struct
 import zlib
 
@@ -354,3 +355,22 @@ def test_max_size_must_be_a_positive_number(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["colorize", "x.png", "--out", str(tmp_path / "o"), "--max-size", value])
     assert e.value.code == 2 and f"--max-size: expected a positive number, got '{value}'" in capsys.readouterr().err
+
+
+def test_a_write_the_disk_refuses_names_its_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """A full disk (ENOSPC from write or fsync) names the file it was writing; the old file stays whole."""
+    import errno
+
+    from ganime.imageio import atomic_write_bytes
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(target, b"new")
+    assert e.value.filename == str(target) and e.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

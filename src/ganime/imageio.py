@@ -185,11 +185,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file failed
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
