@@ -54,6 +54,10 @@ def test_resume_continues_exactly(tmp_path, stop_at):
     assert ta.keys() == tb.keys()
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    marks = [i for i, r in enumerate(log) if r["kind"] == "resume"]  # where the resume continued
+    assert len(marks) == 1 and log[marks[0]]["global_step"] == stop_at
+    assert [r["global_step"] for r in log if r["kind"] == "step"] == [1, 2, 3, 4]
 
 
 def test_resume_past_max_steps_trains_nothing(tmp_path):

@@ -8,7 +8,8 @@ Run folder layout::
 
     RUN/config.json          the resolved configuration (written at the start; a --resume that extends the
                              run, e.g. with more epochs, updates it)
-    RUN/log.jsonl            one JSON object per log interval and per epoch
+    RUN/log.jsonl            one JSON object per log interval and per epoch (``kind`` step / epoch; init and
+                             resume records mark an --init-from and where each --resume continued)
     RUN/samples/epoch_0001.png   sketch | truth | output rows for fixed samples
     RUN/last.pt              the latest checkpoint (atomic; resume point)
     RUN/epoch_0010.pt        kept every ``keep_every`` epochs, if asked
@@ -175,6 +176,10 @@ class Trainer:
         if resume:
             if (self.out / "last.pt").exists():
                 self._load(self.out / "last.pt")
+            # after a kill, the steps logged since the checkpoint are trained (and logged) again: records
+            # before this one with a larger global_step were superseded
+            self.log({"kind": "resume", "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
+                      "time": time.time()})
             saved = self.out / "config.json"
             if self.main and (not saved.exists() or saved.read_text() != self.cfg.to_json()):
                 # what this --resume changed (its length, intervals, evaluation) holds for the next one too
