@@ -246,6 +246,13 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["train"]["batch_size"] == 32 and cfg["options"]["lambda_l1"] == 100.0
     assert not (tmp_path / "r").exists()
+    (tmp_path / "mine").mkdir()  # a dry run answers as the run would: this --out would be refused
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "mine"), "--dry-run"]) == 2
+    assert "is not a run folder" in one_line_error(capsys)
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--dry-run",
+                 "--resume"]) == 2
+    assert "nothing to resume" in one_line_error(capsys)
     assert main(["train", "pix2pix", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) != 0
     assert "no such data folder" in one_line_error(capsys)
     assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "huge"]) != 0

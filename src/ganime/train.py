@@ -109,6 +109,28 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def check_run_folder(out: str | Path, method: str, resume: bool) -> None:
+    """What a run in ``out`` would be refused for (no side effects; ``ganime train --dry-run`` asks too):
+    a new run needs a new or empty folder, a --resume a run folder of the same method."""
+    out = Path(out)
+    last, saved = out / "last.pt", out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if resume:
+        if not last.exists() and not saved.exists():
+            raise InputError(f"{out}: nothing to resume (no last.pt); drop --resume to start a new run")
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            if old.get("method") != method:
+                raise InputError(f"{out}: holds a {old.get('method')} run, not {method}")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not saved.exists():
+            raise InputError(f"{out}: already holds files and is not a run folder; choose a new --out")
+        what = "a checkpoint" if last.exists() else "a run that saved no checkpoint yet"
+        raise InputError(f"{out}: run folder already holds {what}; pass --resume to continue it or choose a new --out")
+
+
 def _net_settings(config: dict, path) -> dict:
     """A checkpoint's network settings with today's defaults filled in (older runs lack newer keys)."""
     try:
@@ -206,31 +228,15 @@ class Trainer:
 
     # ---- run folder and checkpoints --------------------------------------------------------------
     def _check_run_folder(self, resume: bool) -> None:
+        if resume or self.main:  # DDP: rank 0 checks a new run's folder; the others would race with its mkdir
+            check_run_folder(self.out, self.cfg.method, resume)
         last = self.out / "last.pt"
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError(f"{self.out}: exists and is not a folder")
-        saved = self.out / "config.json"
         if resume:
-            if not last.exists() and not saved.exists():
-                raise InputError(f"{self.out}: nothing to resume (no last.pt); drop --resume to start a new run")
-            if saved.exists():
-                old = json.loads(saved.read_text())
-                if old.get("method") != self.cfg.method:
-                    raise InputError(f"{self.out}: holds a {old.get('method')} run, not {self.cfg.method}")
             if not last.exists() and self.main:  # stopped before its first checkpoint (kill -9, a crash)
                 print(f"ganime: {self.out} holds no checkpoint yet: starting its run from the beginning", file=sys.stderr)
                 (self.out / "samples").mkdir(exist_ok=True)
             return
-        if not self.main:  # DDP: rank 0 checks and creates the folder; the others would race with it
-            return
-        if self.out.exists() and any(self.out.iterdir()):
-            if not saved.exists():
-                raise InputError(f"{self.out}: already holds files and is not a run folder; choose a new --out")
-            what = "a checkpoint" if last.exists() else "a run that saved no checkpoint yet"
-            raise InputError(
-                f"{self.out}: run folder already holds {what}; pass --resume to continue it or choose a new --out"
-            )
-        if self.main:
+        if self.main:  # DDP: rank 0 creates the folder; the others would race with it
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "samples").mkdir(exist_ok=True)
             atomic_write_bytes(self.out / "config.json", self.cfg.to_json().encode())

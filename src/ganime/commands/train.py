@@ -200,8 +200,7 @@ def run(args) -> int:
         cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
     cfg.validate()
     if args.dry_run:
-        print(cfg.to_json())
-        return 0
+        return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)  # before the (long) load of the training pairs: a bad --val-data fails now
     pairs, _ = load_training_pairs(args.data, cfg.train.size)
     # Under torchrun (RANK/WORLD_SIZE set): one process per device, --batch-size per process.
@@ -246,6 +245,15 @@ def _init_line_multiply(init_from: str) -> bool | None:
         print(f"ganime: {init_from} paints a colour layer under the lines: training with --line-multiply "
               "(--no-line-multiply to change it)", file=sys.stderr)
     return found
+
+
+def dry_run(cfg, args) -> int:
+    """--dry-run: the resolved configuration, after the checks the run folder would get (nothing written)."""
+    from ganime.train import check_run_folder
+
+    check_run_folder(args.out, cfg.method, args.resume)
+    print(cfg.to_json())
+    return 0
 
 
 def _seconds(minutes: float | None) -> float | None:
@@ -302,8 +310,7 @@ def run_cyclegan(args) -> int:
                          "prepared cache with --data)")
     cfg.validate()
     if args.dry_run:
-        print(cfg.to_json())
-        return 0
+        return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)
     if args.data is not None:
         pairs, cache = load_training_pairs(args.data, cfg.train.size)
