@@ -90,3 +90,27 @@ def test_line_multiply_discriminator_sees_the_truth_under_the_same_lines():
     assert torch.allclose(real_in[:, 3:, 20:24], torch.tensor(-1.0))
     assert torch.allclose(fake_in[:, 3:], fake, atol=1e-6) and torch.allclose(gen_in[:, 3:], fake, atol=1e-6)
     assert losses["G_l1"].item() == pytest.approx((fake - y).abs().mean().item(), rel=1e-4)
+
+
+def test_ssim_loss_is_one_minus_the_metric_and_trains():
+    """--lambda-ssim: the evaluation's SSIM (to the 8-bit quantisation), differentiable, logged as G_ssim."""
+    from ganime.metrics.ssim import ssim, ssim_loss
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(2, 3, 40, 40, generator=g) * 2 - 1
+    x = (y + 0.3 * torch.randn(2, 3, 40, 40, generator=g)).clamp(-1, 1)
+    assert 1 - ssim_loss(x, y).item() == pytest.approx(ssim(x, y).mean().item(), abs=2e-3)
+    assert ssim_loss(y, y).item() == pytest.approx(0.0, abs=1e-6)
+    x.requires_grad_(True)
+    ssim_loss(x, y).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+    cfg = tiny_config()
+    cfg.options["lambda_ssim"] = 5.0
+    m = get_method("pix2pix")(cfg, torch.device("cpu"))
+    m.models["G"].eval()
+    xb, yb = torch.zeros(2, 3, 64, 64), torch.full((2, 3, 64, 64), 0.5)
+    with torch.no_grad():
+        expected = ssim_loss(m.models["G"](xb), yb).item()
+    losses = m.train_step({"sketch": xb, "color": yb})
+    assert losses["G_ssim"].item() == pytest.approx(expected, rel=1e-4)

@@ -284,7 +284,8 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("option", [("--lambda-l1", "nan"), ("--lambda-l1", "-5"), ("--lambda-hint", "inf")])
+@pytest.mark.parametrize("option", [("--lambda-l1", "nan"), ("--lambda-l1", "-5"), ("--lambda-hint", "inf"),
+                                    ("--lambda-ssim", "-1")])
 def test_cli_train_refuses_unusable_loss_weights(cache256, tmp_path, capsys, option):
     # a NaN weight trained to NaN weights unnoticed (only the unweighted losses are logged and checked)
     assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), *option]) == 2

@@ -66,6 +66,8 @@ def register(sub) -> None:
     q.add_argument("--color-flatten", type=float, metavar="SIGMA",
                    help="with --line-multiply: smooth the colour layer between the sketch's lines only (0: off)")
     q.add_argument("--lambda-hint", type=float, help="extra L1 weight on hinted pixels (0 in the paper preset)")
+    q.add_argument("--lambda-ssim", type=float,
+                   help="weight of a 1 - SSIM loss beside L1 (0 in the presets; the evaluation's SSIM, differentiable)")
     q.add_argument("--zoom-out", type=float, metavar="P",
                    help="shrink a pair onto white paper with probability P (close-ups -> small figures on paper)")
     q.add_argument("--zoom-min", type=float, metavar="S", help="smallest --zoom-out scale (default 0.4)")
@@ -169,8 +171,9 @@ def run(args) -> int:
     options = {}
     if getattr(args, "lambda_l1", None) is not None:
         options["lambda_l1"] = args.lambda_l1
-    if getattr(args, "lambda_hint", None) is not None:
-        options["lambda_hint"] = args.lambda_hint
+    for k in ("lambda_hint", "lambda_ssim"):
+        if getattr(args, k, None) is not None:
+            options[k] = getattr(args, k)
     net = {}  # the network settings given, checked against the run's on --resume
     if args.hints:
         net["hint_channels"] = ("--hints", 4)

@@ -9,6 +9,8 @@ D(x, y) = PatchGAN logits on the channel-concatenated pair.
 With ``net.hint_channels = 4`` the generator also receives a sparse colour-hint map (RGB + mask);
 the batch then carries ``hints``. ``lambda_hint`` (0 in the paper preset) adds
 ``lambda_hint * mean_{hinted pixels} |y - G(x)|``, which teaches the generator to honour hints faster.
+``lambda_ssim`` (0 in every preset; beyond the paper) adds ``lambda_ssim * (1 - SSIM(G(x), y))`` with the
+evaluation's SSIM (:func:`ganime.metrics.ssim.ssim_loss`): local structure, not only per-pixel error.
 
 With ``net.line_multiply`` (beyond the paper) G(x) = colour layer x sketch luminance, and D's real pair
 is (x, y x sketch luminance): both pairs carry exactly the sketch's lines, so D has to judge colour.
@@ -43,13 +45,13 @@ def generator_input(batch: dict[str, torch.Tensor], hint_channels: int) -> torch
 
 @register("pix2pix")
 class Pix2Pix(Method):
-    default_options = {"lambda_l1": 100.0, "lambda_hint": 0.0}
+    default_options = {"lambda_l1": 100.0, "lambda_hint": 0.0, "lambda_ssim": 0.0}
 
     @classmethod
     def option_problems(cls, options: dict) -> list[str]:
         o = {**cls.default_options, **options}
         return [f"--{k.replace('_', '-')} must be a finite weight >= 0 (got {o[k]})"
-                for k in ("lambda_l1", "lambda_hint") if not 0 <= o[k] < math.inf]
+                for k in ("lambda_l1", "lambda_hint", "lambda_ssim") if not 0 <= o[k] < math.inf]
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         super().__init__(cfg, device)
@@ -104,6 +106,12 @@ class Pix2Pix(Method):
                 err = ((fake.float() - y.float()).abs() * mask).sum() / (3 * mask.sum()).clamp_min(1.0)
                 loss_g = loss_g + self.options["lambda_hint"] * err
                 extra["G_hint"] = err.detach()
+            if self.options["lambda_ssim"]:
+                from ganime.metrics.ssim import ssim_loss
+
+                loss_ssim = ssim_loss(fake, y)
+                loss_g = loss_g + self.options["lambda_ssim"] * loss_ssim
+                extra["G_ssim"] = loss_ssim.detach()
         loss_g.backward()
         opt_g.step()
         set_requires_grad(D, True)

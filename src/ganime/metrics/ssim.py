@@ -103,6 +103,18 @@ def ssim(fake, real, batch_size: int | None = None, device: str | torch.device =
     return torch.cat(out)
 
 
+def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """1 - mean SSIM of float NCHW images in [-1, 1], differentiable (a training loss, e.g. Zhao et al.
+    2017, "Loss Functions for Image Restoration with Neural Networks"). The metric's definition (window,
+    constants, 8-bit data range, 'valid' windows) in float32 without the 8-bit quantisation: its value
+    is within ~1e-3 of 1 - :func:`ssim` of the same images."""
+    if min(fake.shape[2], fake.shape[3]) < WINDOW:
+        raise InputError(f"SSIM needs images of at least {WINDOW}x{WINDOW} pixels, got {fake.shape[3]}x{fake.shape[2]}")
+    g = gaussian_window().to(device=fake.device, dtype=torch.float32)
+    scale = DATA_RANGE / 2
+    return 1 - _ssim_batch((fake.float() + 1) * scale, (real.float() + 1) * scale, g).mean()
+
+
 def psnr(fake, real) -> torch.Tensor:
     """PSNR in dB of each output against its ground truth (data range 255, MSE over all pixels and
     channels, as ``tf.image.psnr``): float64 tensor of shape (N,). Identical images give +inf."""
