@@ -101,6 +101,12 @@ def test_prepare_with_nothing_usable_fails_in_one_line(tmp_path, capsys):
     assert "no such folder" in one_line_error(capsys)
 
 
+def test_prepare_of_an_unzipped_archive_names_the_folder_that_holds_the_pairs(tmp_path, make_pairs, capsys):
+    make_pairs(2, folder=tmp_path / "unzipped" / "data" / "train")
+    assert main(["data", "prepare", str(tmp_path / "unzipped"), str(tmp_path / "c"), "--no-progress"]) == 2
+    assert f"{tmp_path / 'unzipped' / 'data'} holds a train/ folder: prepare that one" in one_line_error(capsys)
+
+
 def test_prepare_refuses_a_foreign_non_empty_output(tmp_path, make_pairs, capsys):
     src = make_pairs(2)
     out = tmp_path / "mine"

@@ -139,7 +139,12 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     layout, splits = discover(src)
     total = sum(len(v) for v in splits.values())
     if total == 0:
-        raise InputError(f"{src}: no image files found (expected side-by-side PNGs, train/ and val/, or sketch/ and color/)")
+        from ganime.data.download import find_split_root
+
+        nested = find_split_root(Path(src))  # an unzipped Kaggle archive keeps train/ one level down (data/)
+        where = f"; {nested} holds a train/ folder: prepare that one" if nested and nested != Path(src) else ""
+        raise InputError(f"{src}: no image files found (expected side-by-side PNGs, train/ and val/, or sketch/ and "
+                         f"color/){where}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
