@@ -20,7 +20,7 @@ from PIL import Image
 from ganime.checkpoint import load_checkpoint
 from ganime.config import MAX_SMOOTHING_SIGMA, RunConfig
 from ganime.errors import CheckpointError, InputError
-from ganime.imageio import list_images, open_image, save_png
+from ganime.imageio import check_not_input, list_images, open_image, save_png
 from ganime.methods import get_method
 
 
@@ -295,12 +295,6 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def check_not_input(src: Path, target: Path) -> None:
-    """Refuse an output that is the input file itself: --overwrite replaces earlier results, never a sketch."""
-    if target.exists() and target.resolve() == src.resolve():
-        raise InputError(f"{target}: is the input sketch itself; choose another --out")
-
-
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
                    progress: bool = True, suffix: str = "") -> dict:
     """Colour every input into ``out/<stem><suffix>.png``. Bad files are reported and skipped.
@@ -316,7 +310,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
     targets = [out / f"{f.stem}{suffix}.png" for f in files]
     seen: dict[Path, Path] = {}
     for f, t in zip(files, targets):
-        check_not_input(f, t)
+        check_not_input(f, t, "the input sketch")
         if t in seen:
             raise InputError(f"{f} and {seen[t]} would both be written to {t}; colour them into separate folders")
         seen[t] = f

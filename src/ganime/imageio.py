@@ -173,6 +173,13 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def check_not_input(src: Path, target: Path, what: str = "the input") -> None:
+    """Refuse an output that is an input file itself (``what`` names it in the message): ``--overwrite``
+    replaces earlier results, never an input."""
+    if target.exists() and target.resolve() == Path(src).resolve():
+        raise InputError(f"{target}: is {what} itself; choose another --out")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file (tmp + fsync + rename)."""
     path = Path(path)

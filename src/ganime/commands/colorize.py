@@ -33,9 +33,9 @@ def run(args) -> int:
     passive_openmp_threads()  # before torch loads (ganime.colorize imports it)
     import sys
 
-    from ganime.colorize import Colorizer, check_not_input, colorize_files, default_checkpoint
+    from ganime.colorize import Colorizer, colorize_files, default_checkpoint
     from ganime.errors import InputError
-    from ganime.imageio import open_image, save_png
+    from ganime.imageio import check_not_input, open_image, save_png
 
     ckpt = args.checkpoint or default_checkpoint()
     colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background,
@@ -50,7 +50,7 @@ def run(args) -> int:
         hints = open_hints(args.hints)
         src = Path(args.inputs[0])
         target = Path(args.out) / f"{src.stem}.png"
-        check_not_input(src, target)
+        check_not_input(src, target, "the input sketch")
         if target.exists() and not args.overwrite:
             raise InputError(f"{target}: already exists; pass --overwrite to replace, or choose another --out")
         save_png(colorizer(open_image(src), hints), target, overwrite=args.overwrite)

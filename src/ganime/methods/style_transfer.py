@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from ganime.errors import GanimeError, InputError
-from ganime.imageio import is_image_path, list_images, open_image, save_png
+from ganime.imageio import check_not_input, is_image_path, list_images, open_image, save_png
 
 METHODS = ("gatys", "fast")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -365,8 +365,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 def _check_outputs(paths: list[Path], out_dir: Path, overwrite: bool) -> list[Path]:
     targets = [out_dir / f"{p.stem}.png" for p in paths]
     for p, t in zip(paths, targets):
-        if t.exists() and t.resolve() == p.resolve():
-            raise InputError(f"{t}: is an input image itself; choose another --out")
+        check_not_input(p, t, "an input image")
     if not overwrite:
         existing = [t for t in targets if t.exists()]
         if existing:
