@@ -131,6 +131,15 @@ def check_run_folder(out: str | Path, method: str, resume: bool) -> None:
         raise InputError(f"{out}: run folder already holds {what}; pass --resume to continue it or choose a new --out")
 
 
+def init_checkpoint(init_from: str | Path) -> Path:
+    """The file an ``--init-from`` names: a path, or "default" for the shipped model."""
+    if str(init_from) == "default":
+        from ganime.colorize import default_checkpoint
+
+        return default_checkpoint()
+    return Path(init_from)
+
+
 def _net_settings(config: dict, path) -> dict:
     """A checkpoint's network settings with today's defaults filled in (older runs lack newer keys)."""
     try:
@@ -244,11 +253,7 @@ class Trainer:
     def _read_init(self, init_from: str | Path) -> tuple[Path, dict]:
         """The weights to start from (--init-from): a run's checkpoint, an exported .safetensors, or
         "default" (the shipped model), checked against this run's method and network settings."""
-        if str(init_from) == "default":
-            from ganime.colorize import default_checkpoint
-
-            init_from = default_checkpoint()
-        path = Path(init_from)
+        path = init_checkpoint(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
         # Settings without weights of their own (the output's line multiply and its colour-layer smoothing)
         # may change when fine-tuning.

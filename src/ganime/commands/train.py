@@ -186,16 +186,13 @@ def run(args) -> int:
     if args.resume and args.init_from is not None:
         print(f"ganime: --init-from {args.init_from} applies to a new run only; --resume continues from "
               f"{Path(args.out) / 'last.pt'}", file=sys.stderr)
-    if getattr(args, "hints", False) and not args.resume:
-        cfg.net.hint_channels = 4
-    line_multiply = getattr(args, "line_multiply", None)
-    if line_multiply is None and getattr(args, "init_from", None) and not args.resume:
-        line_multiply = _init_line_multiply(args.init_from)
-    if line_multiply is not None and not args.resume:
-        cfg.net.line_multiply = line_multiply
-    for field_name in COLOUR_LAYER_SMOOTHING:  # --color-blur, --color-flatten
-        if getattr(args, field_name, None) is not None and not args.resume:
-            setattr(cfg.net, field_name, getattr(args, field_name))
+    if not args.resume:  # a new run takes the network settings given (a resume has checked them equal)
+        for field_name, (_, value) in net.items():
+            setattr(cfg.net, field_name, value)
+        if "line_multiply" not in net and args.init_from:
+            inherited = _init_line_multiply(args.init_from)
+            if inherited is not None:
+                cfg.net.line_multiply = inherited
     from ganime.data.pairs import PairCache
 
     cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work
@@ -235,12 +232,10 @@ def _init_line_multiply(init_from: str) -> bool | None:
     keeps that unless told otherwise. None when they cannot be read (the Trainer then says why)."""
     from ganime.checkpoint import load_checkpoint
     from ganime.errors import GanimeError
+    from ganime.train import init_checkpoint
 
     try:
-        if init_from == "default":
-            from ganime.colorize import default_checkpoint
-
-            init_from = default_checkpoint()
+        init_from = init_checkpoint(init_from)
         found = bool(load_checkpoint(init_from)["config"].get("net", {}).get("line_multiply", False))
     except (GanimeError, OSError):
         return None
