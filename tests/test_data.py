@@ -280,6 +280,17 @@ def test_download_places_the_split_folders(tmp_path, make_pairs):
     assert discover(root)[0] == "kaggle"
 
 
+def test_download_finds_an_uppercase_train_folder(tmp_path, make_pairs):
+    from ganime.data.download import download
+
+    fake_cache = tmp_path / "kagglehub" / "data"
+    make_pairs(2, folder=fake_cache / "Train")
+    make_pairs(1, folder=fake_cache / "Val")
+    root = download(tmp_path / "out", downloader=lambda: tmp_path / "kagglehub")
+    assert root == tmp_path / "out" and (root / "Train").is_dir()
+    assert {k: len(v) for k, v in discover(root)[1].items()} == {"train": 2, "val": 1}
+
+
 def test_download_network_failure_is_one_line(tmp_path):
     from ganime.data.download import download
     from ganime.errors import GanimeError

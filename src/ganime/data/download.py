@@ -31,13 +31,15 @@ def have_credentials() -> bool:
 def find_split_root(root: Path) -> Path | None:
     """The folder under ``root`` that holds ``train/`` (the archive nests it as ``data/``).
 
-    Hidden folders and ``__MACOSX/`` (a macOS-made zip's AppleDouble files, which sort first) are skipped.
+    The name is matched in any case (``Train/``), as ``ganime data prepare`` reads it. Hidden folders and
+    ``__MACOSX/`` (a macOS-made zip's AppleDouble files, which sort first) are skipped.
     """
     def junk(p: Path) -> bool:
         return any(part.startswith((".", "__MACOSX")) for part in p.relative_to(root).parts)
 
-    for cand in [root, *sorted(p for p in root.rglob("*") if p.is_dir() and not junk(p))]:
-        if (cand / "train").is_dir():
+    dirs = sorted(p for p in root.rglob("*") if p.is_dir() and not junk(p))
+    for cand in [root, *dirs]:
+        if any(p.parent == cand and p.name.lower() == "train" for p in dirs):
             return cand
     return None
 
