@@ -87,6 +87,29 @@ def test_prepare_rerun_reuses_shards_and_skips_bad_files(tmp_path, make_pairs, c
     assert len(list(out.glob("train-*.npy"))) == 1
 
 
+def test_prepare_names_stretched_pairs_and_skips_mismatched_sketch_colour_files(tmp_path, make_pairs, capsys):
+    src = make_pairs(2)
+    wide = np.full((40, 160, 3), 255, np.uint8)  # halves of 80x40: stretched to a square, as pix2pix does
+    Image.fromarray(wide).save(src / "wide.png")
+    out = tmp_path / "cache"
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 pairs have non-square halves, stretched to 32x32: wide.png (80x40 halves)" in err
+    assert PairCache(out).count() == 3 and json.loads((out / "index.json").read_text())["stretched"] == [
+        "wide.png (80x40 halves)"]
+    # Two-folder layout: a sketch and a colour image of different shapes would be misaligned: skipped.
+    folders = tmp_path / "folders"
+    for sub, shapes in (("sketch", [(64, 64), (64, 64)]), ("color", [(64, 64), (64, 96)])):
+        (folders / sub).mkdir(parents=True)
+        for i, (h, w) in enumerate(shapes):
+            Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(folders / sub / f"{i}.png")
+    out2 = tmp_path / "cache2"
+    assert main(["data", "prepare", str(folders), str(out2), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unusable files" in err and "is 64x64 but its colour image" in err and "is 96x64" in err
+    assert PairCache(out2).count() == 1 and "non-square" not in err
+
+
 def test_prepare_with_nothing_usable_fails_in_one_line(tmp_path, capsys):
     src = tmp_path / "bad"
     src.mkdir()

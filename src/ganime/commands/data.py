@@ -36,12 +36,15 @@ def register(sub) -> None:
 
 
 def run_prepare(args) -> int:
-    from ganime.data.pairs import prepare
+    from ganime.data.pairs import prepare, stretched_note
 
     index = prepare(args.src, args.out, size=args.size, workers=args.workers, progress=not args.no_progress)
     counts = ", ".join(f"{k} {v['count']}" for k, v in index["splits"].items())
     print(f"prepared {index['count']} pairs ({counts}) at {index['size']}px in {args.out}")
     _report_skipped(index["skipped"], "unusable")
+    if index.get("stretched"):
+        print(f"note: {stretched_note(index['stretched'], index['size'])} (crop them first to keep their proportions)",
+              file=sys.stderr)
     return 0
 
 

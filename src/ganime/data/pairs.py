@@ -93,6 +93,10 @@ def load_pair(item: PairItem, size: int | None) -> tuple[np.ndarray, np.ndarray]
         color, sketch = split_side_by_side(arr)
     else:
         sketch, color = np.asarray(open_image(item.sketch)), np.asarray(open_image(item.color))
+        (hs, ws), (hc, wc) = sketch.shape[:2], color.shape[:2]
+        if abs(ws / hs - wc / hc) > 0.02 * max(ws / hs, wc / hc):  # resizing both to a square would misalign them
+            raise InputError(f"{item.sketch}: sketch is {ws}x{hs} but its colour image {item.color} is {wc}x{hc}, "
+                             "a different shape")
     if size is not None:
         sketch, color = resize_square(sketch, size), resize_square(color, size)
     return sketch, color
@@ -105,15 +109,25 @@ def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), Image.BICUBIC, reducing_gap=None))
 
 
+def stretched_note(stretched: list[str], size: int) -> str:
+    """One line about the pairs (``'name (WxH halves)'``) whose non-square halves were stretched to a square."""
+    more = f" and {len(stretched) - 1} more" if len(stretched) > 1 else ""
+    return f"{len(stretched)} pairs have non-square halves, stretched to {size}x{size}: {stretched[0]}{more}"
+
+
 def _load_for_cache(args):
+    """-> (name, stacked pair or None, why it was skipped or None, 'W x H' of a non-square half stretched or None)."""
     item, size = args
     try:
-        s, c = load_pair(item, size)
-        return item.name, np.stack([s, c]), None
+        s, c = load_pair(item, None)
+        h, w = c.shape[:2]
+        stretched = f"{w}x{h}" if abs(w - h) > 0.02 * max(w, h) else None
+        s, c = resize_square(s, size), resize_square(c, size)
+        return item.name, np.stack([s, c]), None, stretched
     except InputError as e:
-        return item.name, None, str(e)
+        return item.name, None, str(e), None
     except Exception as e:  # keep going on anything a single file can throw
-        return item.name, None, f"{item.files()[0]}: {type(e).__name__}: {e}"
+        return item.name, None, f"{item.files()[0]}: {type(e).__name__}: {e}", None
 
 
 def _shard_key(items: list[PairItem], size: int) -> str:
@@ -130,7 +144,8 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     """Decode, split, resize and store every pair under ``src`` into the cache folder ``out``.
 
     Returns the written index. Unreadable or odd files are skipped and listed in the index
-    (``skipped``); raises :class:`InputError` only when nothing usable was found.
+    (``skipped``); pairs whose halves are not square are stretched to the square size, as pix2pix
+    does, and listed (``stretched``); raises :class:`InputError` only when nothing usable was found.
     """
     from tqdm import tqdm
 
@@ -154,7 +169,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     workers = workers or os.cpu_count() or 1
 
     index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "size": size, "layout": layout,
-             "source": str(Path(src).resolve()), "splits": {}, "skipped": []}
+             "source": str(Path(src).resolve()), "splits": {}, "skipped": [], "stretched": []}
     keep: set[str] = set()
     bar = tqdm(total=total, desc=f"prepare {size}px", unit="img", disable=not progress, file=sys.stderr)
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
@@ -172,22 +187,25 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
                 else:
                     jobs = [(it, size) for it in chunk]
                     results = pool.map(_load_for_cache, jobs, chunksize=8) if pool else map(_load_for_cache, jobs)
-                    arrays, names, skipped = [], [], []
-                    for name, arr, err in results:
+                    arrays, names, skipped, stretched = [], [], [], []
+                    for name, arr, err, shape in results:
                         bar.update(1)
                         if arr is None:
                             skipped.append(err)
                         else:
                             arrays.append(arr)
                             names.append(name)
+                            if shape:
+                                stretched.append(f"{name} ({shape} halves)")
                     data = np.stack(arrays) if arrays else np.zeros((0, 2, size, size, 3), np.uint8)
                     buf = io.BytesIO()
                     np.save(buf, data)
                     atomic_write_bytes(out / fname, buf.getvalue())
-                    meta = {"names": names, "skipped": skipped}
+                    meta = {"names": names, "skipped": skipped, "stretched": stretched}
                     atomic_write_bytes(names_file, json.dumps(meta).encode())
                 keep.update({fname, names_file.name})
                 index["skipped"].extend(meta["skipped"])
+                index["stretched"].extend(meta.get("stretched", []))
                 if meta["names"]:
                     shards.append({"file": fname, "count": len(meta["names"]), "names": meta["names"]})
                     count += len(meta["names"])
@@ -311,16 +329,20 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
         found = ", ".join(s for s, v in splits.items() if v) or "none"
         raise InputError(f"{p}: folder has no {split!r} split (has: {found})")
     items = splits.get(split, []) if split else [i for v in splits.values() for i in v]
-    arrays, names = [], []
+    arrays, names, stretched = [], [], []
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
     workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
     with ThreadPoolExecutor(workers) as ex:
-        for name, arr, err in ex.map(_load_for_cache, [(it, size) for it in items]):
+        for name, arr, err, shape in ex.map(_load_for_cache, [(it, size) for it in items]):
             if err is not None:
                 print(f"ganime: warning: skipped {err}", file=sys.stderr)
                 continue
             arrays.append(arr)
             names.append(name)
+            if shape:
+                stretched.append(f"{name} ({shape} halves)")
+    if stretched:
+        print(f"ganime: warning: {stretched_note(stretched, size)}", file=sys.stderr)
     if not arrays:
         raise InputError(f"{p}: no usable pairs found")
     return np.stack(arrays), names
