@@ -244,6 +244,12 @@ def test_extractors_give_dark_lines_on_white(name):
     assert torch.equal(out[:, 0], out[:, 1])
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (3, 16, 16), (2, 1, 16, 16)])
+def test_extractors_name_a_wrong_shape(shape):
+    with pytest.raises(ValueError, match=r"N x 3 x H x W colour images, got shape"):
+        sketch.random_extract(torch.rand(shape), torch.Generator().manual_seed(0))
+
+
 def test_random_extract_is_deterministic_per_seed():
     img = torch.rand(6, 3, 32, 32)
     a = sketch.random_extract(img, torch.Generator().manual_seed(5))

@@ -32,6 +32,9 @@ PARAM_RANGES: dict[str, dict[str, tuple[float, float]]] = {
 
 def to_grey(img: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W -> N x 1 x H x W luminance (ITU-R 601 weights)."""
+    if img.dim() != 4 or img.shape[1] != 3:
+        raise ValueError(f"line-art extractors take N x 3 x H x W colour images, got shape {tuple(img.shape)} "
+                         "(drop an alpha channel by compositing on white first)")
     w = img.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (img * w).sum(1, keepdim=True)
 
