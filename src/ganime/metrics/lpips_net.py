@@ -50,6 +50,8 @@ _TV_CONVS = {"alex": (0, 3, 6, 8, 10), "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 19, 2
 _TV_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 _JAX_FILES = {"alex": ("alexnet.ckpt", "AlexNet_0"), "vgg": ("vgg16.ckpt", "VGG16_0")}
 _LPIPS_FILES = {"alex": "alex.pth", "vgg": "vgg.pth"}
+#: Smallest image side each backbone takes: below it a pooling layer gets an empty input.
+MIN_SIDE = {"alex": 31, "vgg": 16}
 
 
 class LPIPSNet(nn.Module):
@@ -215,6 +217,9 @@ def lpips(fake, real, net: str = "alex", device: str | torch.device = "cpu", bat
     device = str(torch.device(device))
     batch_size = batch_size or (16 if device == "cpu" else 128)
     model = model if model is not None else load_lpips(net, device)
+    side = MIN_SIDE[model.net]
+    if min(x.shape[2], x.shape[3]) < side:
+        raise InputError(f"LPIPS-{model.net} needs images of at least {side}x{side} pixels, got {x.shape[3]}x{x.shape[2]}")
     out = []
     with torch.inference_mode():
         for i in range(0, x.shape[0], batch_size):
