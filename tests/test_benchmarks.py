@@ -64,6 +64,26 @@ def test_eval_json(capsys, tmp_path):
     assert "at least 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, expect", [
+    (["eval", "--n", "3", "--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["infer", "--preset", "small", "--reps", "0"], "--reps 0: must be at least 1"),
+    (["infer", "--preset", "small", "--size", "300", "--no-small"], "--size 300: must be a multiple of 256"),
+    (["data", "--batches", "0"], "--batches 0: must be at least 1"),
+    (["data", "--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["data", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["train", "--steps", "0"], "--steps 0: must be at least 1"),
+    (["train", "--workers", "-1"], "--workers -1: must be at least 0"),
+])
+def test_bad_counts_and_sizes_are_one_line_errors(argv, expect, capsys, tmp_path):
+    """Zero rounds or steps used to end in KeyError/UnboundLocalError (or NaN timings), a size the U-Net
+    cannot take in a tensor-size RuntimeError."""
+    if argv[0] == "eval":
+        argv = [*argv, "--source", str(tmp_path)]
+    assert main(["benchmark", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0] and "unexpected" not in err[0]
+
+
 def test_registry_takes_new_benchmarks(capsys):
     from ganime.commands import benchmark
 

@@ -22,6 +22,17 @@ def median(xs) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def check_counts(args, **minimums: int) -> None:
+    """One InputError sentence for the first option under its minimum, e.g. ``check_counts(args, rounds=1)``:
+    zero rounds or repetitions time nothing (medians of nothing, or a variable never set)."""
+    from ganime.errors import InputError
+
+    for name, least in minimums.items():
+        value = getattr(args, name)
+        if value < least:
+            raise InputError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+
+
 # ---- memory -----------------------------------------------------------------------------------------
 def rss_bytes() -> int:
     """Current resident set size of this process."""

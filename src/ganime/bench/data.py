@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ganime.bench.common import log, machine, make_pairs, median, sync
+from ganime.bench.common import check_counts, log, machine, make_pairs, median, sync
 
 
 def run(args) -> dict:
@@ -29,6 +29,7 @@ def run(args) -> dict:
     from ganime.bench.reference import forever, reference_loader
     from ganime.bench.train import _our_batches
 
+    check_counts(args, batch_size=1, batches=1, rounds=1, workers=0)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ganime.bench.common import PeakMemory, default_source, log, machine, mb, sync
+from ganime.bench.common import PeakMemory, check_counts, default_source, log, machine, mb, sync
 
 
 def _images(args, n: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -121,6 +121,7 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     if args.n < 2:
         raise InputError(f"--n {args.n}: FID and KID need at least 2 images")
+    check_counts(args, rounds=1)
     device = resolve_device(args.device)
     real, fake, origin = _images(args, args.n, args.size)
     n = len(real)

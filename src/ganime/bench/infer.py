@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ganime.bench.common import PeakMemory, log, machine, mb, median, sync
+from ganime.bench.common import PeakMemory, check_counts, log, machine, mb, median, sync
 
 #: Largest absolute output difference from the float32 reference allowed per variant (outputs in [-1, 1];
 #: one 8-bit grey level is 2/255 = 0.0078).
@@ -77,9 +77,11 @@ def calibrated_generator(preset: str, seed: int = 0, hint_channels: int = 0):
 
 
 def run(args) -> dict:
+    from ganime.errors import InputError
     from ganime.fast import native_bf16, optimize_generator, resolve_precision
     from ganime.train import resolve_device
 
+    check_counts(args, reps=1)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -92,6 +94,9 @@ def run(args) -> dict:
     else:
         gen, cfg = calibrated_generator(args.preset, hint_channels=4 if getattr(args, "hints", False) else 0)
         preset = args.preset + (" + 4 hint channels" if getattr(args, "hints", False) else "")
+    multiple = 2**cfg.net.gen_depth
+    if args.size < multiple or args.size % multiple:
+        raise InputError(f"--size {args.size}: must be a multiple of {multiple} for this generator")
     x = with_hints(sketch_inputs(args.size, 1), gen.in_channels)
     import os
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ganime.bench.common import PeakMemory, log, machine, make_pairs, mb, median, sync
+from ganime.bench.common import PeakMemory, check_counts, log, machine, make_pairs, mb, median, sync
 
 
 def _our_batches(loader):
@@ -41,6 +41,7 @@ def run(args) -> dict:
 
     from ganime.bench.reference import forever, reference_loader
 
+    check_counts(args, steps=1, rounds=1, workers=0)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
