@@ -313,6 +313,24 @@ def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp
         run_table1(bad)
 
 
+def test_table1_one_row_per_style_and_its_own_option_names(make_pairs, tmp_path, monkeypatch):
+    """--styles fast,fast gave two fast rows, and with --out failed at the second ('DIR/fast: folder is not
+    empty') after the first was done; --gatys-iterations 0 was refused as '--iterations 0'."""
+    import ganime.evaluate
+    from ganime.commands.evaluate import add_table1_args, run_table1
+
+    monkeypatch.setattr(ganime.evaluate, "make_generator", lambda m, *a, **k: ((lambda s, c: s.copy()), {}))
+    p = argparse.ArgumentParser()
+    add_table1_args(p)
+    folder = make_pairs(2, size=32)
+    base = ["--data", str(folder), "--size", "32", "--no-inception", "--no-progress", "--device", "cpu"]
+    run_table1(p.parse_args([*base, "--styles", "fast, fast", "--out", str(tmp_path / "t1")]))
+    doc = json.loads((tmp_path / "t1" / "table1.json").read_text())
+    assert [r["method"] for r in doc["rows"]] == ["fast", "identity", "white"]
+    with pytest.raises(InputError, match="^--gatys-iterations 0: must be at least 1$"):
+        run_table1(p.parse_args([*base, "--styles", "gatys", "--gatys-iterations", "0"]))
+
+
 def test_paper_background_keeps_the_blank_paper(tiny_checkpoint, make_pairs, tmp_path):
     """--background paper copies the sketch's paper (connected to the border) into the output."""
     from ganime.colorize import paper_background

@@ -101,10 +101,12 @@ def run_table1(args) -> dict:
     from ganime.imageio import atomic_write_bytes
     from ganime.train import resolve_device
 
-    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    styles = list(dict.fromkeys(s.strip() for s in args.styles.split(",") if s.strip()))  # one row each
     bad = [s for s in styles if s not in STYLE_METHODS]
     if bad:
         raise InputError(f"--styles {','.join(bad)}: unknown; choose from {', '.join(STYLE_METHODS)}")
+    if args.gatys_iterations < 1:  # checked here, as make_generator would name its own --iterations
+        raise InputError(f"--gatys-iterations {args.gatys_iterations}: must be at least 1")
     rows = [("pix2pix", args.pix2pix), ("cyclegan", args.cyclegan)]
     rows = [(m, c) for m, c in rows if c] + ([("default", None)] if args.default else [])
     rows += [(s, None) for s in styles] + [("identity", None), ("white", None)]
