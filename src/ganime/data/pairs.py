@@ -306,23 +306,41 @@ class PairCache:
         return np.concatenate([a for s in splits for a in self.arrays(s)], axis=0)
 
 
-def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = None) -> tuple[np.ndarray, list[str]]:
+def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = None,
+               select=None) -> tuple[np.ndarray, list[str]]:
     """Pairs from a prepared cache or a folder of side-by-side files, as ((N, 2, S, S, 3) uint8, names).
 
+    ``select(total) -> indices``, if given, keeps only those of the ``total`` usable pairs; of a cache
+    only they are read and resized (a full Kaggle cache is 7 GB at 256 px, 28 GB as float to resize).
     Used by evaluation; unreadable files in a folder are skipped with a warning on stderr.
     """
     p = Path(path)
     if (p / "index.json").exists():
         cache = PairCache(p)
-        arr = cache.load(split)
-        names = [n for s in ([split] if split else cache.splits) for n in cache.names(s)]
+        splits = [split] if split else cache.splits
+        names = [n for s in splits for n in cache.names(s)]
+        arrays = [a for s in splits for a in cache.arrays(s)]  # memory-mapped
+        if not names:
+            raise InputError(f"{p}: cache holds no pairs")
+        if select is None:
+            arr = np.concatenate(arrays, axis=0)
+        else:
+            idx = np.asarray(select(len(names)), dtype=np.int64)
+            starts = np.cumsum([0] + [len(a) for a in arrays])
+            shard = np.searchsorted(starts, idx, side="right") - 1
+            arr = np.stack([arrays[k][i - starts[k]] for i, k in zip(idx, shard)])
+            names = [names[i] for i in idx]
         if cache.size != size:
             import torch
             import torch.nn.functional as F
 
-            t = torch.from_numpy(arr).float().reshape(-1, cache.size, cache.size, 3).permute(0, 3, 1, 2)
-            t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-            arr = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).reshape(-1, 2, size, size, 3).numpy()
+            out = np.empty((len(arr), 2, size, size, 3), np.uint8)
+            for i in range(0, len(arr), 256):  # a chunk at a time: float copies of the whole set need not fit
+                t = torch.from_numpy(np.asarray(arr[i : i + 256])).float()
+                t = t.reshape(-1, cache.size, cache.size, 3).permute(0, 3, 1, 2)
+                t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+                out[i : i + 256] = t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).reshape(-1, 2, size, size, 3).numpy()
+            arr = out
         return arr, names
     _, splits = discover(p)
     if split and not splits.get(split):
@@ -345,4 +363,7 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
         print(f"ganime: warning: {stretched_note(stretched, size)}", file=sys.stderr)
     if not arrays:
         raise InputError(f"{p}: no usable pairs found")
+    if select is not None:
+        idx = select(len(names))
+        arrays, names = [arrays[i] for i in idx], [names[i] for i in idx]
     return np.stack(arrays), names
