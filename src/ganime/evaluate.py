@@ -295,6 +295,8 @@ def make_generator(method: str, checkpoint: str | None = None, device: str | tor
         raise InputError(f"--method {method} takes no --checkpoint")
     if flatten is not None:
         raise InputError(f"--method {method} takes no --flatten (a model's colour-layer setting)")
+    if background != "model":
+        raise InputError(f"--method {method} takes no --background {background} (a model's output setting)")
     if method in STYLE_METHODS:
         if iterations < 1:
             raise InputError(f"--iterations {iterations}: must be at least 1")
