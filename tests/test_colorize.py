@@ -302,6 +302,15 @@ def test_large_sketches_are_coloured_near_their_own_resolution(tiny_checkpoint):
     assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu").working_size(500, 300) == 64  # library default
 
 
+def test_a_max_size_off_the_networks_multiple_is_rounded_down(tiny_checkpoint):
+    """--max-size 100 for a 64 px-multiple U-Net: a large sketch is coloured at 64 px, not at 100 px
+    (which failed inside the network with 'Sizes of tensors must match')."""
+    col = Colorizer.from_checkpoint(tiny_checkpoint, "cpu", max_size=100)
+    assert col.max_size == 64 and col.working_size(300, 200) == 64
+    assert col(Image.new("RGB", (300, 200), "white")).size == (300, 200)
+    assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu", max_size=200).working_size(1100, 700) == 192
+
+
 
 SPY_TORCH_IMPORT = """
 import os, sys

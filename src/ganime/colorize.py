@@ -78,8 +78,9 @@ class Colorizer:
         #: Largest working size: a bigger sketch is coloured at the multiple of the U-Net's input
         #: multiple nearest to its longest side (up to this), so its lines keep the thickness the
         #: model was trained on instead of fading when shrunk to the training size. None: always ``size``.
+        #: Rounded down to that multiple: the U-Net takes no other side.
         self.multiple = 2 ** cfg.net.gen_depth
-        self.max_size = max(self.size, max_size) if max_size else self.size
+        self.max_size = max(self.size, max_size // self.multiple * self.multiple) if max_size else self.size
         self.hint_channels = cfg.net.hint_channels
         if fast and fast != "off":
             # Fast path (ganime.fast): "fp32" (same outputs to ~1e-6), "bf16" or "auto" (bf16 where the
