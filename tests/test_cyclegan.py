@@ -294,6 +294,19 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     assert not (tmp_path / "run").exists()
 
 
+def test_folders_smaller_than_a_batch_leave_no_run_folder(tmp_path, tiny_preset, capsys):
+    """One image per folder and --batch-size 2: one sentence, and no run folder left behind, so the same
+    command with --batch-size 1 starts the run (it was refused as 'already holds a run ... pass --resume')."""
+    s, c = write_images(tmp_path / "s", 1), write_images(tmp_path / "c", 1, seed=1)
+    args = ["train", "cyclegan", "--sketches", str(s), "--colors", str(c), "--out", str(tmp_path / "run"),
+            "--preset", tiny_preset, "--device", "cpu", "--no-progress", "--max-steps", "1"]
+    assert main(args) == 2
+    assert "only 1 training images for a batch size of 2" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+    assert main(args + ["--batch-size", "1"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
 # ---- DDP ---------------------------------------------------------------------------------------------
 
 def test_loader_shards_both_domains_per_rank():

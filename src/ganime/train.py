@@ -193,28 +193,18 @@ class Trainer:
             raise InputError(f"--time-limit {time_limit / 60:g}: must be more than 0 minutes")
         self.time_limit = time_limit  # seconds of this call to fit(), then save and stop like --max-steps
         init = self._read_init(init_from) if init_from is not None and not resume else None  # before any write
-        self._check_run_folder(resume)
-        self.tb = self._tensorboard() if tensorboard and self.main else None
+        if resume or self.main:  # DDP: rank 0 checks a new run's folder; the others would race with its mkdir
+            check_run_folder(self.out, self.cfg.method, resume)
         t = cfg.train
         method_cls = get_method(cfg.method)
         torch.manual_seed(t.seed)
         self.method = method_cls(cfg, self.device)
-        if init is not None:
-            self._apply_init(*init)
+        init_record = self._apply_init(*init) if init is not None else None  # logged once the folder exists
         if dist is not None:
             dist.wrap(self.method)
         self.epoch, self.step, self.global_step = 0, 0, 0
-        if resume:
-            if (self.out / "last.pt").exists():
-                self._load(self.out / "last.pt")
-            # after a kill, the steps logged since the checkpoint are trained (and logged) again: records
-            # before this one with a larger global_step were superseded
-            self.log({"kind": "resume", "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
-                      "time": time.time()})
-            saved = self.out / "config.json"
-            if self.main and (not saved.exists() or saved.read_text() != self.cfg.to_json()):
-                # what this --resume changed (its length, intervals, evaluation) holds for the next one too
-                atomic_write_bytes(saved, self.cfg.to_json().encode())
+        if resume and (self.out / "last.pt").exists():
+            self._load(self.out / "last.pt")
         if loader is None:
             if pairs is None:
                 raise InputError("no training data given")
@@ -232,13 +222,26 @@ class Trainer:
                 f"{' x ' + str(self.world_size) + ' processes' if self.world_size > 1 else ''}: "
                 "use a smaller --batch-size or more data"
             )
+        self._make_run_folder(resume)  # once every check passed: a refused run leaves no folder to clear by hand
+        self.tb = self._tensorboard() if tensorboard and self.main else None
+        if init_record is not None:
+            self.log(init_record)
+        if resume:
+            # after a kill, the steps logged since the checkpoint are trained (and logged) again: records
+            # before this one with a larger global_step were superseded
+            self.log({"kind": "resume", "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
+                      "time": time.time()})
+            saved = self.out / "config.json"
+            if self.main and (not saved.exists() or saved.read_text() != self.cfg.to_json()):
+                # what this --resume changed (its length, intervals, evaluation) holds for the next one too
+                atomic_write_bytes(saved, self.cfg.to_json().encode())
         sp = sample_pairs if sample_pairs is not None else (pairs[:8] if pairs is not None else None)
         self.sample_batch = self._fixed_batch(sp) if sp is not None else None
 
     # ---- run folder and checkpoints --------------------------------------------------------------
-    def _check_run_folder(self, resume: bool) -> None:
-        if resume or self.main:  # DDP: rank 0 checks a new run's folder; the others would race with its mkdir
-            check_run_folder(self.out, self.cfg.method, resume)
+    def _make_run_folder(self, resume: bool) -> None:
+        """A new run's folder (``samples/``, ``config.json``), or the ``samples/`` of a resumed run that saved no
+        checkpoint yet; made once :func:`check_run_folder` and the data checks allowed the run."""
         last = self.out / "last.pt"
         if resume:
             if not last.exists() and self.main:  # stopped before its first checkpoint (kill -9, a crash)
@@ -266,15 +269,16 @@ class Trainer:
                              f"{' and --hints' if theirs.get('hint_channels') else ''}")
         return path, ckpt["models"]
 
-    def _apply_init(self, path: Path, models: dict) -> None:
+    def _apply_init(self, path: Path, models: dict) -> dict:
+        """Load ``models`` into the method's networks; returns the log record saying what was loaded."""
         loaded = [k for k in self.method.models if k in models]
         for k in loaded:
             self.method.models[k].load_state_dict(models[k])
         fresh = [k for k in self.method.models if k not in models]
-        self.log({"kind": "init", "from": str(path), "loaded": loaded, "fresh": fresh, "time": time.time()})
         if self.main:
             print(f"ganime: starting from {path} ({', '.join(loaded)} loaded"
                   f"{'; ' + ', '.join(fresh) + ' freshly initialised' if fresh else ''})", file=sys.stderr)
+        return {"kind": "init", "from": str(path), "loaded": loaded, "fresh": fresh, "time": time.time()}
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
