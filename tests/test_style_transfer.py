@@ -159,6 +159,19 @@ def test_gatys_loss_decreases_and_keeps_content_size(vgg, pair_small, optimizer)
     assert np.asarray(out).std() > 5  # not a blank image
 
 
+@needs_style_extra
+def test_gatys_takes_images_thinner_than_vggs_poolings(vgg):
+    """A 56x13 sketch at --size 16 (16x4) or a 300x3 style at 256x3 reached relu5_1 as 0 pixels:
+    'unexpected RuntimeError: ... Output size is too small'. Each side is now at least 16 pixels."""
+    rng = np.random.default_rng(0)
+    sketch = Image.fromarray(rng.integers(0, 256, (13, 56, 3), dtype=np.uint8))
+    strip = Image.fromarray(rng.integers(0, 256, (3, 300, 3), dtype=np.uint8))
+    g = st.GatysStyleTransfer(size=16, iterations=1, device="cpu", progress=False, vgg=vgg)
+    assert g.min_side == 16 and g(sketch, strip).size == (56, 13)
+    g = st.GatysStyleTransfer(size=256, iterations=1, device="cpu", progress=False, vgg=vgg)
+    assert g(strip, sketch).size == (300, 3)
+
+
 def test_gatys_argument_errors():
     with pytest.raises(InputError, match="lbfgs, adam"):
         st.GatysStyleTransfer(optimizer="sgd")

@@ -59,11 +59,11 @@ class StyleTransferDiverged(GanimeError):
     exit_code = 3
 
 
-def _fit_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
-    """(w, h) scaled so the longer side is ``longest`` (aspect kept, at least 1 px)."""
+def _fit_size(size: tuple[int, int], longest: int, shortest: int = 1) -> tuple[int, int]:
+    """(w, h) scaled so the longer side is ``longest`` (aspect kept), each side at least ``shortest`` px."""
     w, h = size
     s = longest / max(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
+    return max(shortest, round(w * s)), max(shortest, round(h * s))
 
 
 def _to_tensor01(im: Image.Image, device: torch.device) -> torch.Tensor:
@@ -168,13 +168,24 @@ class GatysStyleTransfer:
             self._vgg = load_vgg19(self.vgg_weights, last, self.pooling, self.device)
         return self._vgg
 
+    @property
+    def min_side(self) -> int:
+        """The smallest side the layers used can take: 2 ** (poolings before the deepest), 16 for ``relu5_1``."""
+        from ganime.nn.vgg import LAYER_NAMES
+
+        last = max(self.content_layers + self.style_layers, key=LAYER_NAMES.index)
+        return 2 ** sum(n.startswith("pool") for n in LAYER_NAMES[: LAYER_NAMES.index(last)])
+
     def run(self, content: Image.Image, style: Image.Image) -> tuple[Image.Image, list[float]]:
-        """Stylise; returns the image at ``content``'s size and the total loss after each step."""
+        """Stylise; returns the image at ``content``'s size and the total loss after each step.
+
+        A side that scaling to ``size`` would make shorter than :attr:`min_side` is stretched to it (a thin strip,
+        or a small ``size``); the result is resized back to the content's size as always."""
         from tqdm.auto import tqdm
 
-        vgg, dev = self.vgg, self.device
-        c = _to_tensor01(content.convert("RGB").resize(_fit_size(content.size, self.size), Image.BICUBIC), dev)
-        s = _to_tensor01(style.convert("RGB").resize(_fit_size(style.size, self.size), Image.BICUBIC), dev)
+        vgg, dev, m = self.vgg, self.device, self.min_side
+        c = _to_tensor01(content.convert("RGB").resize(_fit_size(content.size, self.size, m), Image.BICUBIC), dev)
+        s = _to_tensor01(style.convert("RGB").resize(_fit_size(style.size, self.size, m), Image.BICUBIC), dev)
         with torch.no_grad():
             content_targets = vgg(c, self.content_layers)
             style_grams = {k: gram_matrix(f) for k, f in vgg(s, self.style_layers).items()}
