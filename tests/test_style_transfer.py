@@ -319,6 +319,13 @@ def test_cli_bad_inputs_are_one_line_errors(run_cli, tmp_path, monkeypatch):
     empty.mkdir()
     assert_one_line_error(*run_cli(empty, "--style", good, "--out", out)[::2], "no images")
     assert not out.exists()
+    # --out an existing file: refused before any (possibly long) work, not after the first image
+    called = []
+    monkeypatch.setattr(st, "make_style_transfer", lambda *a, **k: lambda c, s: called.append(1) or c)
+    assert_one_line_error(*run_cli(good, "--style", good, "--out", corrupt)[::2], "corrupt.png", "not a folder")
+    assert_one_line_error(*run_cli("--pairs", good, "--out", corrupt)[::2], "corrupt.png", "not a folder")
+    assert not called
+    monkeypatch.undo()
     # torchvision weights while offline: one line that points to the offline weights
     monkeypatch.setattr(vggmod, "TORCHVISION_VGG19_URL", "http://127.0.0.1:9/vgg19-dcbb9e9d.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-cache"))

@@ -374,6 +374,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _check_outputs(paths: list[Path], out_dir: Path, overwrite: bool) -> list[Path]:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder; --out names the folder to write into")
     targets = [out_dir / f"{p.stem}.png" for p in paths]
     for p, t in zip(paths, targets):
         check_not_input(p, t, "an input image")
