@@ -293,6 +293,16 @@ def test_stylize_pairs_calls_method_with_sketch_then_colour(tmp_path):
     assert seen == [((0, 0, 0), (200, 30, 30))]
 
 
+def test_a_pair_one_pixel_wide_is_one_sentence(tmp_path):
+    """Its halves were 0 pixels wide: 'unexpected ValueError: height and width must be > 0'."""
+    Image.new("RGB", (1, 10)).save(tmp_path / "thin.png")
+    with pytest.raises(InputError, match=r"thin.png: 1x10 has no two halves"):
+        st.stylize_pairs([tmp_path / "thin.png"], tmp_path / "out", lambda s, c: s, progress=False)
+    Image.new("RGB", (2, 10)).save(tmp_path / "two.png")
+    st.stylize_pairs([tmp_path / "two.png"], tmp_path / "out", lambda s, c: s, progress=False)
+    assert Image.open(tmp_path / "out" / "two.png").size == (1, 10)
+
+
 def test_stylize_into_the_input_folder_never_replaces_the_inputs(tmp_path):
     im = Image.new("RGB", (8, 4), (200, 30, 30))
     im.save(tmp_path / "pair.png")

@@ -428,7 +428,10 @@ def stylize_pairs(
     paths = expand_inputs(pairs)
     targets = _check_outputs(paths, Path(out_dir), overwrite)
     for p, t in tqdm(list(zip(paths, targets)), desc="pairs", unit="pair", disable=_disable(progress, len(paths))):
-        colour, sketch = split_pair(open_image(p))
+        im = open_image(p)
+        if im.width < 2:
+            raise InputError(f"{p}: {im.width}x{im.height} has no two halves; a pair is colour LEFT, sketch RIGHT")
+        colour, sketch = split_pair(im)
         save_png(method(sketch, colour), t, overwrite=overwrite)
     return targets
 
