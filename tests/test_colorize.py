@@ -134,6 +134,14 @@ def _bad_checkpoint(kind, path, good):
     if kind == "corrupt":
         data = good.read_bytes()
         path.write_bytes(data[: len(data) // 3])
+    elif kind == "bitflip":  # one byte of the largest tensor damaged (a bad disk, a broken copy)
+        import zipfile
+
+        data = bytearray(good.read_bytes())
+        info = max(zipfile.ZipFile(good).infolist(), key=lambda i: i.compress_size)
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+        data[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
     elif kind == "foreign":
         torch.save({"weight": torch.zeros(3)}, path)
     elif kind == "pickle":
@@ -151,7 +159,8 @@ def _bad_checkpoint(kind, path, good):
 
 
 @pytest.mark.parametrize("kind,needle", [
-    ("corrupt", "corrupt or truncated"), ("foreign", "not a GANime checkpoint"), ("pickle", "refused"),
+    ("corrupt", "corrupt or truncated"), ("bitflip", "fails its checksum"), ("foreign", "not a GANime checkpoint"),
+    ("pickle", "refused"),
     ("text", "not a readable checkpoint"), ("empty", "empty file"), ("newer", "newer"), ("missing", "no such checkpoint"),
 ])
 def test_bad_checkpoints_give_one_line(kind, needle, tiny_checkpoint, odd_inputs, tmp_path, capsys):

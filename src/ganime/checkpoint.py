@@ -96,6 +96,7 @@ def _load_torch(path: Path) -> dict:
             looks_like_zip = f.read(4) == b"PK\x03\x04"
         what = "corrupt or truncated" if looks_like_zip else "not a PyTorch checkpoint file"
         raise CheckpointError(f"{path}: not a readable checkpoint ({what})")
+    _check_crc(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -117,6 +118,21 @@ def _load_torch(path: Path) -> dict:
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint is missing its {key!r} entry")
     return obj
+
+
+def _check_crc(path: Path) -> None:
+    """Every member of the checkpoint's zip against its CRC-32: torch.load does not check them, so a damaged
+    file (a bad disk, an interrupted copy) loaded with silently altered weights. About half the time of the load."""
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {msg})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt: its part {bad} fails its checksum)")
 
 
 def _check_format_version(path: Path, version) -> None:
