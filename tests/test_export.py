@@ -190,6 +190,20 @@ def test_export_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "no such checkpoint" in err[0]
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
+def test_export_to_a_folder_is_one_line(tiny_checkpoint, fmt, tmp_path, capsys):
+    """A folder named like the file: it was 'already exists; pass --overwrite', and with --overwrite
+    '.../.x.onnx.tmp -> x.onnx: Is a directory' (exit 1) once the export was done."""
+    pytest.importorskip("onnx")
+    folder = tmp_path / f"x.{fmt}"
+    folder.mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert main(["export", fmt, "--checkpoint", str(tiny_checkpoint), "--out", str(folder), *extra]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"ganime: error: --out {folder}: is a folder; name the .{fmt} file to write\n"
+    assert folder.is_dir() and not list(folder.iterdir())
+
+
 @pytest.mark.parametrize("opset", ["0", "99"])
 def test_export_opset_out_of_range_is_one_line(tiny_checkpoint, opset, tmp_path, capsys):
     pytest.importorskip("onnx")

@@ -48,6 +48,8 @@ def _check_out(path: str, suffix: str, overwrite: bool) -> None:
     p = Path(path)
     if p.suffix != suffix:
         raise InputError(f"--out {p}: expected a {suffix} file name")
+    if p.is_dir():
+        raise InputError(f"--out {p}: is a folder; name the {suffix} file to write")
     if p.exists() and not overwrite:
         raise InputError(f"{p}: already exists; pass --overwrite to replace it")
 
