@@ -204,6 +204,16 @@ def test_export_to_a_folder_is_one_line(tiny_checkpoint, fmt, tmp_path, capsys):
     assert folder.is_dir() and not list(folder.iterdir())
 
 
+@pytest.mark.parametrize("size", ["0", "96", "-64"])
+def test_export_size_off_the_networks_multiple_is_one_line(tiny_checkpoint, size, tmp_path, capsys):
+    """--size 0 was taken as 'not given' and traced at the training size without a word."""
+    pytest.importorskip("onnx")
+    assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"),
+                 "--size", size]) == 2
+    assert capsys.readouterr().err == f"ganime: error: --size {size}: must be a multiple of 64 for this generator\n"
+    assert not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.parametrize("opset", ["0", "99"])
 def test_export_opset_out_of_range_is_one_line(tiny_checkpoint, opset, tmp_path, capsys):
     pytest.importorskip("onnx")

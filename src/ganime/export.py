@@ -91,7 +91,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
     if not lo <= opset <= hi:
         raise InputError(f"--opset {opset}: this torch exports ONNX opsets {lo} to {hi} (default 17)")
     gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches, color_flatten)
-    size = size or cfg.train.size
+    size = cfg.train.size if size is None else size
     multiple = 2**cfg.net.gen_depth
     if size < multiple or size % multiple:
         raise InputError(f"--size {size}: must be a multiple of {multiple} for this generator")
