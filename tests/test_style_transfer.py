@@ -209,6 +209,22 @@ def test_fast_shape_range_and_determinism(fast, pair_small):
     assert np.abs(np.asarray(fast(sketch, other), dtype=int) - arr).mean() > 5
 
 
+@needs_style_extra
+def test_transparent_line_art_is_on_white_paper(fast, vgg):
+    """A line-art PNG with a transparent background, as Image.open gives it, was styled as black lines on
+    black (convert("RGB") drops the alpha); both methods now see it on white, as the CLI's reader does."""
+    rng = np.random.default_rng(0)
+    lines = np.zeros((48, 40, 4), np.uint8)
+    lines[::6, :, 3] = 255  # black strokes; the rest transparent black (0, 0, 0, 0)
+    rgba = Image.fromarray(lines, "RGBA")
+    on_white = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    style = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(fast(rgba, style)), np.asarray(fast(on_white, style)))
+    assert np.array_equal(np.asarray(fast(style, rgba)), np.asarray(fast(style, on_white)))
+    g = st.GatysStyleTransfer(size=32, iterations=1, device="cpu", progress=False, vgg=vgg)
+    assert np.array_equal(np.asarray(g(rgba, style)), np.asarray(g(on_white, style)))
+
+
 def test_fast_without_onnxruntime_says_install_extra(monkeypatch):
     import sys
 

@@ -1,6 +1,7 @@
 """Neural style transfer baselines of the GANime paper: the sketch is the content, a colour image the style.
 
-Two methods, each a callable ``method(sketch_pil, style_pil) -> PIL`` at the sketch's size:
+Two methods, each a callable ``method(sketch_pil, style_pil) -> PIL`` at the sketch's size (images of any mode;
+transparency is composited on white paper, as the command line reads files):
 
 ``gatys`` -- :class:`GatysStyleTransfer`
     Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural Networks", CVPR 2016.
@@ -43,7 +44,7 @@ import torch
 from PIL import Image
 
 from ganime.errors import GanimeError, InputError
-from ganime.imageio import check_not_input, is_image_path, list_images, open_image, save_png
+from ganime.imageio import check_not_input, is_image_path, list_images, open_image, save_png, to_rgb
 
 METHODS = ("gatys", "fast")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -184,8 +185,8 @@ class GatysStyleTransfer:
         from tqdm.auto import tqdm
 
         vgg, dev, m = self.vgg, self.device, self.min_side
-        c = _to_tensor01(content.convert("RGB").resize(_fit_size(content.size, self.size, m), Image.BICUBIC), dev)
-        s = _to_tensor01(style.convert("RGB").resize(_fit_size(style.size, self.size, m), Image.BICUBIC), dev)
+        c = _to_tensor01(to_rgb(content).resize(_fit_size(content.size, self.size, m), Image.BICUBIC), dev)
+        s = _to_tensor01(to_rgb(style).resize(_fit_size(style.size, self.size, m), Image.BICUBIC), dev)
         with torch.no_grad():
             content_targets = vgg(c, self.content_layers)
             style_grams = {k: gram_matrix(f) for k, f in vgg(s, self.style_layers).items()}
@@ -306,7 +307,7 @@ class FastStyleTransfer:
 
     def style_vector(self, style: Image.Image) -> np.ndarray:
         """P(style): the (1, 1, 1, 100) style embedding S."""
-        style = style.convert("RGB")
+        style = to_rgb(style)
         side = min(style.size)
         left, top = (style.width - side) // 2, (style.height - side) // 2
         sq = style.crop((left, top, left + side, top + side)).resize((self.STYLE_SIZE,) * 2, Image.BICUBIC)
@@ -314,7 +315,7 @@ class FastStyleTransfer:
         return self.predict.run(None, {self.predict.get_inputs()[0].name: x})[0]
 
     def __call__(self, content: Image.Image, style: Image.Image) -> Image.Image:
-        content = content.convert("RGB")
+        content = to_rgb(content)
         w, h = _fit_size(content.size, self.CONTENT_SIZE)
         small = np.asarray(content.resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
         pad = ((0, self.CONTENT_SIZE - h), (0, self.CONTENT_SIZE - w), (0, 0))
