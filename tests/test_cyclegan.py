@@ -247,6 +247,14 @@ def test_cli_trains_on_a_paired_cache(tmp_path, tiny_preset, capsys):
                "--preset", tiny_preset, "--device", "cpu", "--no-progress", "--max-steps", "1"])
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "run" / "last.pt").exists()
+    # --dry-run shows the size the run trains at: the cache's (it showed the preset's 256)
+    capsys.readouterr()
+    assert main(["train", "cyclegan", "--data", str(tmp_path / "cache"), "--out", str(tmp_path / "run2"),
+                 "--preset", "small", "--dry-run"]) == 2
+    assert f"image size {SIZE} must be a multiple of 256" in one_line_error(capsys)
+    assert main(["train", "cyclegan", "--data", str(tmp_path / "cache"), "--out", str(tmp_path / "run2"),
+                 "--preset", tiny_preset, "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["size"] == SIZE
 
 
 @pytest.mark.parametrize("option", [("--lambda-cycle", "-1"), ("--lambda-identity", "nan"), ("--pool-size", "-1")])

@@ -306,14 +306,18 @@ def run_cyclegan(args) -> int:
     if cfg.train.eval_every and args.data is None and not cfg.train.val_data:
         raise InputError("--eval-every needs paired validation data: give --val-data PAIRS (or train from a "
                          "prepared cache with --data)")
+    if args.data is not None:
+        from ganime.data.pairs import PairCache
+
+        cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work
+        if args.size is None and not args.resume:
+            cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
     cfg.validate()
     if args.dry_run:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)
     if args.data is not None:
-        pairs, cache = load_training_pairs(args.data, cfg.train.size)
-        if args.size is None and not args.resume and cache.size != cfg.train.size:
-            cfg.train.size = cache.size
+        pairs, _ = load_training_pairs(args.data, cfg.train.size)
         sketches, colors = split_pairs(pairs)
         del pairs
     else:
