@@ -270,7 +270,8 @@ def test_bad_option_leaves_no_run_folder(tmp_path, tiny_preset, capsys, option):
     assert main(args + list(option) + ["--dry-run"]) == 2
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "no-colors", "both", "sketch-augment", "eval-unpaired"])
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "no-colors", "both", "sketch-augment", "eval-unpaired",
+                                  "keep-best-unpaired"])
 def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     good = write_images(tmp_path / "good", 2)
     bad = tmp_path / "bad"
@@ -290,6 +291,8 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
         args += ["--sketches", str(good), "--colors", str(good), "--sketch-augment", "0.5"]
     elif case == "eval-unpaired":  # nothing paired to evaluate on
         args += ["--sketches", str(good), "--colors", str(good), "--eval-every", "1"]
+    elif case == "keep-best-unpaired":  # implies --eval-every 1; the message names the option given
+        args += ["--sketches", str(good), "--colors", str(good), "--keep-best", "lpips"]
     else:
         args += ["--sketches", str(good), "--colors", str(bad)]
     rc = main(args)
@@ -298,7 +301,9 @@ def test_bad_inputs_are_one_line(tmp_path, tiny_preset, capsys, case):
     if case in ("missing", "empty", "corrupt"):
         assert str(bad) in line
     if case == "eval-unpaired":
-        assert "--val-data" in line
+        assert "--eval-every needs" in line and "--val-data" in line
+    if case == "keep-best-unpaired":
+        assert "--keep-best needs" in line and "--val-data" in line
     assert not (tmp_path / "run").exists()
 
 

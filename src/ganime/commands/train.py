@@ -304,7 +304,8 @@ def run_cyclegan(args) -> int:
         raise InputError("--sketch-augment re-extracts a pair's sketch from its colour image; "
                          "it does not apply to CycleGAN's unpaired data")
     if cfg.train.eval_every and args.data is None and not cfg.train.val_data:
-        raise InputError("--eval-every needs paired validation data: give --val-data PAIRS (or train from a "
+        given = "--eval-every" if args.eval_every is not None or not cfg.train.keep_best else "--keep-best"
+        raise InputError(f"{given} needs paired validation data: give --val-data PAIRS (or train from a "
                          "prepared cache with --data)")
     if args.data is not None:
         from ganime.data.pairs import PairCache
