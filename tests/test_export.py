@@ -224,6 +224,15 @@ def test_export_opset_out_of_range_is_one_line(tiny_checkpoint, opset, tmp_path,
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_export_bn_batches_without_bn_data_is_one_line(tiny_checkpoint, fmt, tmp_path, capsys):
+    """--bn-batches alone was silently ignored: the statistics were not recomputed."""
+    out = tmp_path / f"x.{fmt}"
+    assert main(["export", fmt, "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--bn-batches", "10"]) == 2
+    assert capsys.readouterr().err == "ganime: error: --bn-batches 10: applies only with --bn-data CACHE\n"
+    assert not out.exists()
+
+
 # ---- prepacked oneDNN path (the CPU default of the fast path) ----------------------------------------
 
 def test_cpu_fast_path_is_prepacked_and_matches_for_any_shape(small_unet):

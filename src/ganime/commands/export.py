@@ -37,7 +37,17 @@ def _add_generator_options(p) -> None:
                    help="set its edge-aware smoothing of the colour layer between the sketch's lines (pixels; 0: off)")
     p.add_argument("--bn-data", metavar="CACHE",
                    help="recompute the generator's BatchNorm statistics on this prepared training cache first")
-    p.add_argument("--bn-batches", type=int, default=50, help="batches for --bn-data (default 50)")
+    p.add_argument("--bn-batches", type=int, help="batches for --bn-data (default 50)")
+
+
+def _generator_options(args) -> dict:
+    """The export functions' keyword arguments of :func:`_add_generator_options`, checked."""
+    from ganime.errors import InputError
+
+    if args.bn_batches is not None and args.bn_data is None:
+        raise InputError(f"--bn-batches {args.bn_batches}: applies only with --bn-data CACHE")
+    return dict(color_blur=args.color_blur, color_flatten=args.color_flatten, bn_data=args.bn_data,
+                bn_batches=50 if args.bn_batches is None else args.bn_batches)
 
 
 def _check_out(path: str, suffix: str, overwrite: bool) -> None:
@@ -58,8 +68,7 @@ def run_onnx(args) -> int:
     from ganime.export import export_onnx
 
     _check_out(args.out, ".onnx", args.overwrite)
-    r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, color_blur=args.color_blur,
-                    bn_data=args.bn_data, bn_batches=args.bn_batches, color_flatten=args.color_flatten)
+    r = export_onnx(args.checkpoint, args.out, size=args.size, opset=args.opset, **_generator_options(args))
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['method']} generator, traced at {r['size']}px)")
     return 0
 
@@ -68,7 +77,6 @@ def run_safetensors(args) -> int:
     from ganime.export import export_safetensors
 
     _check_out(args.out, ".safetensors", args.overwrite)
-    r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype, color_blur=args.color_blur,
-                           bn_data=args.bn_data, bn_batches=args.bn_batches, color_flatten=args.color_flatten)
+    r = export_safetensors(args.checkpoint, args.out, dtype=args.dtype, **_generator_options(args))
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.1f} MB, {r['dtype']} {r['method']} generator)")
     return 0
