@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import struct
 import zlib
@@ -156,12 +157,32 @@ def _bad_checkpoint(kind, path, good):
         torch.save(ck, path)
     elif kind == "missing":
         pass
+    else:  # hand-edited: entries GANime never writes
+        ck = torch.load(good, weights_only=True)
+        cfg = json.loads(ck["config_json"])
+        if kind == "depth-str":
+            cfg["net"]["gen_depth"] = "8"
+        elif kind == "net-list":
+            cfg["net"] = [1, 2]
+        elif kind == "config-list":
+            cfg = [cfg]
+        elif kind == "models-list":
+            ck["models"] = [ck["models"]["G"]]
+        elif kind == "weights-str":
+            ck["models"]["G"] = {"x": "not a tensor"}
+        elif kind == "progress-str":
+            ck["progress"]["epoch"] = "3"
+        ck["config_json"] = json.dumps(cfg)
+        torch.save(ck, path)
 
 
 @pytest.mark.parametrize("kind,needle", [
     ("corrupt", "corrupt or truncated"), ("bitflip", "fails its checksum"), ("foreign", "not a GANime checkpoint"),
     ("pickle", "refused"),
     ("text", "not a readable checkpoint"), ("empty", "empty file"), ("newer", "newer"), ("missing", "no such checkpoint"),
+    ("depth-str", "setting gen_depth = '8': expected int"), ("net-list", "NetConfig settings are not a mapping"),
+    ("config-list", "configuration is not understood"), ("models-list", "'models' entry is not a set of weights"),
+    ("weights-str", "'models' entry is not a set of weights"), ("progress-str", "'progress' entry is not understood"),
 ])
 def test_bad_checkpoints_give_one_line(kind, needle, tiny_checkpoint, odd_inputs, tmp_path, capsys):
     ck = tmp_path / "model.pt"

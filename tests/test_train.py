@@ -344,6 +344,16 @@ def test_cli_resume_refuses_changed_settings_and_another_method(cache256, tmp_pa
     assert main(args + ["--resume", "--lambda-l1", "100", "--no-line-multiply", "--max-steps", "2",
                         "--log-every", "7"]) == 0
     assert load_checkpoint(out / "last.pt")["config"]["train"]["log_every"] == 7
+    # a damaged or hand-edited config.json is one sentence naming it, for the run and its --dry-run alike
+    saved, _ = (out / "config.json").read_text(), capsys.readouterr()
+    for broken, needle in ((saved[:40], "Expecting"), (saved.replace('"batch_size": 2', '"batch_size": "2"'),
+                                                       "setting batch_size = '2': expected int")):
+        (out / "config.json").write_text(broken)
+        for dry in ([], ["--dry-run"]):
+            assert main(args + ["--resume", *dry]) == 2
+            line = one_line_error(capsys)
+            assert "config.json: not a readable run configuration" in line and needle in line, line
+    (out / "config.json").write_text(saved)
 
 
 def test_cli_resume_keeps_what_a_resume_changed_for_the_next_one(cache256, tmp_path, capsys):

@@ -117,6 +117,16 @@ def _load_torch(path: Path) -> dict:
     for key in ("method", "models"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint is missing its {key!r} entry")
+    # What GANime writes, checked here so that a hand-edited file is one sentence, not an error deep inside
+    if not isinstance(obj["method"], str) or not isinstance(obj["config"], dict):
+        raise CheckpointError(f"{path}: checkpoint's method or configuration is not understood")
+    models = obj["models"]
+    if not isinstance(models, dict) or not all(
+            isinstance(sd, dict) and all(isinstance(t, torch.Tensor) for t in sd.values()) for sd in models.values()):
+        raise CheckpointError(f"{path}: checkpoint's 'models' entry is not a set of weights")
+    progress = obj.get("progress", {})
+    if not isinstance(progress, dict) or not all(isinstance(v, int) for v in progress.values()):
+        raise CheckpointError(f"{path}: checkpoint's 'progress' entry is not understood")
     return obj
 
 

@@ -112,7 +112,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise InputError(f"run settings are not a mapping (got {type(d).__name__})")
         d = dict(d)
+        for name in ("method", "preset"):
+            if not isinstance(d.get(name, ""), str):
+                raise InputError(f"run setting {name} = {str(d[name])[:40]!r}: expected str")
+        if not isinstance(d.get("options", {}), dict):
+            raise InputError("run setting options: expected a mapping")
         net = _dataclass_from(NetConfig, d.pop("net", {}))
         train = _dataclass_from(TrainConfig, d.pop("train", {}))
         known = {f.name for f in fields(cls)} - {"net", "train"}
@@ -171,11 +178,31 @@ class RunConfig:
         return self
 
 
+def read_run_config(saved) -> RunConfig:
+    """A run folder's ``config.json``; a damaged or hand-edited one is one sentence naming it."""
+    from pathlib import Path
+
+    try:
+        return RunConfig.from_dict(json.loads(Path(saved).read_text()))
+    except (ValueError, InputError) as e:
+        raise InputError(f"{saved}: not a readable run configuration ({str(e)[:160]})") from None
+
+
 def _dataclass_from(cls, d: dict):
+    """``cls(**d)`` for settings read from a file (a run's config.json, a checkpoint): unknown names and values
+    of the wrong type (a hand-edited ``"gen_depth": "8"``) are one :class:`InputError` sentence."""
+    if not isinstance(d, dict):
+        raise InputError(f"{cls.__name__} settings are not a mapping (got {type(d).__name__})")
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:
         raise InputError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+    for f in fields(cls):
+        if f.name in d:
+            value, kind = d[f.name], type(f.default)
+            ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+            if not ok or (kind is not bool and isinstance(value, bool)):
+                raise InputError(f"{cls.__name__} setting {f.name} = {str(value)[:40]!r}: expected {kind.__name__}")
     return cls(**d)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ganime.checkpoint import load_checkpoint, save_checkpoint
-from ganime.config import COLOUR_LAYER_SMOOTHING, RunConfig
+from ganime.config import COLOUR_LAYER_SMOOTHING, RunConfig, read_run_config
 from ganime.data.loader import PairLoader, step_seed
 from ganime.errors import InputError, TrainingDiverged
 from ganime.imageio import atomic_write_bytes
@@ -120,9 +120,9 @@ def check_run_folder(out: str | Path, method: str, resume: bool) -> None:
         if not last.exists() and not saved.exists():
             raise InputError(f"{out}: nothing to resume (no last.pt); drop --resume to start a new run")
         if saved.exists():
-            old = json.loads(saved.read_text())
-            if old.get("method") != method:
-                raise InputError(f"{out}: holds a {old.get('method')} run, not {method}")
+            old = read_run_config(saved)
+            if old.method != method:
+                raise InputError(f"{out}: holds a {old.method} run, not {method}")
         return
     if out.exists() and any(out.iterdir()):
         if not saved.exists():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -84,13 +83,13 @@ def build_config(args, options: dict, net: dict | None = None):
     """The run's configuration: from the command line, or on --resume from the run's config.json, which the
     options given may extend (length, bookkeeping, evaluation) but not change (``net``: the network settings
     given, field -> (option as written, value), checked on --resume only)."""
-    from ganime.config import RunConfig, make_config
+    from ganime.config import make_config, read_run_config
     from ganime.errors import InputError
 
     saved = Path(args.out) / "config.json"
     evaluation = _evaluation_settings(args)
     if args.resume and saved.exists():
-        cfg = RunConfig.from_dict(json.loads(saved.read_text()))
+        cfg = read_run_config(saved)
         if cfg.method != args.method:
             raise InputError(f"{args.out}: holds a {cfg.method} run, not {args.method}; "
                              f"continue it with ganime train {cfg.method} --resume")
