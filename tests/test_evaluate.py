@@ -96,6 +96,7 @@ def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, m
     ("flatten-without-colour-layer", "trained with --line-multiply"),
     ("missing-split", "folder has no 'val' split (has: train)"),
     ("out-is-the-data", "is where the pairs of"),
+    ("out-inside-the-data", "is inside the data folder"),
 ])
 def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pairs, tmp_path, capsys, monkeypatch):
     pairs = make_pairs(2, size=32)
@@ -117,6 +118,8 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
         "flatten-without-colour-layer": ["--method", "pix2pix", "--checkpoint", tiny_checkpoint, "--flatten", 2, *base],
         "missing-split": ["--method", "identity", *base, "--split", "val"],
         "out-is-the-data": ["--method", "identity", *base, "--out", pairs, "--overwrite"],
+        # a new DATA/val: the next evaluation of DATA would read the results as its val split
+        "out-inside-the-data": ["--method", "identity", *base, "--out", pairs / "val"],
     }[case]
     if case == "no-default-model":
         import ganime.colorize
@@ -124,7 +127,7 @@ def test_bad_inputs_are_one_line_errors(case, expect, tiny_checkpoint, make_pair
         monkeypatch.setattr(ganime.colorize, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
     assert evaluate_cli(*args) == 2
     assert expect in one_line_error(capsys)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (pairs / "val").exists()
 
 
 def test_default_model_with_another_flattening(make_pairs, tmp_path):

@@ -312,8 +312,12 @@ def make_generator(method: str, checkpoint: str | None = None, device: str | tor
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool, data: str | os.PathLike | None = None) -> Path:
     """Refuse a non-empty output folder unless ``overwrite`` (which then replaces only our own files), and
-    one the pairs of ``data`` are read from (its grid.png would be read as a pair next time)."""
+    one inside ``data`` or that its pairs are read from (its grid.png would be read as a pair next time; a
+    new ``DATA/val`` would become a split of results)."""
     out = Path(out)
+    if data is not None and Path(data).resolve() in out.resolve().parents:
+        raise InputError(f"{out}: is inside the data folder {data}, where results would be read as pairs; "
+                         "choose another --out")
     if data is not None and out.is_dir():
         from ganime.data.pairs import discover
 
