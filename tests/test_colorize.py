@@ -215,6 +215,27 @@ def test_inconsistent_exported_models_give_one_line(kind, needle, tiny_checkpoin
     assert needle in line and "model.safetensors" in line
 
 
+def test_a_damaged_exported_model_is_refused(tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    """safetensors carries no checksum: a flipped byte in the weights loaded silently (99 of 150 flips)."""
+    good = tmp_path / "good.safetensors"
+    ck = load_checkpoint(tiny_checkpoint)
+    export_safetensors(good, method="pix2pix", config=ck["config"], generator_state=ck["models"]["G"])
+    data = bytearray(good.read_bytes())
+    data[len(data) - 5] ^= 0x40  # a weight's byte: the data section ends the file
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(bytes(data))
+    rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "model.safetensors: not a readable safetensors file (corrupt: its weights fail their checksum)" \
+        in one_line_error(capsys)
+    # a model exported before the checksum (the shipped one) still loads
+    from safetensors.torch import load_file, save_file
+
+    meta = load_checkpoint(good)["meta"]
+    del meta["sha256"]
+    save_file(load_file(good), tmp_path / "old.safetensors", metadata=meta)
+    assert load_checkpoint(tmp_path / "old.safetensors")["method"] == "pix2pix"
+
+
 def test_checkpoint_of_another_method_is_refused_where_a_method_is_expected(tiny_checkpoint):
     with pytest.raises(CheckpointError, match="is a pix2pix checkpoint, but cyclegan"):
         load_checkpoint(tiny_checkpoint, expect_method="cyclegan")

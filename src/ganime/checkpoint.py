@@ -7,11 +7,13 @@ fsynced and renamed over the target, so a crash or ``kill -9`` at any moment lea
 or the new checkpoint, never a torn one.
 
 Inference-only exports (and the shipped default model) use safetensors: fp16/fp32 generator weights
-with the run configuration and method name in the header metadata.
+with the run configuration, method name and the SHA-256 of the tensor bytes in the header metadata
+(checked on load; exports made before it have none).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -169,7 +171,15 @@ def export_safetensors(path: str | os.PathLike, *, method: str, config: dict, ge
         "method": method, "config": json.dumps(config, sort_keys=True), "kind": "generator",
     }
     meta.update({k: str(v) for k, v in (extra_meta or {}).items()})
+    # safetensors has no checksum of its own: the tensor bytes' SHA-256 goes into the header (the data
+    # section does not depend on the header), so a damaged copy is refused instead of loading altered weights
+    meta["sha256"] = hashlib.sha256(_data_section(save(tensors, metadata=meta))).hexdigest()
     atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _data_section(data: bytes) -> bytes:
+    """A safetensors file's tensor bytes: what follows the 8-byte header length and the JSON header."""
+    return data[8 + int.from_bytes(data[:8], "little"):]
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -184,6 +194,8 @@ def _load_safetensors(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
     if meta.get("format") != FORMAT or "config" not in meta or "method" not in meta:
         raise CheckpointError(f"{path}: not a GANime model (safetensors without GANime metadata)")
+    if "sha256" in meta and hashlib.sha256(_data_section(data)).hexdigest() != meta["sha256"]:  # older exports: none
+        raise CheckpointError(f"{path}: not a readable safetensors file (corrupt: its weights fail their checksum)")
     try:
         version, config = int(meta.get("format_version", 1)), json.loads(meta["config"])
     except ValueError:
