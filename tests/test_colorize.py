@@ -52,6 +52,21 @@ def test_colorize_keeps_each_input_size_and_handles_modes(tiny_checkpoint, odd_i
         assert res.size == Image.open(src).size and res.mode == "RGB", src.name
 
 
+def test_a_pngs_transparent_colour_is_white_paper(tmp_path):
+    """A PNG without alpha may mark one grey or RGB value transparent (tRNS, as PNG optimisers write line
+    art on a transparent layer): that paper is composited on white like an alpha channel, not kept grey."""
+    from ganime.imageio import open_image
+
+    lines = np.full((20, 30), 77, np.uint8)
+    lines[5:8, :] = 0
+    Image.fromarray(lines, "L").save(tmp_path / "grey.png", transparency=77)
+    Image.fromarray(np.stack([lines] * 3, -1), "RGB").save(tmp_path / "rgb.png", transparency=(77, 77, 77))
+    Image.fromarray(lines.astype(np.uint16) * 257).save(tmp_path / "sixteen.png", transparency=77 * 257)
+    for name in ("grey.png", "rgb.png", "sixteen.png"):
+        arr = np.asarray(open_image(tmp_path / name))
+        assert (arr[0] == 255).all() and (arr[6] == 0).all(), name
+
+
 def test_colorize_never_overwrites_without_permission(tiny_checkpoint, odd_inputs, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -42,11 +42,17 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
 
 
 def to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. Transparency is composited over ``background`` (white paper)."""
+    """Any PIL mode -> 8-bit RGB. Transparency is composited over ``background`` (white paper), an
+    alpha channel and a PNG's transparent colour (``tRNS``: grey, RGB, 16-bit) alike."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
+        clear = arr == im.info["transparency"] if isinstance(im.info.get("transparency"), int) else None
         hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
         im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        if clear is not None:
+            im.putalpha(Image.fromarray(np.where(clear, 0, 255).astype(np.uint8), "L"))
+    if im.mode in ("L", "RGB") and "transparency" in im.info:
+        im = im.convert("RGBA")  # the colour the file marks as transparent
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
