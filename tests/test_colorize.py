@@ -299,6 +299,25 @@ def test_colorizer_maps_hints_through_the_same_geometry(tmp_path):
     assert torch.allclose(x[0, 3, 16, 0], torch.tensor(1.0)) and torch.allclose(x[0, 4, 16, 0], torch.tensor(-1.0))
 
 
+def test_hints_of_another_shape_are_refused_not_stretched():
+    """Hints of another aspect (painted on a rotated or cropped copy) would land away from where they were
+    painted: one sentence; a scaled copy of the same shape is mapped as before."""
+    from ganime.errors import InputError
+    from ganime.nn.unet import UNetGenerator
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    cfg.net.hint_channels = 4
+    col = Colorizer(UNetGenerator(7, 3, 8, 6), cfg, "pix2pix", torch.device("cpu"))
+    sketch = Image.new("RGB", (128, 64), "white")
+    with pytest.raises(InputError, match="hints are 64x128 but the sketch is 128x64; paint hints at the sketch's size"):
+        col.prepare(sketch, Image.new("RGBA", (64, 128)))
+    half = Image.new("RGBA", (64, 32), (0, 0, 0, 0))
+    half.paste((255, 0, 0, 255), (0, 0, 8, 8))
+    x, _ = col.prepare(sketch, half)
+    assert x[0, 6, 16:24, 0:8].min() == 1 and x[0, 6].sum() == 64
+
+
 def test_colour_input_is_flagged(tiny_checkpoint, tmp_path, capsys):
     from ganime.colorize import looks_coloured
 

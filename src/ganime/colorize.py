@@ -191,6 +191,11 @@ class Colorizer:
         if self.hint_channels:
             if hints is not None:
                 if hints.size != sketch.size:
+                    (hw, hh), (sw, sh) = hints.size, sketch.size
+                    if abs(hw * sh - hh * sw) > max(sw, sh, hw, hh):  # more than a pixel of rounding off
+                        # stretched onto the sketch, each stroke would land away from where it was painted
+                        raise InputError(f"hints are {hw}x{hh} but the sketch is {sw}x{sh}; paint hints at the "
+                                         "sketch's size (or a scaled copy of the same shape)")
                     hints = hints.resize(sketch.size, Image.NEAREST)
                 hfit, _ = self._fit(hints.convert("RGBA"), Image.NEAREST, (0, 0, 0, 0), s)
                 hm = hint_map_from_rgba(hfit)[None]
