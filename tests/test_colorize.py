@@ -79,10 +79,11 @@ def test_colorize_never_overwrites_without_permission(tiny_checkpoint, odd_input
     assert Image.open(out / "tall.png").size == (37, 91)
 
 
-def test_colorize_into_the_input_folder_never_replaces_the_sketches(tiny_checkpoint, odd_inputs, capsys):
+def test_colorize_into_the_input_folder_never_replaces_the_sketches(tiny_checkpoint, odd_inputs, tmp_path, capsys):
     # --overwrite replaces earlier results, not the sketches themselves (same folder, same stem, .png)
     before = {p.name: p.read_bytes() for p in odd_inputs.iterdir()}
-    for extra in ([], ["--hints", str(odd_inputs / "rgba.png")]):
+    Image.new("RGBA", (37, 91), (0, 0, 0, 0)).save(tmp_path / "hints.png")
+    for extra in ([], ["--hints", str(tmp_path / "hints.png")]):
         src = [str(odd_inputs / "tall.png")] if extra else [str(odd_inputs)]
         rc = main(["colorize", *src, "--checkpoint", str(tiny_checkpoint), "--out", str(odd_inputs), "--overwrite",
                    "--no-progress", *extra])

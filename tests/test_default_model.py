@@ -64,7 +64,9 @@ def test_a_strong_hint_pulls_the_colour_near_it(colorizer):
 
 def test_hints_on_a_model_without_hint_channels_are_refused(tiny_checkpoint, tmp_path, capsys):
     hints = tmp_path / "h.png"
-    Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(hints)
+    strokes = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    strokes.paste((255, 0, 0, 255), (4, 4, 8, 8))
+    strokes.save(hints)
     rc = main(["colorize", str(SKETCH), "--checkpoint", str(tiny_checkpoint), "--hints", str(hints),
                "--out", str(tmp_path / "o")])
     assert rc != 0
@@ -75,6 +77,12 @@ def test_hints_without_transparency_are_refused(tmp_path, capsys):
     """An RGB hint image would hint every pixel (a JPEG, or strokes flattened onto white): say so."""
     hints = tmp_path / "h.png"
     Image.new("RGB", Image.open(SKETCH).size, (255, 255, 255)).save(hints)
+    rc = main(["colorize", str(SKETCH), "--hints", str(hints), "--out", str(tmp_path / "o")])
+    assert rc != 0
+    assert "h.png: image has no transparency" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    # An RGBA image whose every pixel is opaque (exported with its white background layer) hints them all too.
+    Image.new("RGBA", Image.open(SKETCH).size, (255, 255, 255, 255)).save(hints)
     rc = main(["colorize", str(SKETCH), "--hints", str(hints), "--out", str(tmp_path / "o")])
     assert rc != 0
     assert "h.png: image has no transparency" in one_line_error(capsys)
@@ -138,3 +146,5 @@ def test_library_inputs_are_read_as_the_cli_reads_them(colorizer, tmp_path):
         colorizer([[0]])
     with pytest.raises(InputError, match="hints: image has no transparency"):
         colorizer(sketch, Image.new("RGB", sketch.size, "red"))
+    with pytest.raises(InputError, match="hints: image has no transparency"):
+        colorizer(sketch, Image.new("RGBA", sketch.size, "red"))  # alpha, but every pixel opaque

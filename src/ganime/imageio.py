@@ -72,8 +72,12 @@ def to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
 
 def check_transparent(im: Image.Image, name: str) -> None:
     """Hint strokes are painted on a transparent layer: an image without transparency would hint every
-    pixel (a JPEG, or strokes flattened onto white), so it is refused in one sentence."""
-    if "A" not in im.getbands() and "transparency" not in im.info:
+    pixel (a JPEG, or strokes flattened onto white), so it is refused in one sentence; so is one whose
+    every pixel is opaque (an RGBA PNG exported with its white background layer)."""
+    opaque = "A" not in im.getbands() and "transparency" not in im.info
+    if not opaque:  # a hint is where alpha > 0.5 (colorize.hint_map_from_rgba): no pixel below that, all hinted
+        opaque = im.convert("RGBA").getchannel("A").getextrema()[0] > 127
+    if opaque:
         raise InputError(f"{name}: image has no transparency; hints are colour strokes on a "
                          "transparent layer (an RGBA PNG), anything unpainted left transparent")
 
