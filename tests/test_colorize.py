@@ -92,6 +92,18 @@ def test_colorize_into_the_input_folder_never_replaces_the_sketches(tiny_checkpo
     assert {p.name: p.read_bytes() for p in odd_inputs.iterdir()} == before
 
 
+def test_an_out_that_is_a_file_is_refused_before_colouring_with_hints_too(tiny_checkpoint, odd_inputs, tmp_path,
+                                                                          capsys):
+    Image.new("RGBA", (37, 91), (0, 0, 0, 0)).save(tmp_path / "hints.png")
+    (tmp_path / "file").write_bytes(b"mine")
+    for extra in ([], ["--hints", str(tmp_path / "hints.png")]):
+        rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(tiny_checkpoint), "--out",
+                   str(tmp_path / "file"), "--no-progress", *extra])
+        assert rc == 2
+        assert "file: exists and is not a folder" in one_line_error(capsys)
+    assert (tmp_path / "file").read_bytes() == b"mine"
+
+
 @pytest.mark.parametrize("kind,needle", [
     ("zero", "empty file"),
     ("text", "not a readable image"),

@@ -49,6 +49,8 @@ def run(args) -> int:
             raise InputError("--hints applies to exactly one input image")
         hints = open_hints(args.hints)
         src = Path(args.inputs[0])
+        if Path(args.out).exists() and not Path(args.out).is_dir():  # as colorize_files says, before any work
+            raise InputError(f"{args.out}: exists and is not a folder")
         target = Path(args.out) / f"{src.stem}.png"
         check_not_input(src, target, "the input sketch")
         if target.exists() and not args.overwrite:
