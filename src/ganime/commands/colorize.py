@@ -83,7 +83,7 @@ def add_fast_arg(p) -> None:
                         "between the sketch's lines, in pixels (0: off; default: the model's own, 5 for the shipped one)")
     p.add_argument("--fast", choices=FAST_CHOICES, default="auto",
                    help="inference path: auto (default: bf16 where the CPU/GPU has native bf16, else fp32; "
-                        "prepacked oneDNN convolutions on the CPU), fp32 (same pixels as off, faster), "
+                        "prepacked oneDNN convolutions on the CPU), fp32 (faster; pixels as off, rarely one 8-bit level apart), "
                         "bf16 (fastest; pixels within a few 8-bit levels), off (plain eager float32)")
 
 
