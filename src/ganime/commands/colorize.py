@@ -72,9 +72,10 @@ def add_fast_arg(p) -> None:
     from ganime.commands import positive
 
     p.add_argument("--max-size", type=positive(int), default=1024,
-                   help="largest working size (default 1024): a sketch is coloured at the multiple of 256 nearest "
-                        "its longest side, between the model's training size and this, so its lines keep their "
-                        "thickness; the training size (e.g. 256) gives the paper's fixed-size behaviour")
+                   help="largest working size (default 1024): a sketch is coloured at the size nearest its longest "
+                        "side that the U-Net takes (a multiple of 2^depth: 256 for the shipped model), between the "
+                        "model's training size and this, so its lines keep their thickness; the training size "
+                        "(e.g. 256) gives the paper's fixed-size behaviour")
     p.add_argument("--background", choices=("model", "paper"), default="model",
                    help="model (default): the background as generated; paper: keep the sketch's blank paper "
                         "around the drawing (found by filling from the border) as it is")
