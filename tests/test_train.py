@@ -37,7 +37,8 @@ def test_smoke_run_writes_logs_samples_config_and_checkpoint(tmp_path):
     assert len(steps) == 4 and all(np.isfinite(l["G_l1"]) and l["img_s"] > 0 for l in steps)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
     ckpt = load_checkpoint(out / "last.pt")
-    assert ckpt["method"] == "pix2pix" and ckpt["progress"] == {"epoch": 2, "step": 0, "global_step": 4}
+    assert ckpt["method"] == "pix2pix" and ckpt["progress"] == {"epoch": 2, "step": 0, "global_step": 4,
+                                                                 "world_size": 1}
     assert set(ckpt["models"]) == {"G", "D"} and set(ckpt["optimizers"]) == {"G", "D"}
 
 
@@ -60,6 +61,22 @@ def test_resume_continues_exactly(tmp_path, stop_at):
     assert [r["global_step"] for r in log if r["kind"] == "step"] == [1, 2, 3, 4]
 
 
+def test_resume_by_another_number_of_processes_continues_the_epoch_where_its_images_stopped(tmp_path, capsys):
+    """A run saved mid-epoch by 2 processes and resumed by 1 skipped half the epoch's remaining images (its
+    step counted batches of the old layout)."""
+    cfg, pairs = tiny_config(epochs=2), tiny_pairs(8)  # batch 2: 4 steps per epoch in one process
+    Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, max_steps=1).fit()
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert ck["progress"] == {"epoch": 0, "step": 1, "global_step": 1, "world_size": 1}
+    ck["progress"]["world_size"] = 2  # as 2 processes would save it: 4 of the epoch's 8 images used
+    torch.save(ck, tmp_path / "r" / "last.pt")
+    capsys.readouterr()
+    Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, resume=True, max_steps=2).fit()
+    assert "saved by 2 processes, resumed by 1: the epoch continues at step 2" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["progress"] == {"epoch": 0, "step": 3, "global_step": 2,
+                                                                        "world_size": 1}
+
+
 def test_resume_past_max_steps_trains_nothing(tmp_path):
     # it trained one more step (the limit was checked after each step) and reported "finished"
     cfg, pairs = tiny_config(epochs=2), tiny_pairs(4)
@@ -74,7 +91,8 @@ def test_time_limit_saves_and_stops_then_resume_continues(tmp_path, capsys):
     pairs = tiny_pairs(4)  # 2 steps per epoch
     res = Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, time_limit=1e-6).fit()
     assert res.time_limit_reached and not res.interrupted and res.global_step == 1  # checked after each step
-    assert load_checkpoint(tmp_path / "r" / "last.pt")["progress"] == {"epoch": 0, "step": 1, "global_step": 1}
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["progress"] == {"epoch": 0, "step": 1, "global_step": 1,
+                                                                        "world_size": 1}
     assert "time limit reached: saved" in capsys.readouterr().err
     res = Trainer(cfg, pairs, tmp_path / "r", device="cpu", progress=False, resume=True, time_limit=3600).fit()
     assert not res.time_limit_reached and res.global_step == 6 and res.epochs_done == 3
@@ -315,7 +333,8 @@ def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     assert main(args) != 0  # exists, no --resume
     assert "--resume" in one_line_error(capsys)
     assert main(args + ["--resume"]) == 0
-    assert load_checkpoint(out / "last.pt")["progress"] == {"epoch": 2, "step": 0, "global_step": 4}
+    assert load_checkpoint(out / "last.pt")["progress"] == {"epoch": 2, "step": 0, "global_step": 4,
+                                                                 "world_size": 1}
     capsys.readouterr()
     assert main(args + ["--resume", "--epochs", "3", "--time-limit", "0.000001"]) == 0  # a clean stop, exit 0
     assert "time limit reached: 2 epochs, 5 steps" in capsys.readouterr().out

@@ -287,6 +287,14 @@ class Trainer:
         self.method.load_state(ckpt)
         p = ckpt["progress"]
         self.epoch, self.step, self.global_step = p["epoch"], p["step"], p["global_step"]
+        saved_world = p.get("world_size", self.world_size)  # checkpoints before it was recorded: assume the same
+        if saved_world != self.world_size and self.step:
+            # Step s of an epoch has used the first s x batch x processes images of its shuffled order whatever
+            # the number of processes, so the position carries over in images (rounded down: a few again).
+            self.step = self.step * saved_world // self.world_size
+            if self.main:
+                print(f"ganime: {path} was saved by {saved_world} processes, resumed by {self.world_size}: the "
+                      f"epoch continues at step {self.step} of the new layout", file=sys.stderr)
         if self.main:
             print(f"ganime: resuming {path} at epoch {self.epoch + 1}, step {self.step}", file=sys.stderr)
 
@@ -295,7 +303,8 @@ class Trainer:
             return
         save_checkpoint(
             self.out / name, method=self.cfg.method, config=self.cfg.to_dict(), state=self.method.state(),
-            progress={"epoch": self.epoch, "step": self.step, "global_step": self.global_step},
+            progress={"epoch": self.epoch, "step": self.step, "global_step": self.global_step,
+                      "world_size": self.world_size},
         )
 
     def _tensorboard(self):
