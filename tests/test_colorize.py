@@ -331,6 +331,28 @@ def test_hints_of_another_shape_are_refused_not_stretched():
     assert x[0, 6, 16:24, 0:8].min() == 1 and x[0, 6].sum() == 64
 
 
+def test_thin_hint_strokes_on_a_large_sketch_survive_the_shrink():
+    """Hints were shrunk nearest-neighbour: 1-px strokes on a sketch 8x the working size vanished (every
+    other one at 2x). A shrunk pixel is now hinted where any painted pixel falls in it, with their colour."""
+    from ganime.nn.unet import UNetGenerator
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    cfg.net.hint_channels = 4
+    col = Colorizer(UNetGenerator(7, 3, 8, 6), cfg, "pix2pix", torch.device("cpu"))  # works at 64 px
+    sketch = Image.new("RGB", (512, 256), "white")
+    hints = np.zeros((256, 512, 4), np.uint8)
+    hints[100:180, 200] = (255, 0, 0, 255)
+    hints[100:180, 301] = (0, 0, 255, 255)
+    hints[100:180, 302] = (0, 0, 255, 128)  # half transparent: not painted, as hint_map_from_rgba reads it
+    x, box = col.prepare(sketch, Image.fromarray(hints, "RGBA"))
+    assert box == (0, 16, 64, 48)
+    mask, rgb = x[0, 6], x[0, 3:6]
+    assert mask.sum(0).nonzero().flatten().tolist() == [25, 37]  # columns 200 / 8 and 301 / 8
+    assert mask.sum() == 2 * 11  # rows 100-179 touch shrunk rows 12-22 (each 8 rows)
+    assert rgb[:, 30, 25].tolist() == [1.0, -1.0, -1.0] and rgb[:, 30, 37].tolist() == [-1.0, -1.0, 1.0]
+
+
 def test_colour_input_is_flagged(tiny_checkpoint, tmp_path, capsys):
     from ganime.colorize import looks_coloured
 

@@ -32,6 +32,24 @@ def hint_map_from_rgba(hints: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([rgb, mask], -1)).permute(2, 0, 1)
 
 
+def resize_hints(hints: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """RGBA strokes resized to ``size``: a shrunk pixel is painted where any painted pixel falls in it, with
+    their mean colour, so thin strokes on a large sketch survive (nearest-neighbour dropped every other
+    1-px line); enlarged, nearest-neighbour (no colours blended at a stroke's edge)."""
+    hints = hints.convert("RGBA")
+    if size[0] >= hints.width and size[1] >= hints.height:
+        return hints.resize(size, Image.NEAREST)
+    rgba = np.asarray(hints, dtype=np.float32)
+    mask = (rgba[..., 3] > 127.5).astype(np.float32)  # painted, as hint_map_from_rgba reads it
+    def box(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a, "F").resize(size, Image.BOX))
+    cover = box(mask)
+    painted = cover > 1e-6
+    rgb = np.stack([box(rgba[..., c] * mask) for c in range(3)], -1) / np.maximum(cover, 1e-6)[..., None]
+    out = np.concatenate([rgb.round().clip(0, 255), 255.0 * painted[..., None]], -1)
+    return Image.fromarray(out.astype(np.uint8), "RGBA")
+
+
 def paper_background(sketch: np.ndarray, ink: float = 0.8, gap: int = 2, max_iter: int = 4096) -> np.ndarray:
     """Mask (H x W bool) of the blank paper around a drawing: the paper connected to the image border.
 
@@ -196,8 +214,8 @@ class Colorizer:
                         # stretched onto the sketch, each stroke would land away from where it was painted
                         raise InputError(f"hints are {hw}x{hh} but the sketch is {sw}x{sh}; paint hints at the "
                                          "sketch's size (or a scaled copy of the same shape)")
-                    hints = hints.resize(sketch.size, Image.NEAREST)
-                hfit, _ = self._fit(hints.convert("RGBA"), Image.NEAREST, (0, 0, 0, 0), s)
+                hfit = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+                hfit.paste(resize_hints(hints, (box[2] - box[0], box[3] - box[1])), box[:2])
                 hm = hint_map_from_rgba(hfit)[None]
             else:
                 hm = torch.zeros(1, self.hint_channels, s, s)
