@@ -277,6 +277,19 @@ def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
     assert "crayon" in one_line_error(capsys)
 
 
+def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsys):
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(src / "a.jpg")
+    synthetic_color(1, 48).save(src / "a.png")
+    out = tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--no-progress"]) == 0
+    std = capsys.readouterr()
+    assert "wrote 1 pairs" in std.out and "a.png" in std.err and "rename" in std.err
+    left = np.asarray(Image.open(out / "a.png"))[:, :48]  # the colour half: a.jpg's, the first by name
+    assert np.abs(left.astype(int) - np.asarray(Image.open(src / "a.jpg")).astype(int)).max() == 0
+
+
 @pytest.mark.parametrize("case", ["size-negative", "size-zero", "size-huge", "out-is-src"])
 def test_sketchify_bad_size_or_output_is_one_line(tmp_path, capsys, case):
     src = tmp_path / "colour"

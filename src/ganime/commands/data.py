@@ -54,6 +54,7 @@ def run_sketchify(args) -> int:
     r = sketchify_folder(args.src, args.out, args.extractor, args.seed, args.size, progress=not args.no_progress)
     print(f"wrote {r['written']} pairs to {args.out} (kept {r['kept']} existing)")
     _report_skipped(r["failed"], "unreadable")
+    _report_skipped(r["clashes"], "same-named")
     return 0
 
 

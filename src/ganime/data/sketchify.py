@@ -55,7 +55,8 @@ def _sketchify_one(job) -> str | None:
 
 def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: int | None = None,
                      progress: bool = True, workers: int | None = None) -> dict:
-    """Write ``out/<stem>.png`` = colour|sketch for every image in ``src``; returns counts and failures.
+    """Write ``out/<stem>.png`` = colour|sketch for every image in ``src``; returns counts and failures
+    (``clashes``: files skipped because an earlier one by name has their stem, as ``a.jpg`` and ``a.png``).
 
     The extractor and parameters of file i depend only on (seed, i), whatever was done before.
     """
@@ -79,7 +80,14 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(f, out / f"{f.stem}.png", extractor, step_seed(seed, i), size) for i, f in enumerate(files)]
+    jobs, taken, clashes = [], {}, []
+    for i, f in enumerate(files):
+        target = out / f"{f.stem}.png"
+        if target in taken:  # a.jpg and a.png: one pair file; the first by name keeps it
+            clashes.append(f"{f}: same name as {taken[target].name}, whose pair is {target}; rename one to keep both")
+            continue
+        taken[target] = f
+        jobs.append((f, target, extractor, step_seed(seed, i), size))
     todo = [j for j in jobs if not j[1].exists()]
     kept = len(jobs) - len(todo)
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
@@ -99,4 +107,4 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     written = len(todo) - len(failed)
     if written + kept == 0:
         raise InputError(f"{src}: none of the {len(files)} images could be read ({failed[0] if failed else ''})")
-    return {"written": written, "kept": kept, "failed": failed}
+    return {"written": written, "kept": kept, "failed": failed, "clashes": clashes}
