@@ -277,6 +277,19 @@ def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
     assert "crayon" in one_line_error(capsys)
 
 
+def test_sketchify_pair_depends_on_the_file_not_on_the_others(tmp_path):
+    from ganime.data.sketchify import sketchify_folder
+
+    alone, among = tmp_path / "alone", tmp_path / "among"
+    for folder, names in ((alone, ["m.png"]), (among, ["a.png", "b.png", "c.png", "m.png"])):
+        folder.mkdir()
+        for k, name in enumerate(names):
+            synthetic_color(7 if name == "m.png" else k, 48).save(folder / name)
+    for folder in (alone, among):
+        sketchify_folder(folder, tmp_path / f"{folder.name}-pairs", "random", seed=3, progress=False, workers=1)
+    assert (tmp_path / "alone-pairs" / "m.png").read_bytes() == (tmp_path / "among-pairs" / "m.png").read_bytes()
+
+
 def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsys):
     src = tmp_path / "colour"
     src.mkdir()

@@ -3,11 +3,12 @@
 Each output file is ``colour | sketch`` side by side (the Kaggle layout), so the result can be fed
 to ``ganime data prepare`` like the real dataset. Outputs that already exist are kept (reruns only
 fill in what is missing); the extractor and its parameters are drawn from ``--seed`` and the file's
-position, so a rerun produces the same pairs.
+name, so a rerun produces the same pairs, whatever other files SRC holds then.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -53,12 +54,18 @@ def _sketchify_one(job) -> str | None:
     return None
 
 
+def _name_key(name: str) -> int:
+    """A stable 63-bit integer for a file name (the per-file part of its seed)."""
+    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") >> 1
+
+
 def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: int | None = None,
                      progress: bool = True, workers: int | None = None) -> dict:
     """Write ``out/<stem>.png`` = colour|sketch for every image in ``src``; returns counts and failures
     (``clashes``: files skipped because an earlier one by name has their stem, as ``a.jpg`` and ``a.png``).
 
-    The extractor and parameters of file i depend only on (seed, i), whatever was done before.
+    The extractor and parameters of a file depend only on (seed, its name), whatever was done before
+    and whatever else ``src`` holds.
     """
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -81,13 +88,13 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
         raise InputError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     jobs, taken, clashes = [], {}, []
-    for i, f in enumerate(files):
+    for f in files:
         target = out / f"{f.stem}.png"
         if target in taken:  # a.jpg and a.png: one pair file; the first by name keeps it
             clashes.append(f"{f}: same name as {taken[target].name}, whose pair is {target}; rename one to keep both")
             continue
         taken[target] = f
-        jobs.append((f, target, extractor, step_seed(seed, i), size))
+        jobs.append((f, target, extractor, step_seed(seed, _name_key(f.name)), size))
     todo = [j for j in jobs if not j[1].exists()]
     kept = len(jobs) - len(todo)
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
