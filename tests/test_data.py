@@ -270,11 +270,32 @@ def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
     assert im.size == (96, 48)
     first = (out / "c0.png").read_bytes()
     (out / "c1.png").write_bytes(b"user's own file")
-    assert main(["data", "sketchify", str(src), str(out), "--seed", "2", "--no-progress"]) == 0
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--seed", "1", "--no-progress"]) == 0
     assert (out / "c0.png").read_bytes() == first and (out / "c1.png").read_bytes() == b"user's own file"
     capsys.readouterr()
     assert main(["data", "sketchify", str(src), str(out), "--extractor", "crayon"]) != 0
     assert "crayon" in one_line_error(capsys)
+
+
+def test_sketchify_rerun_with_other_settings_is_refused(tmp_path, capsys):
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(src / "c0.png")
+    out = tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--seed", "1", "--no-progress"]) == 0
+    first = (out / "c0.png").read_bytes()
+    synthetic_color(1, 48).save(src / "c1.png")
+    for other in (["--seed", "2"], ["--extractor", "xdog", "--seed", "1"], ["--seed", "1", "--size", "32"]):
+        capsys.readouterr()
+        assert main(["data", "sketchify", str(src), str(out), "--no-progress", *other]) == 2
+        assert "--extractor random --seed 1" in one_line_error(capsys)
+    assert sorted(p.name for p in out.iterdir()) == [".sketchify.json", "c0.png"]
+    assert (out / "c0.png").read_bytes() == first
+    assert main(["data", "sketchify", str(src), str(out), "--seed", "1", "--no-progress"]) == 0
+    assert "wrote 1 pairs" in capsys.readouterr().out
+    xdog = tmp_path / "xdog-pairs"  # a fixed extractor draws nothing: its seed does not matter
+    assert main(["data", "sketchify", str(src), str(xdog), "--extractor", "xdog", "--no-progress"]) == 0
+    assert main(["data", "sketchify", str(src), str(xdog), "--extractor", "xdog", "--seed", "5", "--no-progress"]) == 0
 
 
 def test_sketchify_pair_depends_on_the_file_not_on_the_others(tmp_path):

@@ -2,13 +2,15 @@
 
 Each output file is ``colour | sketch`` side by side (the Kaggle layout), so the result can be fed
 to ``ganime data prepare`` like the real dataset. Outputs that already exist are kept (reruns only
-fill in what is missing); the extractor and its parameters are drawn from ``--seed`` and the file's
+fill in what is missing; ``OUT/.sketchify.json`` records the settings, and a rerun with others is refused
+rather than mixing two kinds of pairs); the extractor and its parameters are drawn from ``--seed`` and the file's
 name, so a rerun produces the same pairs, whatever other files SRC holds then.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +21,10 @@ from PIL import Image
 from ganime.data.sketch import EXTRACTORS, PARAM_RANGES, extract, random_extract
 from ganime.data.loader import step_seed
 from ganime.errors import InputError
-from ganime.imageio import list_images, open_image, save_png
+from ganime.imageio import atomic_write_bytes, list_images, open_image, save_png
+
+#: The settings of the pairs in an output folder, for reruns to check.
+SETTINGS_FILE = ".sketchify.json"
 
 
 def sketchify_image(img: np.ndarray, extractor: str = "random", seed: int = 0, params: dict | None = None) -> np.ndarray:
@@ -59,6 +64,11 @@ def _name_key(name: str) -> int:
     return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") >> 1
 
 
+def _flags(settings: dict) -> str:
+    """The command-line options of recorded settings: ``--extractor xdog --size 256``."""
+    return " ".join(f"--{k} {v}" for k, v in settings.items() if v is not None) or "no options"
+
+
 def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: int | None = None,
                      progress: bool = True, workers: int | None = None) -> dict:
     """Write ``out/<stem>.png`` = colour|sketch for every image in ``src``; returns counts and failures
@@ -86,7 +96,18 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
         raise InputError(f"{src}: no image files found")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
+    settings = {"extractor": extractor, "size": size, **({"seed": seed} if extractor == "random" else {})}
+    saved = out / SETTINGS_FILE
+    if saved.exists():
+        try:
+            before = json.loads(saved.read_text())
+        except ValueError:  # damaged: nothing known to compare with
+            before = settings
+        if before != settings:
+            raise InputError(f"{out}: holds pairs made with {_flags(before)}, not {_flags(settings)}; rerun with "
+                             "those to complete it, or write to another folder")
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(saved, json.dumps(settings).encode())
     jobs, taken, clashes = [], {}, []
     for f in files:
         target = out / f"{f.stem}.png"
