@@ -38,7 +38,7 @@ for r in $(seq 1 "${KAGGLE_REPEAT:-30}"); do
   for f in "$work"/kaggle-train/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/r$r-$(basename "$f")"; done
 done
 ganime data prepare "$work/mixed" "$work/cache" --no-progress
-resume=(); [[ -f "$work/run/last.pt" ]] && resume=(--resume)
+resume=(); [[ -f "$work/run/config.json" ]] && resume=(--resume)  # also a run killed before its first last.pt
 val=(); (( val_every > 0 )) && val=(--val-data "$work/busts-val" --keep-best "${KEEP_BEST:-lpips}")
 ganime train pix2pix --data "$work/cache" --out "$work/run" --hints --lambda-hint 20 --sketch-augment 0.5 \
   --line-multiply --save-every-steps 50 --log-every 10 "${val[@]}" "${resume[@]}" "$@"
