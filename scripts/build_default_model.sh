@@ -19,21 +19,23 @@ work=${1:?usage: build_default_model.sh WORK [train args]}; shift
 data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
 mkdir -p "$work"
 ganime data sketchify "$data/anime-busts/train" "$work/busts-train-pairs" --seed 0 --no-progress
-rm -rf "$work/mixed" "$work/busts-val"  # links only: remade, so a changed VAL_EVERY never leaks a held-out bust
+# links only: remade, so a changed VAL_EVERY (or sort order) never leaks a held-out bust or Kaggle pair
+rm -rf "$work/mixed" "$work/busts-val" "$work/kaggle-train" "$work/kaggle-heldout"
 mkdir -p "$work/kaggle-train" "$work/kaggle-heldout" "$work/mixed" "$work/busts-val"
+# sorted byte-wise (LC_ALL=C), whatever the machine's locale; absolute targets, so a relative GANIME_DATA works
 i=0
-for f in $(ls "$data/kaggle-sample"/*.png | sort); do
+while IFS= read -r f; do
   if (( i % 3 == 0 )); then dst="$work/kaggle-train"; else dst="$work/kaggle-heldout"; fi
-  ln -sf "$f" "$dst/$(basename "$f")"
+  ln -sf "$(readlink -f "$f")" "$dst/$(basename "$f")"
   i=$((i + 1))
-done
+done < <(printf '%s\n' "$data/kaggle-sample"/*.png | LC_ALL=C sort)
 val_every=${VAL_EVERY:-32}
 i=0
-for f in $(ls "$work"/busts-train-pairs/*.png | sort); do
+while IFS= read -r f; do
   if (( val_every > 0 && i % val_every == val_every - 1 )); then dst="$work/busts-val"; else dst="$work/mixed"; fi
   ln -sf "$(readlink -f "$f")" "$dst/$(basename "$f")"
   i=$((i + 1))
-done
+done < <(printf '%s\n' "$work"/busts-train-pairs/*.png | LC_ALL=C sort)
 for r in $(seq 1 "${KAGGLE_REPEAT:-30}"); do
   for f in "$work"/kaggle-train/*.png; do ln -sf "$(readlink -f "$f")" "$work/mixed/r$r-$(basename "$f")"; done
 done
