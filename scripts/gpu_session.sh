@@ -34,6 +34,8 @@ start=$SECONDS
 left() { echo $((BUDGET - (SECONDS - start))); }
 stage() { echo; echo "=== $1 (t=$((SECONDS - start)) s, $(left) s left)"; }
 export PYTHONPATH=$root/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 GANIME_DATA=$root/.gpu/data
+# the benchmarks' real illustrations: there is no ../shared/data on the device, only what .gpu carried
+export GANIME_BENCH_IMAGES=${GANIME_BENCH_IMAGES:-$GANIME_DATA/anime-busts/train}
 ganime() { python3 -m ganime "$@"; }  # no console script there: the package runs from src/
 export -f ganime  # for build_default_model.sh (timeout and other programs need "python3 -m ganime")
 mkdir -p "$OUT"
