@@ -205,3 +205,54 @@ def test_result_options_reach_the_shipped_model(browser, shipped_page):
     ref = Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu")
     assert np.array_equal(got, np.asarray(ref(sketch, flatten=1.5, background="paper")))
     assert not np.array_equal(got, np.asarray(ref(sketch)))
+
+
+def open_page(d, server):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d.get(f"http://127.0.0.1:{server.port}/")
+    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.getElementById('method').options.length") > 0)
+
+
+def sketch_view(d) -> dict:
+    """What the page shows and would send: the sketch's size, the hint canvas's size and painted pixels."""
+    return d.execute_script(
+        "const c = document.getElementById('hints'), i = document.getElementById('sketch');"
+        "const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let k = 3; k < a.length; k += 4) if (a[k] > 0) n++;"
+        "return {shown: [i.naturalWidth, i.naturalHeight], canvas: [c.width, c.height], painted: n,"
+        "        name: document.getElementById('file-name').textContent};")
+
+
+def test_a_failed_pick_keeps_the_current_sketch(browser, page, tmp_path):
+    """A file the page refuses (too many pixels, unreadable), picked after a sketch, leaves that sketch
+    shown with its hints: the page used to show the new file (or a broken image) over the old hint
+    canvas while Colorize still sent the old file."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from ganime.web.server import Limits
+
+    small = Running(page.server.models, Limits(max_pixels=300 * 300))
+    try:
+        d = browser
+        open_page(d, small)
+        good, big, bad = tmp_path / "good.png", tmp_path / "big.png", tmp_path / "broken.png"
+        Image.open(SKETCH).convert("RGB").resize((200, 150)).save(good)
+        Image.open(SKETCH).convert("RGB").resize((400, 400)).save(big)
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        d.find_element(By.ID, "file").send_keys(str(good))
+        assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+        ActionChains(d).move_to_element(d.find_element(By.ID, "hints")).click().perform()
+        before = sketch_view(d)
+        assert before["shown"] == before["canvas"] == [200, 150] and before["painted"] > 0
+        for f, why in ((big, "400x400 pixels"), (bad, "not a readable image")):
+            d.find_element(By.ID, "file").send_keys(str(f))
+            assert wait_state(d, ("error",), 30) == "error"
+            assert why in d.find_element(By.ID, "error").text
+            assert sketch_view(d) == before
+        d.find_element(By.ID, "colorize").click()
+        assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+        assert fetch_png(d, "download").size == (200, 150)
+    finally:
+        small.close()

@@ -23,6 +23,7 @@ const state = {
   last: null,
   resultUrl: null,
   sketchUrl: null,
+  picks: 0,           // sketches picked so far (a slow decode of an older pick is dropped)
 };
 
 const canvas = $("hints");
@@ -117,10 +118,18 @@ function loadSketch(file) {
     return;
   }
   const url = URL.createObjectURL(file);
-  const img = $("sketch");
+  // Decoded off-screen first: a file that fails (unreadable, too many pixels) leaves the sketch shown,
+  // its hints and the file that Colorize sends as they were.
+  const img = new Image();
+  const pick = ++state.picks;  // only the latest pick is shown, however the decodes finish
   img.onload = () => {
     const w = img.naturalWidth, h = img.naturalHeight;
+    if (pick !== state.picks) {
+      URL.revokeObjectURL(url);
+      return;
+    }
     if (state.limits && w * h > state.limits.max_pixels) {
+      URL.revokeObjectURL(url);
       showError(`${file.name} is ${w}x${h} pixels; this server accepts up to ${state.limits.max_pixels.toLocaleString()} pixels.`);
       return;
     }
@@ -134,7 +143,8 @@ function loadSketch(file) {
     ctx.clearRect(0, 0, w, h);
     state.painted = false;
     state.undo = [];
-    img.hidden = false;
+    $("sketch").src = url;
+    $("sketch").hidden = false;
     canvas.hidden = false;
     $("drop").classList.remove("empty");
     $("file-name").textContent = `${file.name} · ${w}×${h}`;
@@ -144,7 +154,7 @@ function loadSketch(file) {
   };
   img.onerror = () => {
     URL.revokeObjectURL(url);
-    showError(`${file.name} is not a readable image.`);
+    if (pick === state.picks) showError(`${file.name} is not a readable image.`);
   };
   img.src = url;
 }
