@@ -256,3 +256,51 @@ def test_a_failed_pick_keeps_the_current_sketch(browser, page, tmp_path):
         assert fetch_png(d, "download").size == (200, 150)
     finally:
         small.close()
+
+
+def test_a_new_sketch_drops_the_answer_for_the_old_one(browser, page, tmp_path):
+    """Picking another sketch while Colorize is out: the late answer is not shown beside the new sketch
+    (nor offered for download under its name), and Colorize is ready for the new one."""
+    import dataclasses
+    import threading
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    release = threading.Event()
+    inner = page.server.models[page.server.default_model]
+
+    def run(*args, **kw):
+        release.wait(60)
+        return inner.run(*args, **kw)
+
+    slow = Running({"slow": dataclasses.replace(inner, name="slow", run=run)})
+    try:
+        d = browser
+        open_page(d, slow)
+        first, second = tmp_path / "first.png", tmp_path / "second.png"
+        Image.open(SKETCH).convert("RGB").resize((200, 150)).save(first)
+        Image.open(SKETCH).convert("RGB").resize((150, 200)).save(second)
+        d.find_element(By.ID, "file").send_keys(str(first))
+        assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+        d.find_element(By.ID, "colorize").click()
+        assert wait_state(d, ("working",), 10) == "working"
+        d.find_element(By.ID, "file").send_keys(str(second))
+        assert wait_state(d, ("ready",), 30) == "ready"
+        release.set()
+        deadline = time.monotonic() + 60
+        while not any('"POST /api/colorize" 200' in line for line in slow.log):
+            assert time.monotonic() < deadline, slow.log
+            time.sleep(0.1)
+        time.sleep(1)  # the page has the answer by now
+        assert d.execute_script("return document.body.dataset.state") == "ready"
+        assert not d.find_element(By.ID, "result").is_displayed()
+        assert not d.find_element(By.ID, "download").is_displayed()
+        button = d.find_element(By.ID, "colorize")
+        assert button.text == "Colorize" and button.is_enabled()
+        button.click()
+        assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+        assert fetch_png(d, "download").size == (150, 200)
+    finally:
+        release.set()
+        slow.close()

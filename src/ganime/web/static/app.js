@@ -24,6 +24,7 @@ const state = {
   resultUrl: null,
   sketchUrl: null,
   picks: 0,           // sketches picked so far (a slow decode of an older pick is dropped)
+  job: 0,             // bumped by each Colorize and each new sketch: an older request's answer is dropped
 };
 
 const canvas = $("hints");
@@ -149,6 +150,8 @@ function loadSketch(file) {
     $("drop").classList.remove("empty");
     $("file-name").textContent = `${file.name} · ${w}×${h}`;
     clearResult();
+    showNotice("");
+    endWork();  // a request still out for the previous sketch is forgotten
     setState("ready");
     updateButtons();
   };
@@ -258,6 +261,7 @@ async function colorize() {
   if (!state.file || !m) return;
   showError("");
   showNotice("");
+  const job = ++state.job;
   setState("working");
   updateButtons();
   $("colorize").textContent = "Colouring…";
@@ -271,6 +275,7 @@ async function colorize() {
     if (!$("result-options").hidden) form.append("background", $("paper").checked ? "paper" : "model");
     if (!$("result-options").hidden && !$("flatten-group").hidden) form.append("flatten", $("flatten").value);
     const r = await fetch("/api/colorize", { method: "POST", body: form });
+    if (job !== state.job) return;
     if (!r.ok) {
       let msg = `${r.status} ${r.statusText}`;
       try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
@@ -279,10 +284,12 @@ async function colorize() {
     }
     showNotice(r.headers.get("X-Ganime-Warning") ? `Note: ${r.headers.get("X-Ganime-Warning")}.` : "");
     const blob = await r.blob();
+    if (job !== state.job) return;
     clearResult();
     state.resultUrl = URL.createObjectURL(blob);
     const out = $("result");
     await new Promise((resolve, reject) => { out.onload = resolve; out.onerror = reject; out.src = state.resultUrl; });
+    if (job !== state.job) return;
     out.hidden = false;
     $("result-placeholder").hidden = true;
     $("result-stage").classList.remove("empty");
@@ -293,12 +300,17 @@ async function colorize() {
     dl.setAttribute("aria-disabled", "false");
     setState("done");
   } catch (e) {
-    showError(`Colorize failed: ${e.message || e}`);
+    if (job === state.job) showError(`Colorize failed: ${e.message || e}`);
   } finally {
-    $("colorize").textContent = "Colorize";
-    $("result-stage").setAttribute("aria-busy", "false");
-    updateButtons();
+    if (job === state.job) endWork();
   }
+}
+
+function endWork() {
+  state.job++;
+  $("colorize").textContent = "Colorize";
+  $("result-stage").setAttribute("aria-busy", "false");
+  updateButtons();
 }
 
 // ---- wiring -----------------------------------------------------------------------------------
