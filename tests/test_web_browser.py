@@ -304,3 +304,25 @@ def test_a_new_sketch_drops_the_answer_for_the_old_one(browser, page, tmp_path):
     finally:
         release.set()
         slow.close()
+
+
+def test_a_sketch_edited_on_disk(browser, page, tmp_path):
+    """Editing the sketch file after picking it: Colorize still colours the sketch shown (the browser
+    refused to read the changed file: "Failed to fetch"), and picking the same file again loads the
+    new version (the file input fired no change event for the same file)."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    open_page(d, page)
+    f = tmp_path / "wip.png"
+    Image.open(SKETCH).convert("RGB").resize((200, 150)).save(f)
+    d.find_element(By.ID, "file").send_keys(str(f))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    Image.open(SKETCH).convert("RGB").resize((150, 200)).save(f)
+    os.utime(f, (f.stat().st_atime, f.stat().st_mtime + 10))
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+    assert fetch_png(d, "download").size == (200, 150)
+    d.find_element(By.ID, "file").send_keys(str(f))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    assert sketch_view(d)["canvas"] == [150, 200]

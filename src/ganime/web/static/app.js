@@ -106,7 +106,7 @@ function updateButtons() {
 }
 
 // ---- the sketch -------------------------------------------------------------------------------
-function loadSketch(file) {
+async function loadSketch(file) {
   showError("");
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) {
@@ -118,11 +118,19 @@ function loadSketch(file) {
     showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; this server accepts up to ${mb} MB.`);
     return;
   }
+  const pick = ++state.picks;  // only the latest pick is shown, however the decodes finish
+  try {
+    // A copy in memory: Colorize sends the sketch shown even after the file is edited on disk (the
+    // browser refuses to read a File changed since it was picked: "Failed to fetch").
+    file = new File([await file.arrayBuffer()], file.name, { type: file.type });
+  } catch (e) {
+    if (pick === state.picks) showError(`${file.name} cannot be read (${e.message}).`);
+    return;
+  }
   const url = URL.createObjectURL(file);
   // Decoded off-screen first: a file that fails (unreadable, too many pixels) leaves the sketch shown,
   // its hints and the file that Colorize sends as they were.
   const img = new Image();
-  const pick = ++state.picks;  // only the latest pick is shown, however the decodes finish
   img.onload = () => {
     const w = img.naturalWidth, h = img.naturalHeight;
     if (pick !== state.picks) {
@@ -317,7 +325,10 @@ function endWork() {
 function init() {
   setState("idle");
   buildPalette();
-  $("file").addEventListener("change", (e) => loadSketch(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    loadSketch(e.target.files[0]);
+    e.target.value = "";  // so that picking the same file again (edited meanwhile) loads it again
+  });
   $("style-file").addEventListener("change", updateButtons);
   $("method").addEventListener("change", onMethodChange);
   $("brush").addEventListener("input", () => { $("brush-value").textContent = $("brush").value; });
