@@ -326,3 +326,32 @@ def test_a_sketch_edited_on_disk(browser, page, tmp_path):
     d.find_element(By.ID, "file").send_keys(str(f))
     assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
     assert sketch_view(d)["canvas"] == [150, 200]
+
+
+def test_flat_colours_start_from_a_server_setting_over_10(browser, page):
+    """ganime serve --flatten 12: the page starts from 12 and sends it (the slider stopped at 10, so
+    every request from the page quietly overrode the server's setting)."""
+    import dataclasses
+
+    from selenium.webdriver.common.by import By
+
+    inner = page.server.models[page.server.default_model]
+    asked = []
+
+    def run(sketch, hints=None, style=None, **options):
+        asked.append(options)
+        return inner.run(sketch, hints, style)  # (the test model has no colour layer to flatten)
+
+    for setting, sent in ((12.0, 12.0), (3.0, 3.0)):
+        fake = Running({"flat": dataclasses.replace(inner, name="flat", run=run, info={**inner.info, "flatten": setting})})
+        try:
+            d = browser
+            open_page(d, fake)
+            assert d.find_element(By.ID, "flatten-value").text == f"{setting:g}"
+            d.find_element(By.ID, "file").send_keys(str(SKETCH))
+            assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+            d.find_element(By.ID, "colorize").click()
+            assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+            assert asked.pop()["flatten"] == sent
+        finally:
+            fake.close()

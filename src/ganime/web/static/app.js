@@ -88,7 +88,11 @@ function onMethodChange() {
   $("result-options").hidden = !colorizer;
   const flat = colorizer && typeof m.flatten === "number";
   $("flatten-group").hidden = !flat;
-  if (flat) setFlatten(Math.min(m.flatten, Number($("flatten").max)));
+  if (flat) {
+    // 0-10 px, or up to the model's own setting when that is higher (ganime serve --flatten 12)
+    $("flatten").max = String(Math.max(10, Math.ceil(m.flatten)));
+    setFlatten(m.flatten);
+  }
   $("paper").checked = colorizer && m.background === "paper";
   updateButtons();
 }
