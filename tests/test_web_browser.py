@@ -355,3 +355,30 @@ def test_flat_colours_start_from_a_server_setting_over_10(browser, page):
             assert asked.pop()["flatten"] == sent
         finally:
             fake.close()
+
+
+def test_hints_covering_a_small_sketch(browser, page, tmp_path):
+    """A few dabs cover a small sketch: the page says so instead of sending hints that the server
+    refuses with a sentence about RGBA PNGs the page's user never made."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    open_page(d, page)
+    f = tmp_path / "tiny.png"
+    Image.open(SKETCH).convert("RGB").resize((20, 20)).save(f)
+    d.find_element(By.ID, "file").send_keys(str(f))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    canvas = d.find_element(By.ID, "hints")
+    for dx in (-6, 0, 6):
+        for dy in (-6, 0, 6):
+            ActionChains(d).move_to_element_with_offset(canvas, dx, dy).click().perform()
+    assert sketch_view(d)["painted"] == 400
+    posts = sum('"POST /api/colorize"' in line for line in page.log)
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("done", "error")) == "error"
+    assert "cover the whole sketch" in d.find_element(By.ID, "error").text
+    assert sum('"POST /api/colorize"' in line for line in page.log) == posts
+    d.find_element(By.ID, "undo").click()
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text

@@ -268,6 +268,14 @@ function canvasBlob() {
   return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 
+// The server refuses hints without a transparent pixel (an image flattened onto a background would hint
+// every pixel); on a small sketch a few dabs of the brush can cover it all.
+function hintsCoverAll() {
+  const a = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 3; i < a.length; i += 4) if (a[i] <= 127) return false;
+  return true;
+}
+
 async function colorize() {
   const m = currentModel();
   if (!state.file || !m) return;
@@ -282,6 +290,10 @@ async function colorize() {
     const form = new FormData();
     form.append("image", state.file, state.file.name);
     form.append("method", m.name);
+    if (m.hints && state.painted && hintsCoverAll()) {
+      throw new Error("the hints cover the whole sketch; erase or undo some: hints are a few strokes where "
+                      + "colours should go, and the model colours the rest");
+    }
     if (m.hints && state.painted) form.append("hints", await canvasBlob(), "hints.png");
     if (m.needs_style) form.append("style", $("style-file").files[0]);
     if (!$("result-options").hidden) form.append("background", $("paper").checked ? "paper" : "model");
