@@ -10,6 +10,8 @@ const PALETTE = [
   ["blue", "#3a6fe0"], ["purple", "#8e5cc4"], ["grey", "#9e9e9e"], ["black", "#222222"], ["white", "#ffffff"],
 ];
 const MAX_UNDO = 20;
+// Each undo step is a full copy of the hint canvas (4 bytes a pixel): 20 of a 4096x4096 sketch held 1.3 GB.
+const MAX_UNDO_BYTES = 256 * 2 ** 20;
 
 const state = {
   file: null,          // the sketch File as picked (sent unchanged)
@@ -193,7 +195,8 @@ function canvasPoint(e) {
 
 function pushUndo() {
   state.undo.push({ data: ctx.getImageData(0, 0, canvas.width, canvas.height), painted: state.painted });
-  if (state.undo.length > MAX_UNDO) state.undo.shift();
+  const bytes = 4 * canvas.width * canvas.height;
+  while (state.undo.length > Math.max(1, Math.min(MAX_UNDO, Math.floor(MAX_UNDO_BYTES / bytes)))) state.undo.shift();
   updateButtons();
 }
 
