@@ -405,3 +405,21 @@ def test_undo_memory_is_bounded_on_a_large_sketch(browser, page, tmp_path):
         steps += 1
     assert steps == 4
     assert sketch_view(d)["painted"] > 0  # the first dab, whose undo step was let go
+
+
+def test_a_file_dropped_beside_the_sketch_panel(browser, page, tmp_path):
+    """Dropped on the result panel, a file is taken as the sketch; the page did not cancel such a drop,
+    and a desktop browser then leaves the page, painted hints and all, to show the file."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    open_page(d, page)
+    f = tmp_path / "dropped.png"
+    Image.open(SKETCH).convert("RGB").resize((120, 90)).save(f)
+    r = d.find_element(By.ID, "result-stage").rect
+    at = {"x": r["x"] + r["width"] / 2, "y": r["y"] + r["height"] / 2}
+    data = {"items": [], "files": [str(f)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):  # a real drag, through the browser's input pipeline
+        d.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, **at, "data": data})
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    assert sketch_view(d)["canvas"] == [120, 90]

@@ -371,6 +371,15 @@ function init() {
     drop.classList.remove("over");
     if (e.dataTransfer.files.length) loadSketch(e.dataTransfer.files[0]);
   });
+  // A file dropped elsewhere on the page is taken as the sketch too: left alone, the browser would leave
+  // the page (and the hints painted on it) to show the file. File inputs keep their own drop.
+  for (const ev of ["dragover", "drop"]) {
+    document.addEventListener(ev, (e) => {
+      if (e.defaultPrevented || e.target.matches("input[type=file]")) return;
+      e.preventDefault();
+      if (ev === "drop" && e.dataTransfer.files.length) loadSketch(e.dataTransfer.files[0]);
+    });
+  }
   // A click on the empty panel opens the file picker; once a sketch is shown, clicks paint.
   drop.addEventListener("click", (e) => { if (drop.classList.contains("empty")) $("file").click(); });
   loadServerInfo();
