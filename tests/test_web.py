@@ -581,6 +581,9 @@ def test_open_connections_are_capped_and_the_cap_frees_up(models):
             time.sleep(0.01)
         status, headers, body = s.request("GET", "/api/health")
         assert "too many open connections" in error_of(status, headers, body, 503)
+        from ganime.web.server import SECURITY_HEADERS  # promised on every answer, this one too
+
+        assert headers["Cache-Control"] == "no-store" and all(headers[k] == v for k, v in SECURITY_HEADERS.items())
         for c in idle:
             c.close()
         deadline = time.time() + 5

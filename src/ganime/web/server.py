@@ -320,9 +320,10 @@ class GanimeServer(ThreadingHTTPServer):
             return super().process_request(request, client_address)
         body = json.dumps({"error": "too many open connections; try again in a few seconds"}).encode()
         try:
-            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                            b"Retry-After: 2\r\nConnection: close\r\n"
-                            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Cache-Control": "no-store",
+                       **SECURITY_HEADERS, "Retry-After": "2", "Connection": "close"}
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n" + body)
         except OSError:
             pass
         self.log_line(f"{client_address[0]} - refused: {self.limits.max_connections} connections open")
