@@ -357,6 +357,17 @@ def test_flat_colours_start_from_a_server_setting_over_10(browser, page):
             fake.close()
 
 
+def pick_resized_sketch(d, page, path, side: int, timeout: float):
+    """Open the page, pick the sample sketch resized to side x side (saved at ``path``): the hint canvas."""
+    from selenium.webdriver.common.by import By
+
+    open_page(d, page)
+    Image.open(SKETCH).convert("RGB").resize((side, side)).save(path)
+    d.find_element(By.ID, "file").send_keys(str(path))
+    assert wait_state(d, ("ready", "error"), timeout) == "ready", d.find_element(By.ID, "error").text
+    return d.find_element(By.ID, "hints")
+
+
 def test_hints_covering_a_small_sketch(browser, page, tmp_path):
     """A few dabs cover a small sketch: the page says so instead of sending hints that the server
     refuses with a sentence about RGBA PNGs the page's user never made."""
@@ -364,12 +375,7 @@ def test_hints_covering_a_small_sketch(browser, page, tmp_path):
     from selenium.webdriver.common.by import By
 
     d = browser
-    open_page(d, page)
-    f = tmp_path / "tiny.png"
-    Image.open(SKETCH).convert("RGB").resize((20, 20)).save(f)
-    d.find_element(By.ID, "file").send_keys(str(f))
-    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
-    canvas = d.find_element(By.ID, "hints")
+    canvas = pick_resized_sketch(d, page, tmp_path / "tiny.png", 20, 30)
     for dx in (-6, 0, 6):
         for dy in (-6, 0, 6):
             ActionChains(d).move_to_element_with_offset(canvas, dx, dy).click().perform()
@@ -391,12 +397,7 @@ def test_undo_memory_is_bounded_on_a_large_sketch(browser, page, tmp_path):
     from selenium.webdriver.common.by import By
 
     d = browser
-    open_page(d, page)
-    f = tmp_path / "large.png"
-    Image.open(SKETCH).convert("RGB").resize((4096, 4096)).save(f)
-    d.find_element(By.ID, "file").send_keys(str(f))
-    assert wait_state(d, ("ready", "error"), 60) == "ready", d.find_element(By.ID, "error").text
-    canvas = d.find_element(By.ID, "hints")
+    canvas = pick_resized_sketch(d, page, tmp_path / "large.png", 4096, 60)
     for k in range(5):
         ActionChains(d).move_to_element_with_offset(canvas, -100 + 40 * k, 0).click().perform()
     undo, steps = d.find_element(By.ID, "undo"), 0
