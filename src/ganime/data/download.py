@@ -38,8 +38,9 @@ def find_split_root(root: Path) -> Path | None:
         return any(part.startswith((".", "__MACOSX")) for part in p.relative_to(root).parts)
 
     dirs = sorted(p for p in root.rglob("*") if p.is_dir() and not junk(p))
+    holders = {p.parent for p in dirs if p.name.lower() == "train"}  # one pass: a big folder has many
     for cand in [root, *dirs]:
-        if any(p.parent == cand and p.name.lower() == "train" for p in dirs):
+        if cand in holders:
             return cand
     return None
 
