@@ -298,6 +298,19 @@ def test_sketchify_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert main(["data", "sketchify", str(src), str(xdog), "--extractor", "xdog", "--seed", "5", "--no-progress"]) == 0
 
 
+def test_sketchify_settings_of_a_run_that_wrote_no_pair_do_not_bind_the_next(tmp_path, capsys):
+    """The settings are recorded before any work: a first run stopped (Ctrl-C) or failed before its first
+    pair left only them, and a rerun with other settings was refused for 'pairs' that OUT did not hold."""
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(src / "c0.png")
+    out = tmp_path / "pairs"
+    out.mkdir()
+    (out / ".sketchify.json").write_text('{"extractor": "random", "size": null, "seed": 1}')
+    assert main(["data", "sketchify", str(src), str(out), "--seed", "2", "--no-progress"]) == 0, capsys.readouterr().err
+    assert json.loads((out / ".sketchify.json").read_text())["seed"] == 2
+
+
 def test_sketchify_pair_depends_on_the_file_not_on_the_others(tmp_path):
     from ganime.data.sketchify import sketchify_folder
 

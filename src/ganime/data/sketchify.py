@@ -98,7 +98,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
         raise InputError(f"{out}: exists and is not a folder")
     settings = {"extractor": extractor, "size": size, **({"seed": seed} if extractor == "random" else {})}
     saved = out / SETTINGS_FILE
-    if saved.exists():
+    if saved.exists() and any(out.glob("*.png")):  # settings alone (a run stopped before its first pair) bind nothing
         try:
             before = json.loads(saved.read_text())
         except ValueError:  # damaged: nothing known to compare with
