@@ -380,21 +380,6 @@ def test_download_finds_an_uppercase_train_folder(tmp_path, make_pairs):
     assert {k: len(v) for k, v in discover(root)[1].items()} == {"train": 2, "val": 1}
 
 
-def test_finding_the_train_folder_is_linear_in_the_folders_searched(tmp_path):
-    """A download into a non-empty folder searches all of it: each folder was compared with every other
-    (4,000 folders: about 20 s), where one pass suffices."""
-    import time
-
-    from ganime.data.download import find_split_root
-
-    for i in range(4000):
-        (tmp_path / f"d{i:04d}").mkdir()
-    (tmp_path / "z" / "data" / "Train").mkdir(parents=True)
-    start = time.perf_counter()
-    assert find_split_root(tmp_path) == tmp_path / "z" / "data"
-    assert time.perf_counter() - start < 3
-
-
 def test_download_network_failure_is_one_line(tmp_path):
     from ganime.data.download import download
     from ganime.errors import GanimeError
