@@ -94,7 +94,7 @@ def test_prepare_names_stretched_pairs_and_skips_mismatched_sketch_colour_files(
     out = tmp_path / "cache"
     assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "1 pairs have non-square halves, stretched to 32x32: wide.png (80x40 halves)" in err
+    assert "1 pair has non-square halves, stretched to 32x32: wide.png (80x40 halves)" in err
     assert PairCache(out).count() == 3 and json.loads((out / "index.json").read_text())["stretched"] == [
         "wide.png (80x40 halves)"]
     # Two-folder layout: a sketch and a colour image of different shapes would be misaligned: skipped.

@@ -39,13 +39,18 @@ def resize_hints(hints: Image.Image, size: tuple[int, int]) -> Image.Image:
     hints = hints.convert("RGBA")
     if size[0] >= hints.width and size[1] >= hints.height:
         return hints.resize(size, Image.NEAREST)
-    rgba = np.asarray(hints, dtype=np.float32)
-    mask = (rgba[..., 3] > 127.5).astype(np.float32)  # painted, as hint_map_from_rgba reads it
-    def box(a: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(a, "F").resize(size, Image.BOX))
-    cover = box(mask)
+    from PIL import ImageChops
+
+    # Band by band in Pillow: one float copy of one band at a time (a 4096 px hint image is 64 MB a float band)
+    painted_src = hints.getchannel("A").point(lambda v: 255 if v > 127 else 0)  # as hint_map_from_rgba reads it
+
+    def box(band: Image.Image) -> np.ndarray:  # the mean over each shrunk pixel, in [0, 255]
+        return np.asarray(band.convert("F").resize(size, Image.BOX))
+
+    cover = box(painted_src) / 255.0
     painted = cover > 1e-6
-    rgb = np.stack([box(rgba[..., c] * mask) for c in range(3)], -1) / np.maximum(cover, 1e-6)[..., None]
+    rgb = np.stack([box(ImageChops.multiply(hints.getchannel(c), painted_src)) for c in "RGB"], -1)
+    rgb /= np.maximum(cover, 1e-6)[..., None]
     out = np.concatenate([rgb.round().clip(0, 255), 255.0 * painted[..., None]], -1)
     return Image.fromarray(out.astype(np.uint8), "RGBA")
 

@@ -316,8 +316,8 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool, data: str | os.PathLi
     new ``DATA/val`` would become a split of results)."""
     out = Path(out)
     if data is not None and Path(data).resolve() in out.resolve().parents:
-        raise InputError(f"{out}: is inside the data folder {data}, where results would be read as pairs; "
-                         "choose another --out")
+        raise InputError(f"{out}: is inside the data folder {data}; keep results apart from the pairs (a later "
+                         "evaluation or training could read them as pairs): choose another --out")
     if data is not None and out.is_dir():
         from ganime.data.pairs import discover
 

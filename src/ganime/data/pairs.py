@@ -112,7 +112,8 @@ def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
 def stretched_note(stretched: list[str], size: int) -> str:
     """One line about the pairs (``'name (WxH halves)'``) whose non-square halves were stretched to a square."""
     more = f" and {len(stretched) - 1} more" if len(stretched) > 1 else ""
-    return f"{len(stretched)} pairs have non-square halves, stretched to {size}x{size}: {stretched[0]}{more}"
+    what = "1 pair has" if len(stretched) == 1 else f"{len(stretched)} pairs have"
+    return f"{what} non-square halves, stretched to {size}x{size}: {stretched[0]}{more}"
 
 
 def _load_for_cache(args):
