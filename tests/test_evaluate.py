@@ -337,6 +337,31 @@ def test_eval_hook_in_a_training_run_writes_jsonl_and_figure7(make_pairs, tmp_pa
     assert [r["epoch"] for r in log if r["kind"] == "eval"] == [1, 2]
 
 
+def test_a_failing_evaluation_is_reported_and_training_goes_on(make_pairs, tmp_path, monkeypatch, capsys):
+    """An error inside the evaluation (e.g. CUDA out of memory) stopped the whole training run."""
+    import ganime.metrics
+    from ganime.evaluate import training_eval_hook
+    from ganime.train import Trainer
+
+    real = ganime.metrics.compute_all
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ganime.metrics, "compute_all", flaky)
+    hook = training_eval_hook(make_pairs(3, size=64), every=1, with_inception=False, size=64)
+    res = Trainer(tiny_config(epochs=2), tiny_pairs(4), tmp_path / "run", device="cpu", progress=False,
+                  hooks=[hook]).fit()
+    assert res.epochs_done == 2
+    assert "epoch 1: evaluation failed (RuntimeError: CUDA out of memory)" in capsys.readouterr().err
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [2]
+
+
 def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp_path, capsys):
     from ganime.commands.evaluate import add_table1_args, run_table1
 

@@ -586,7 +586,8 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
     far, the trainer's checkpoint is also saved as ``RUN/best.pt`` and described in ``RUN/best.json``
     (which a resumed run reads, so the best of the whole run is kept). With ``size`` given, the pairs are
     read and the metric's network checked at once, so that a wrong path or a missing network fails before
-    any training.
+    any training; an evaluation that fails during training (out of memory, a full disk) is reported and the
+    training goes on.
     """
     from ganime.config import KEEP_BEST_METRICS
 
@@ -614,6 +615,13 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
     def hook(trainer, epoch: int) -> None:
         if epoch % every:
             return
+        try:
+            evaluate_epoch(trainer, epoch)
+        except Exception as e:  # e.g. CUDA out of memory, a full disk: the training matters more than one point
+            print(f"ganime: warning: epoch {epoch}: evaluation failed ({type(e).__name__}: {e}); no metrics for "
+                  "this epoch, training goes on", file=sys.stderr)
+
+    def evaluate_epoch(trainer, epoch: int) -> None:
         from ganime.metrics import compute_all
 
         if state.get("size") != trainer.cfg.train.size:
