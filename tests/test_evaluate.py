@@ -362,6 +362,29 @@ def test_a_failing_evaluation_is_reported_and_training_goes_on(make_pairs, tmp_p
     assert [r["epoch"] for r in lines] == [2]
 
 
+def test_a_resume_evaluates_the_epoch_a_stop_left_without_metrics(make_pairs, tmp_path, monkeypatch):
+    """last.pt is saved before the evaluation: a run killed (or whose evaluation failed) between the two
+    resumed after that epoch, and metrics.jsonl, metrics.png and best.pt never saw it."""
+    import ganime.metrics
+    from ganime.evaluate import training_eval_hook
+    from ganime.train import Trainer
+
+    folder, run = make_pairs(3, size=64), tmp_path / "run"
+    real = ganime.metrics.compute_all
+    monkeypatch.setattr(ganime.metrics, "compute_all", lambda *a, **k: 1 / 0)  # the first run's evaluation fails
+    hook = training_eval_hook(folder, every=1, with_inception=False, size=64, keep_best="ssim")
+    Trainer(tiny_config(epochs=1), tiny_pairs(4), run, device="cpu", progress=False, hooks=[hook]).fit()
+    assert not (run / "metrics.jsonl").exists()
+    monkeypatch.setattr(ganime.metrics, "compute_all", real)
+    hook = training_eval_hook(folder, every=1, with_inception=False, size=64, keep_best="ssim")
+    Trainer(tiny_config(epochs=2), tiny_pairs(4), run, device="cpu", progress=False, hooks=[hook], resume=True).fit()
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    hook = training_eval_hook(folder, every=1, with_inception=False, size=64, keep_best="ssim")
+    Trainer(tiny_config(epochs=2), tiny_pairs(4), run, device="cpu", progress=False, hooks=[hook], resume=True).fit()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # an evaluated epoch is not evaluated again
+
+
 def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp_path, capsys):
     from ganime.commands.evaluate import add_table1_args, run_table1
 

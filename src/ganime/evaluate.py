@@ -657,6 +657,21 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         if keep_best is not None:
             _keep_if_best(trainer, keep_best, record, state)
 
+    def catch_up(trainer, epoch: int) -> None:
+        """On a resume at the end of ``epoch``: evaluate it if the run stopped (killed, or the evaluation
+        failed) before its line was written, so the curves and best.pt miss no epoch."""
+        path = trainer.out / "metrics.jsonl"
+        done = set()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    done.add(int(json.loads(line)["epoch"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        if epoch not in done:
+            hook(trainer, epoch)
+
+    hook.catch_up = catch_up
     return hook
 
 

@@ -169,7 +169,8 @@ class Trainer:
         out: run folder. Must be new/empty unless ``resume``.
         resume: continue from ``out/last.pt``.
         hooks: callables ``hook(trainer, epoch)`` run after each epoch on the main process
-            (evaluation uses this).
+            (evaluation uses this); one with a ``catch_up(trainer, epoch)`` attribute is also given, when a
+            run resumes at the end of an epoch, the chance to do what a stop before it finished skipped.
     """
 
     def __init__(self, cfg: RunConfig, pairs: np.ndarray | None, out: str | Path, device: str = "auto",
@@ -378,6 +379,10 @@ class Trainer:
         images_per_step = t.batch_size * self.world_size
         bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
                    disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}")
+        if self.main and self.epoch and not self.step:  # resumed at an epoch's end: its hooks may not have run
+            for hook in self.hooks:
+                if hasattr(hook, "catch_up"):
+                    hook.catch_up(self, self.epoch)
         self.method.train_mode(True)
         deadline = time.monotonic() + self.time_limit if self.time_limit else None
         with _StopFlag(abort_on_second=self.dist is None) as stop:
