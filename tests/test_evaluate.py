@@ -501,6 +501,9 @@ def test_keep_best_restarts_its_record_for_another_metric_or_a_missing_best_pt(t
     tr.epoch = 5
     _keep_if_best(tr, "lpips", {"epoch": 5, "global_step": 5, "validation": "v", "lpips_mean": None}, {})
     assert tr.saved[-1] == ("best.pt", 4)  # no value (e.g. weights gone): nothing replaced
+    tr.epoch = 6
+    _keep_if_best(tr, "fid", {"epoch": 6, "global_step": 6, "validation": "v", "fid": "inf"}, {})
+    assert tr.saved[-1] == ("best.pt", 4)  # an infinite FID (the record's "inf"): no comparison with a string
 
 
 def test_keep_best_in_a_training_run_keeps_the_best_epochs_weights(make_pairs, tmp_path):

@@ -698,8 +698,10 @@ def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
 
     key, higher = KEEP_BEST_METRICS[metric]
     value = record.get(key)
-    if value is None:  # e.g. LPIPS weights removed mid-run: say so, keep the old best
-        print(f"ganime: warning: epoch {record['epoch']}: no {metric} value, best.pt left as it is", file=sys.stderr)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):  # None (e.g. LPIPS weights removed
+        # mid-run) or an infinite FID, which the record holds as "inf": say so, keep the old best
+        print(f"ganime: warning: epoch {record['epoch']}: no finite {metric} value, best.pt left as it is",
+              file=sys.stderr)
         return
     best_file = trainer.out / "best.json"
     if "best" not in state:  # a resumed run continues its record, if kept by the same metric on the same pairs
