@@ -482,6 +482,30 @@ def test_keep_best_saves_only_on_improvement_and_survives_a_resume(tmp_path, met
     assert [r["epoch"] for r in tr.logged if r["kind"] == "best"] == saved_at
 
 
+def test_curves_draw_one_line_per_validation_set_and_skip_infinite_values(tmp_path, monkeypatch):
+    """After a resume with another --val-data, metrics.png joined both sets' values into one curve; an
+    infinite FID (the record's "inf") went to matplotlib as a string."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from ganime.evaluate import plot_curves
+
+    panels: dict = {}  # axes -> [(epochs, label)], in the order drawn: FID's panel first, then SSIM mean's
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(ax, x, y, *a, **k):
+        panels.setdefault(id(ax), []).append((list(x), k.get("label")))
+        return real_plot(ax, x, y, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    records = [{"epoch": e, "validation": v, "n": 4, "fid": f, "ssim_mean": 0.5 + e / 100}
+               for e, v, f in ((1, "a", 300.0), (2, "a", "inf"), (3, "b", 250.0), (4, "b", 240.0))]
+    assert plot_curves(records, tmp_path / "metrics.png") and (tmp_path / "metrics.png").stat().st_size > 0
+    fid, ssim = panels.values()
+    assert ssim == [([1, 2], "validation set 1"), ([3, 4], "validation set 2")]
+    assert fid == [([1], "validation set 1"), ([3, 4], "validation set 2")]  # epoch 2's "inf" left out
+
+
 def test_keep_best_restarts_its_record_for_another_metric_or_a_missing_best_pt(tmp_path):
     from ganime.evaluate import _keep_if_best
 

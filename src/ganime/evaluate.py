@@ -550,11 +550,18 @@ def plot_curves(records: list[dict], path: Path) -> bool:
         return False
     panels = [("fid", "FID (biased at small n)"), ("kid_mean", "KID"), ("ssim_mean", "SSIM mean"),
               ("ssim_std", "SSIM std"), ("lpips_mean", "LPIPS")]
+    sets: dict = {}  # one curve per validation set: a resume with another --val-data starts a new one
+    for r in records:
+        sets.setdefault(r.get("validation"), []).append(r)
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
-        pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3)
+        for k, group in enumerate(sets.values()):
+            pts = [(r["epoch"], r[key]) for r in group
+                   if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]  # not None nor "inf"
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=f"validation set {k + 1}" if len(sets) > 1 else None)
+        if len(sets) > 1 and key != "ssim_mean":
+            ax.legend(fontsize=7)
         if key == "ssim_mean" and records and records[-1].get("identity_ssim_mean") is not None:
             ax.axhline(records[-1]["identity_ssim_mean"], ls="--", c="gray", lw=1, label="identity floor")
             ax.axhline(records[-1]["white_ssim_mean"], ls=":", c="gray", lw=1, label="white floor")
