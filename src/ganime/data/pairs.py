@@ -117,12 +117,13 @@ def stretched_note(stretched: list[str], size: int) -> str:
 
 
 def _load_for_cache(args):
-    """-> (name, stacked pair or None, why it was skipped or None, 'W x H' of a non-square half stretched or None)."""
+    """-> (name, stacked pair or None, why it was skipped or None, ``'name (WxH halves)'`` if its non-square
+    halves were stretched to the square, else None: an entry of :func:`stretched_note`)."""
     item, size = args
     try:
         s, c = load_pair(item, None)
         h, w = c.shape[:2]
-        stretched = f"{w}x{h}" if abs(w - h) > 0.02 * max(w, h) else None
+        stretched = f"{item.name} ({w}x{h} halves)" if abs(w - h) > 0.02 * max(w, h) else None
         s, c = resize_square(s, size), resize_square(c, size)
         return item.name, np.stack([s, c]), None, stretched
     except InputError as e:
@@ -189,15 +190,15 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
                     jobs = [(it, size) for it in chunk]
                     results = pool.map(_load_for_cache, jobs, chunksize=8) if pool else map(_load_for_cache, jobs)
                     arrays, names, skipped, stretched = [], [], [], []
-                    for name, arr, err, shape in results:
+                    for name, arr, err, note in results:
                         bar.update(1)
                         if arr is None:
                             skipped.append(err)
                         else:
                             arrays.append(arr)
                             names.append(name)
-                            if shape:
-                                stretched.append(f"{name} ({shape} halves)")
+                            if note:
+                                stretched.append(note)
                     data = np.stack(arrays) if arrays else np.zeros((0, 2, size, size, 3), np.uint8)
                     buf = io.BytesIO()
                     np.save(buf, data)
@@ -355,14 +356,14 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
     workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
     with ThreadPoolExecutor(workers) as ex:
-        for name, arr, err, shape in ex.map(_load_for_cache, [(it, size) for it in items]):
+        for name, arr, err, note in ex.map(_load_for_cache, [(it, size) for it in items]):
             if err is not None:
                 print(f"ganime: warning: skipped {err}", file=sys.stderr)
                 continue
             arrays.append(arr)
             names.append(name)
-            if shape:
-                stretched.append(f"{name} ({shape} halves)")
+            if note:
+                stretched.append(note)
     if stretched:
         print(f"ganime: warning: {stretched_note(stretched, size)}", file=sys.stderr)
     if not arrays:
