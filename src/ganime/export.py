@@ -71,6 +71,14 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
         return recalibrate_batchnorm(generator, inputs)
 
 
+def check_size(size: int, cfg) -> int:
+    """Refuse a ``--size`` the generator of ``cfg`` cannot take; returns the multiple its sides need (2 ** depth)."""
+    multiple = 2**cfg.net.gen_depth
+    if size < multiple or size % multiple:
+        raise InputError(f"--size {size}: must be a multiple of {multiple} for this generator")
+    return multiple
+
+
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
                 opset: int = 17, color_blur: float | None = None, bn_data: str | os.PathLike | None = None,
                 bn_batches: int = 50, color_flatten: float | None = None) -> dict:
@@ -92,9 +100,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
         raise InputError(f"--opset {opset}: this torch exports ONNX opsets {lo} to {hi} (default 17)")
     gen, cfg, method = _load_generator(checkpoint, color_blur, bn_data, bn_batches, color_flatten)
     size = cfg.train.size if size is None else size
-    multiple = 2**cfg.net.gen_depth
-    if size < multiple or size % multiple:
-        raise InputError(f"--size {size}: must be a multiple of {multiple} for this generator")
+    multiple = check_size(size, cfg)
     folded = fold_batchnorm(gen).float()
     in_ch = 3 + cfg.net.hint_channels
     x = torch.zeros(1, in_ch, size, size)

@@ -77,7 +77,7 @@ def calibrated_generator(preset: str, seed: int = 0, hint_channels: int = 0):
 
 
 def run(args) -> dict:
-    from ganime.errors import InputError
+    from ganime.export import check_size
     from ganime.fast import native_bf16, optimize_generator, resolve_precision
     from ganime.train import resolve_device
 
@@ -94,9 +94,7 @@ def run(args) -> dict:
     else:
         gen, cfg = calibrated_generator(args.preset, hint_channels=4 if getattr(args, "hints", False) else 0)
         preset = args.preset + (" + 4 hint channels" if getattr(args, "hints", False) else "")
-    multiple = 2**cfg.net.gen_depth
-    if args.size < multiple or args.size % multiple:
-        raise InputError(f"--size {args.size}: must be a multiple of {multiple} for this generator")
+    check_size(args.size, cfg)
     x = with_hints(sketch_inputs(args.size, 1), gen.in_channels)
     import os
 
