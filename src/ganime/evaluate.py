@@ -653,13 +653,7 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
             f.write(json.dumps(record) + "\n")
         trainer.log({"kind": "eval", "epoch": epoch, "global_step": trainer.global_step,
                      **{k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "n"}})
-        by_epoch: dict[int, dict] = {}  # after a resume an epoch may appear twice: the last one counts
-        for line in (trainer.out / "metrics.jsonl").read_text().splitlines():
-            try:
-                r = json.loads(line)
-                by_epoch[int(r["epoch"])] = r
-            except (ValueError, KeyError, TypeError):
-                continue
+        by_epoch = _records_by_epoch(trainer.out / "metrics.jsonl")
         plot_curves([by_epoch[e] for e in sorted(by_epoch)], trainer.out / "metrics.png")
         if keep_best is not None:
             _keep_if_best(trainer, keep_best, record, state)
@@ -667,15 +661,7 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
     def catch_up(trainer, epoch: int) -> None:
         """On a resume at the end of ``epoch``: evaluate it if the run stopped (killed, or the evaluation
         failed) before its line was written, so the curves and best.pt miss no epoch."""
-        path = trainer.out / "metrics.jsonl"
-        done = set()
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    done.add(int(json.loads(line)["epoch"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-        if epoch not in done:
+        if epoch not in _records_by_epoch(trainer.out / "metrics.jsonl"):
             hook(trainer, epoch)
 
     hook.catch_up = catch_up
@@ -697,6 +683,20 @@ def _check_metric_available(metric: str | None) -> None:
             inception_path()
     except GanimeError as e:
         raise InputError(f"--keep-best {metric}: {e}") from None
+
+
+def _records_by_epoch(path: Path) -> dict[int, dict]:
+    """A run's metrics.jsonl as {epoch: record}; after a resume an epoch may appear twice: the last one
+    counts. Unreadable lines are skipped; no file, no records."""
+    by_epoch: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                by_epoch[int(r["epoch"])] = r
+            except (ValueError, KeyError, TypeError):
+                continue
+    return by_epoch
 
 
 def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
