@@ -63,6 +63,8 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                                "script-src 'self'; connect-src 'self' blob:; frame-ancestors 'none'",
 }
+#: Sent with every answer, the server's own 503s included: never cached, and the security headers.
+ALWAYS_HEADERS = {"Cache-Control": "no-store", **SECURITY_HEADERS}
 
 
 class HTTPError(Exception):
@@ -320,8 +322,8 @@ class GanimeServer(ThreadingHTTPServer):
             return super().process_request(request, client_address)
         body = json.dumps({"error": "too many open connections; try again in a few seconds"}).encode()
         try:
-            headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Cache-Control": "no-store",
-                       **SECURITY_HEADERS, "Retry-After": "2", "Connection": "close"}
+            headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), **ALWAYS_HEADERS,
+                       "Retry-After": "2", "Connection": "close"}
             request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
                             + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n" + body)
         except OSError:
@@ -390,8 +392,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in {**SECURITY_HEADERS, **(headers or {})}.items():
+        for k, v in {**ALWAYS_HEADERS, **(headers or {})}.items():
             self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
