@@ -177,9 +177,10 @@ def export_safetensors(path: str | os.PathLike, *, method: str, config: dict, ge
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def _data_section(data: bytes) -> bytes:
-    """A safetensors file's tensor bytes: what follows the 8-byte header length and the JSON header."""
-    return data[8 + int.from_bytes(data[:8], "little"):]
+def _data_section(data: bytes) -> memoryview:
+    """A safetensors file's tensor bytes: what follows the 8-byte header length and the JSON header (a view,
+    not a copy of the weights)."""
+    return memoryview(data)[8 + int.from_bytes(data[:8], "little"):]
 
 
 def _load_safetensors(path: Path) -> dict:
