@@ -19,16 +19,10 @@ work=${1:?usage: build_default_model.sh WORK [train args]}; shift
 data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
 mkdir -p "$work"
 ganime data sketchify "$data/anime-busts/train" "$work/busts-train-pairs" --seed 0 --no-progress
-# links only: remade, so a changed VAL_EVERY (or sort order) never leaks a held-out bust or Kaggle pair
-rm -rf "$work/mixed" "$work/busts-val" "$work/kaggle-train" "$work/kaggle-heldout"
-mkdir -p "$work/kaggle-train" "$work/kaggle-heldout" "$work/mixed" "$work/busts-val"
-# sorted byte-wise (LC_ALL=C), whatever the machine's locale; absolute targets, so a relative GANIME_DATA works
-i=0
-while IFS= read -r f; do
-  if (( i % 3 == 0 )); then dst="$work/kaggle-train"; else dst="$work/kaggle-heldout"; fi
-  ln -sf "$(readlink -f "$f")" "$dst/$(basename "$f")"
-  i=$((i + 1))
-done < <(printf '%s\n' "$data/kaggle-sample"/*.png | LC_ALL=C sort)
+"$(dirname "$0")/kaggle_split.sh" "$data" "$work"  # WORK/kaggle-train, WORK/kaggle-heldout
+# links only: remade, so a changed VAL_EVERY (or sort order) never leaks a held-out bust
+rm -rf "$work/mixed" "$work/busts-val"
+mkdir -p "$work/mixed" "$work/busts-val"
 val_every=${VAL_EVERY:-32}
 i=0
 while IFS= read -r f; do

@@ -6,19 +6,14 @@
 # BACKGROUND=paper evaluates the model with `--background paper` (results in WORK/card-paper).
 # Test sets (../shared/data, never committed): anime-busts/test sketchified with the random extractor
 # and seed 2026 (100 pairs), and the 22 Kaggle pairs held out by scripts/build_default_model.sh
-# (WORK/kaggle-heldout, remade here by that script's rule: the model may have been built on another
+# (WORK/kaggle-heldout, remade here by scripts/kaggle_split.sh, which that script uses: the model may have been built on another
 # machine, as scripts/gpu_session.sh does). Floors (sketch as output, all-white) are measured beside.
 set -euo pipefail
 work=${1:?usage: model_card.sh WORK [--checkpoint CKPT]}; shift
 data=${GANIME_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
 model=(--method default); [[ ${1:-} == --checkpoint ]] && model=(--method pix2pix --checkpoint "$2")
 ganime data sketchify "$data/anime-busts/test" "$work/busts-test-pairs" --seed 2026 --no-progress
-rm -rf "$work/kaggle-heldout"  # links only; build_default_model.sh trains on i % 3 == 0 of the same sorted list
-mkdir -p "$work/kaggle-heldout"
-i=0
-while IFS= read -r f; do
-  (( i++ % 3 == 0 )) || ln -s "$(readlink -f "$f")" "$work/kaggle-heldout/$(basename "$f")"
-done < <(printf '%s\n' "$data/kaggle-sample"/*.png | LC_ALL=C sort)
+"$(dirname "$0")/kaggle_split.sh" "$data" "$work"  # the pairs build_default_model.sh held out
 bg=${BACKGROUND:-model}
 card="$work/card"; [[ $bg != model ]] && card="$work/card-$bg"
 mkdir -p "$card"
