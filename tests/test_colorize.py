@@ -295,7 +295,6 @@ def test_safetensors_export_loads_and_matches(tmp_path, tiny_checkpoint):
 
 def test_colorizer_maps_hints_through_the_same_geometry(tmp_path):
     """A hint-aware model receives the hint where the user painted it, after the letterbox fit."""
-    from ganime.config import RunConfig
     from ganime.nn.unet import UNetGenerator
     from tests.conftest import tiny_config
 

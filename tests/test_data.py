@@ -10,7 +10,6 @@ from ganime.cli import main
 from ganime.data import augment, sketch
 from ganime.data.loader import PairLoader
 from ganime.data.pairs import PairCache, discover, prepare, split_side_by_side
-from ganime.errors import InputError
 from tests.conftest import SHARED_DATA, one_line_error, synthetic_color, synthetic_sketch
 
 

@@ -87,7 +87,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
     from ganime.imageio import atomic_write_bytes
 
     try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnx  # torch.onnx.export needs it; used below to add metadata
     except ModuleNotFoundError:
         raise InputError("ONNX export needs the onnx package: pip install 'ganime[onnx]'") from None
     try:  # the exporter's own bounds (private constants; their values in torch 2.13 as the fallback)
@@ -114,8 +114,6 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int
             dynamic_axes={"sketch": {0: "batch", 2: "height", 3: "width"},
                           "color": {0: "batch", 2: "height", 3: "width"}},
         )
-    import onnx
-
     model = onnx.load_from_string(buf.getvalue())
     for k, v in {"ganime_method": method, "ganime_config": json.dumps(cfg.to_dict(), sort_keys=True),
                  "ganime_input_multiple": str(multiple)}.items():

@@ -17,7 +17,6 @@ of a trained network and the accuracy check means something.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
@@ -78,7 +77,7 @@ def calibrated_generator(preset: str, seed: int = 0, hint_channels: int = 0):
 
 def run(args) -> dict:
     from ganime.export import check_size
-    from ganime.fast import native_bf16, optimize_generator, resolve_precision
+    from ganime.fast import resolve_precision
     from ganime.train import resolve_device
 
     check_counts(args, reps=1)

@@ -13,7 +13,6 @@ medians over rounds are reported. One step = generator forward, discriminator st
 from __future__ import annotations
 
 import itertools
-import os
 import tempfile
 import time
 from pathlib import Path

@@ -31,8 +31,6 @@ def passive_openmp_threads() -> None:
 
 def run(args) -> int:
     passive_openmp_threads()  # before torch loads (ganime.colorize imports it)
-    import sys
-
     from ganime.colorize import Colorizer, colorize_files, default_checkpoint
     from ganime.errors import InputError
     from ganime.imageio import check_not_input, open_image, save_png
@@ -42,8 +40,6 @@ def run(args) -> int:
                                           max_size=args.max_size, flatten=args.flatten)
     if args.hints:
         from pathlib import Path
-
-        from PIL import Image
 
         if len(args.inputs) != 1 or Path(args.inputs[0]).is_dir():
             raise InputError("--hints applies to exactly one input image")

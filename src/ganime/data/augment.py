@@ -29,7 +29,6 @@ def resize_crop_flip(images: torch.Tensor, size: int, load_size: int, ox, oy, fl
 
     All channels of an image share the crop, so stacking sketch and colour on channels keeps them aligned.
     """
-    n = images.shape[0]
     dev, dt = images.device, images.dtype if images.is_floating_point() else torch.float32
     j = torch.arange(size, device=dev, dtype=dt)
     ox, oy, fl = ox.to(dev), oy.to(dev), fl.to(dev)

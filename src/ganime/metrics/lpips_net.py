@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ganime.errors import GanimeError, InputError
 from ganime.metrics._images import as_uint8_nchw, check_pair
