@@ -6,6 +6,8 @@ Used for the model card's grid on ../shared/data/sketches.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -23,10 +25,13 @@ def main() -> None:
     ap.add_argument("--background", default="model")
     ap.add_argument("--max-size", type=int, default=1024, help="as ganime colorize --max-size")
     args = ap.parse_args()
+    files = list_images(args.sketches) if Path(args.sketches).is_dir() else []
+    if not files:
+        sys.exit(f"sketch_grid.py: {args.sketches}: not a folder with sketch images")
     col = Colorizer.from_checkpoint(args.checkpoint or default_checkpoint(), "cpu", fast="auto",
                                     background=args.background, max_size=args.max_size)
     rows = []
-    for f in list_images(args.sketches):
+    for f in files:
         sk = open_image(f)
         pair = [np.asarray(im.resize((args.side, args.side), Image.BICUBIC)) for im in (sk, col(sk))]
         rows.append(np.concatenate(pair, axis=1))
@@ -35,7 +40,7 @@ def main() -> None:
         rows.append(np.full_like(rows[0], 255))
     grid = np.concatenate([np.concatenate(rows[i : i + cols], axis=1) for i in range(0, len(rows), cols)], axis=0)
     Image.fromarray(grid).save(args.out, optimize=True)
-    print(f"wrote {args.out} ({len(list_images(args.sketches))} sketches)")
+    print(f"wrote {args.out} ({len(files)} sketches)")
 
 
 if __name__ == "__main__":
