@@ -244,6 +244,24 @@ def test_colorize_with_each_model_and_hints(srv):
     assert not np.array_equal(np.asarray(plain), np.asarray(other))
 
 
+def test_orientation_field_turns_or_keeps_a_tagged_image(srv):
+    """'orientation' says whether the EXIF tag is applied (default, as the CLI does) or the pixels are
+    coloured as stored (what a browser that ignores the tag shows, with hints painted over it)."""
+    stored = sketch(80, 60)
+    tag = Image.Exif()
+    tag[0x0112] = 6  # turn 90 degrees clockwise
+    buf = io.BytesIO()
+    stored.save(buf, "WEBP", lossless=True, exif=tag.tobytes())
+    data = buf.getvalue()
+    result_image(*srv.post({"image": data}), (60, 80))
+    result_image(*srv.post({"image": data, "orientation": "exif"}), (60, 80))
+    kept = result_image(*srv.post({"image": data, "orientation": "stored", "hints": png(hint_strokes(80, 60))}), (80, 60))
+    same = result_image(*srv.post({"image": png(stored), "hints": png(hint_strokes(80, 60))}), (80, 60))
+    assert np.array_equal(np.asarray(kept), np.asarray(same))
+    msg = error_of(*srv.post({"image": data, "orientation": "upright"}), 400)
+    assert "choose one of exif, stored" in msg, msg
+
+
 def test_colour_picture_gets_a_warning_header(srv):
     status, headers, body = srv.post({"image": png(Image.new("RGB", (64, 64), (200, 30, 30)))})
     result_image(status, headers, body, (64, 64))

@@ -424,3 +424,45 @@ def test_a_file_dropped_beside_the_sketch_panel(browser, page, tmp_path):
         d.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, **at, "data": data})
     assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
     assert sketch_view(d)["canvas"] == [120, 90]
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "JPEG"])
+def test_a_sketch_with_an_exif_orientation(browser, page, tmp_path, monkeypatch, fmt):
+    """The server colours the sketch as the page shows it, whether this browser turns it by its EXIF tag
+    or not: headless Chromium ignores a WebP's tag (and applies a JPEG's) while the server always
+    applied it, so hints painted over a tagged WebP were refused for their size and without hints the
+    result came back turned against the sketch shown."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    stored = Image.open(SKETCH).convert("RGB").resize((200, 120))
+    tag = Image.Exif()
+    tag[0x0112] = 6  # turn 90 degrees clockwise
+    f = tmp_path / f"turned.{fmt.lower()}"
+    stored.save(f, fmt, exif=tag.tobytes(), **({"lossless": True} if fmt == "WEBP" else {"quality": 95}))
+    model = page.server.models[page.server.default_model]
+    received = []
+
+    def spy(sketch, *args, **kwargs):
+        received.append(np.asarray(sketch, dtype=np.int16))
+        return run(sketch, *args, **kwargs)
+
+    run = model.run
+    monkeypatch.setattr(model, "run", spy)
+    d = browser
+    open_page(d, page)
+    d.find_element(By.ID, "file").send_keys(str(f))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element(By.ID, "error").text
+    ActionChains(d).move_to_element(d.find_element(By.ID, "hints")).click().perform()
+    view = sketch_view(d)
+    assert view["painted"] > 0
+    d.find_element(By.ID, "colorize").click()
+    assert wait_state(d, ("done", "error")) == "done", d.find_element(By.ID, "error").text
+    assert fetch_png(d, "download").size == tuple(view["shown"])
+    shown = d.execute_script(
+        "const i = document.getElementById('sketch'), c = document.createElement('canvas');"
+        "c.width = i.naturalWidth; c.height = i.naturalHeight; const x = c.getContext('2d'); x.drawImage(i, 0, 0);"
+        "return Array.from(x.getImageData(0, 0, c.width, c.height).data);")
+    shown = np.asarray(shown, dtype=np.int16).reshape(view["shown"][1], view["shown"][0], 4)[..., :3]
+    assert len(received) == 1 and received[0].shape == shown.shape
+    assert np.abs(received[0] - shown).mean() < 2  # the same picture (decoders round JPEG differently)

@@ -105,11 +105,13 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, keep_alpha
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bool = False) -> Image.Image:
+def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bool = False,
+                 exif_orientation: bool = True) -> Image.Image:
     """Decode ``source`` (bytes or a binary file object) with the checks of :func:`open_image`.
 
     ``name`` stands for the input in messages (a path, or an upload's field name). The pixel limit is
-    checked from the header before anything is decoded (:class:`ImageTooLarge`).
+    checked from the header before anything is decoded (:class:`ImageTooLarge`). ``exif_orientation=False``
+    keeps the pixels as stored, ignoring the file's EXIF orientation tag (as some browsers show them).
     """
     import io
 
@@ -131,7 +133,8 @@ def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bo
             im.load()
             if keep_alpha:
                 check_transparent(im, name)
-            im = ImageOps.exif_transpose(im)
+            if exif_orientation:
+                im = ImageOps.exif_transpose(im)
             if keep_alpha:
                 return im.convert("RGBA")
             return to_rgb(im)

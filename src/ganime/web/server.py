@@ -55,6 +55,10 @@ STATIC_ROUTES = {
 }
 API_GET = ("/api/health", "/api/models")
 API_POST = ("/api/colorize",)
+# The 'orientation' field of /api/colorize: apply the upload's EXIF orientation tag (as `ganime colorize`
+# does), or colour the pixels as stored, which is what a browser that ignores the tag shows (headless
+# Chromium does for WebP): the page sends 'stored' then, so hints land where they were painted.
+ORIENTATIONS = ("exif", "stored")
 #: Sent with every response: no sniffing, no framing, nothing loaded from elsewhere.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -262,18 +266,20 @@ def parse_multipart(body: bytes, boundary: str) -> dict[str, tuple[str | None, b
     return fields
 
 
-def decode_image(data: bytes, label: str, max_pixels: int, keep_alpha: bool = False) -> Image.Image:
+def decode_image(data: bytes, label: str, max_pixels: int, keep_alpha: bool = False,
+                 exif_orientation: bool = True) -> Image.Image:
     """Upload bytes -> PIL image with :func:`ganime.imageio.decode_image`'s checks and messages.
 
     An image whose header claims more than ``max_pixels`` is refused before decoding (HTTPError 413);
     every other problem (empty, not an image, truncated, corrupt) is a one-line InputError naming
-    ``label``. ``keep_alpha`` returns RGBA (hint strokes) instead of RGB composited on white.
+    ``label``. ``keep_alpha`` returns RGBA (hint strokes) instead of RGB composited on white;
+    ``exif_orientation=False`` ignores the EXIF orientation tag.
     """
     from ganime.imageio import ImageTooLarge
     from ganime.imageio import decode_image as decode
 
     try:
-        return decode(data, label, max_pixels, keep_alpha)
+        return decode(data, label, max_pixels, keep_alpha, exif_orientation)
     except ImageTooLarge as e:
         raise HTTPError(413, str(e).replace("over the limit", "over this server's limit")) from None
 
@@ -655,7 +661,10 @@ class Handler(BaseHTTPRequestHandler):
         if model is None:
             raise HTTPError(400, f"unknown method {name[:40]!r}: choose one of {', '.join(s.models)}")
         limit = s.limits.max_pixels
-        sketch = decode_image(fields["image"][1], "image", limit)
+        orientation = fields.get("orientation", (None, b""))[1].decode("utf-8", "replace").strip() or "exif"
+        if orientation not in ORIENTATIONS:
+            raise HTTPError(400, f"orientation {orientation[:40]!r}: choose one of {', '.join(ORIENTATIONS)}")
+        sketch = decode_image(fields["image"][1], "image", limit, exif_orientation=orientation == "exif")
         hints = style = None
         if "hints" in fields and fields["hints"][1]:
             if not model.hints:

@@ -15,6 +15,7 @@ const MAX_UNDO_BYTES = 256 * 2 ** 20;
 
 const state = {
   file: null,          // the sketch File as picked (sent unchanged)
+  format: null,        // its format by content ("jpeg", "png", "webp" or null), for its EXIF orientation
   stem: "sketch",
   models: [],
   limits: null,
@@ -111,6 +112,33 @@ function updateButtons() {
   $("undo").disabled = state.undo.length === 0;
 }
 
+// ---- EXIF orientation -------------------------------------------------------------------------
+// Browsers differ in whether they turn an image as its EXIF orientation tag says (headless Chromium
+// does for JPEG and PNG, not for WebP); the server turns it, as `ganime colorize` does, unless the
+// request says the pixels as stored were shown. Found once per format from a 2x1 sample tagged
+// "turn 90 degrees": shown 1 pixel wide where the browser turns it.
+const ORIENTATION_SAMPLES = {
+  jpeg: "/9j/4AAQSkZJRgABAQAAAQABAAD/4QAiRXhpZgAATU0AKgAAAAgAAQESAAMAAAABAAYAAAAAAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hnPk1xeXBkeFxlZ2P/wAALCAABAAIBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAAB//EABQQAQAAAAAAAAAAAAAAAAAAAAD/2gAIAQEAAD8AQH//2Q==",
+  png: "iVBORw0KGgoAAAANSUhEUgAAAAIAAAABCAIAAAB7QOjdAAAAGmVYSWZNTQAqAAAACAABARIAAwAAAAEABgAAAAAAANZnS2kAAAAPSURBVHicY/z//z8DAwMADv8C/7jFnpkAAAAASUVORK5CYII=",
+  webp: "UklGRlIAAABXRUJQVlA4WAoAAAAIAAAAAQAAAAAAVlA4TBEAAAAvAQAAAAfQ//73v/+BiOh/AABFWElGGgAAAE1NACoAAAAIAAEBEgADAAAAAQAGAAAAAAAA",
+};
+const turnsByTag = Object.fromEntries(Object.entries(ORIENTATION_SAMPLES).map(([format, b64]) => [format,
+  new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve(img.naturalWidth === 1);
+    img.onerror = () => resolve(true);  // cannot tell: the server's default
+    img.src = `data:image/${format};base64,${b64}`;
+  })]));
+
+function imageFormat(bytes) {  // by content: a dropped file's type can be empty or wrong
+  const b = new Uint8Array(bytes, 0, Math.min(12, bytes.byteLength));
+  const text = (i, n) => String.fromCharCode(...b.subarray(i, i + n));
+  if (b[0] === 0xff && b[1] === 0xd8) return "jpeg";
+  if (b[0] === 0x89 && text(1, 3) === "PNG") return "png";
+  if (text(0, 4) === "RIFF" && text(8, 4) === "WEBP") return "webp";
+  return null;
+}
+
 // ---- the sketch -------------------------------------------------------------------------------
 async function loadSketch(file) {
   showError("");
@@ -125,10 +153,13 @@ async function loadSketch(file) {
     return;
   }
   const pick = ++state.picks;  // only the latest pick is shown, however the decodes finish
+  let format;
   try {
     // A copy in memory: Colorize sends the sketch shown even after the file is edited on disk (the
     // browser refuses to read a File changed since it was picked: "Failed to fetch").
-    file = new File([await file.arrayBuffer()], file.name, { type: file.type });
+    const bytes = await file.arrayBuffer();
+    format = imageFormat(bytes);
+    file = new File([bytes], file.name, { type: file.type });
   } catch (e) {
     if (pick === state.picks) showError(`${file.name} cannot be read (${e.message}).`);
     return;
@@ -151,6 +182,7 @@ async function loadSketch(file) {
     if (state.sketchUrl) URL.revokeObjectURL(state.sketchUrl);
     state.sketchUrl = url;
     state.file = file;
+    state.format = format;
     state.stem = file.name.replace(/\.[^.]*$/, "") || "sketch";
     // The hint canvas has the sketch's own resolution; CSS scales it for display.
     canvas.width = w;
@@ -299,6 +331,8 @@ async function colorize() {
     }
     if (m.hints && state.painted) form.append("hints", await canvasBlob(), "hints.png");
     if (m.needs_style) form.append("style", $("style-file").files[0]);
+    // The sketch as shown: the pixels as stored where this browser ignores their EXIF orientation.
+    if (state.format && !(await turnsByTag[state.format])) form.append("orientation", "stored");
     if (!$("result-options").hidden) form.append("background", $("paper").checked ? "paper" : "model");
     if (!$("result-options").hidden && !$("flatten-group").hidden) form.append("flatten", $("flatten").value);
     const r = await fetch("/api/colorize", { method: "POST", body: form });
