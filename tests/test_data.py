@@ -310,6 +310,24 @@ def test_sketchify_settings_of_a_run_that_wrote_no_pair_do_not_bind_the_next(tmp
     assert json.loads((out / ".sketchify.json").read_text())["seed"] == 2
 
 
+def test_sketchify_into_a_folder_of_unrecorded_pairs_warns(tmp_path, capsys):
+    """PNGs already in OUT with no settings record (made by hand, or by sketchify before it recorded its
+    settings) cannot be checked against this run's: kept, with a warning, and the rerun is then checked."""
+    src = tmp_path / "colour"
+    src.mkdir()
+    for i in range(2):
+        synthetic_color(i, 48).save(src / f"c{i}.png")
+    out = tmp_path / "pairs"
+    out.mkdir()
+    (out / "c0.png").write_bytes(b"an older pair")
+    assert main(["data", "sketchify", str(src), str(out), "--seed", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "already held 1 .png files with no record" in err, err
+    assert (out / "c0.png").read_bytes() == b"an older pair"
+    assert main(["data", "sketchify", str(src), str(out), "--seed", "1", "--no-progress"]) == 0
+    assert "no record" not in capsys.readouterr().err
+
+
 def test_sketchify_pair_depends_on_the_file_not_on_the_others(tmp_path):
     from ganime.data.sketchify import sketchify_folder
 

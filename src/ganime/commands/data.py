@@ -49,10 +49,14 @@ def run_prepare(args) -> int:
 
 
 def run_sketchify(args) -> int:
-    from ganime.data.sketchify import sketchify_folder
+    from ganime.data.sketchify import SETTINGS_FILE, sketchify_folder
 
     r = sketchify_folder(args.src, args.out, args.extractor, args.seed, args.size, progress=not args.no_progress)
     print(f"wrote {r['written']} pairs to {args.out} (kept {r['kept']} existing)")
+    if r["unrecorded"]:  # made by hand or before the settings were recorded: cannot be checked
+        print(f"warning: {args.out} already held {r['unrecorded']} .png files with no record of how they were made "
+              f"({SETTINGS_FILE} is new): they are kept as they are and may differ from these settings; "
+              "write to a new folder to be sure", file=sys.stderr)
     _report_skipped(r["failed"], "unreadable")
     _report_skipped(r["clashes"], "same-named")
     return 0

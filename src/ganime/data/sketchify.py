@@ -72,7 +72,8 @@ def _flags(settings: dict) -> str:
 def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: int | None = None,
                      progress: bool = True, workers: int | None = None) -> dict:
     """Write ``out/<stem>.png`` = colour|sketch for every image in ``src``; returns counts and failures
-    (``clashes``: files skipped because an earlier one by name has their stem, as ``a.jpg`` and ``a.png``).
+    (``clashes``: files skipped because an earlier one by name has their stem, as ``a.jpg`` and ``a.png``;
+    ``unrecorded``: PNGs ``out`` held with no record of their settings, kept but unchecked).
 
     The extractor and parameters of a file depend only on (seed, its name), whatever was done before
     and whatever else ``src`` holds.
@@ -98,6 +99,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
         raise InputError(f"{out}: exists and is not a folder")
     settings = {"extractor": extractor, "size": size, **({"seed": seed} if extractor == "random" else {})}
     saved = out / SETTINGS_FILE
+    unrecorded = 0 if saved.exists() or not out.is_dir() else sum(1 for _ in out.glob("*.png"))
     if saved.exists() and any(out.glob("*.png")):  # settings alone (a run stopped before its first pair) bind nothing
         try:
             before = json.loads(saved.read_text())
@@ -135,4 +137,4 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     written = len(todo) - len(failed)
     if written + kept == 0:
         raise InputError(f"{src}: none of the {len(files)} images could be read ({failed[0] if failed else ''})")
-    return {"written": written, "kept": kept, "failed": failed, "clashes": clashes}
+    return {"written": written, "kept": kept, "failed": failed, "clashes": clashes, "unrecorded": unrecorded}
