@@ -302,6 +302,17 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_cli_train_without_tensorboard_leaves_no_run_folder(cache256, tmp_path, capsys, monkeypatch):
+    # the folder was made first, so the same command without --tensorboard was then refused ("pass --resume")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
+    args = ["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "small",
+            "--batch-size", "2", "--max-steps", "1", "--no-progress", "--device", "cpu"]
+    assert main(args + ["--tensorboard"]) == 2
+    assert "pip install tensorboard" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+    assert main(args) == 0
+
+
 @pytest.mark.parametrize("option", [("--lambda-l1", "nan"), ("--lambda-l1", "-5"), ("--lambda-hint", "inf"),
                                     ("--lambda-ssim", "-1")])
 def test_cli_train_refuses_unusable_loss_weights(cache256, tmp_path, capsys, option):

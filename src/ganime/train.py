@@ -223,8 +223,9 @@ class Trainer:
                 f"{' x ' + str(self.world_size) + ' processes' if self.world_size > 1 else ''}: "
                 "use a smaller --batch-size or more data"
             )
+        writer = self._tensorboard() if tensorboard and self.main else None  # a check too: before the folder
         self._make_run_folder(resume)  # once every check passed: a refused run leaves no folder to clear by hand
-        self.tb = self._tensorboard() if tensorboard and self.main else None
+        self.tb = writer(str(self.out / "tensorboard")) if writer else None
         if init_record is not None:
             self.log(init_record)
         if resume:
@@ -309,11 +310,12 @@ class Trainer:
         )
 
     def _tensorboard(self):
+        """TensorBoard's ``SummaryWriter`` class, or one sentence saying how to install it."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise InputError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return SummaryWriter
 
     def log(self, record: dict) -> None:
         if not self.main:
