@@ -418,7 +418,8 @@ def test_large_sketches_are_coloured_near_their_own_resolution(tiny_checkpoint):
     assert col(sk.resize((40, 40))).size == (40, 40)
     assert col(sk.resize((500, 300))).size == (500, 300)
     assert seen == [(128, 128), (64, 64), (128, 128)]
-    assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu").working_size(500, 300) == 64  # library default
+    assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu").working_size(500, 300) == 512  # as the CLI's default
+    assert Colorizer.from_checkpoint(tiny_checkpoint, "cpu", max_size=None).working_size(500, 300) == 64
 
 
 def test_a_max_size_off_the_networks_multiple_is_rounded_down(tiny_checkpoint):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ganime.checkpoint import load_checkpoint
-from ganime.config import MAX_SMOOTHING_SIGMA, RunConfig
+from ganime.config import DEFAULT_MAX_SIZE, MAX_SMOOTHING_SIGMA, RunConfig
 from ganime.errors import CheckpointError, InputError
 from ganime.imageio import check_not_input, list_images, open_image, save_png
 from ganime.methods import get_method
@@ -140,10 +140,11 @@ class Colorizer:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         fast: str | None = None, background: str = "model",
-                        max_size: int | None = None, flatten: float | None = None, color_blur: float | None = None,
-                        option_names: dict[str, str] | None = None) -> "Colorizer":
+                        max_size: int | None = DEFAULT_MAX_SIZE, flatten: float | None = None,
+                        color_blur: float | None = None, option_names: dict[str, str] | None = None) -> "Colorizer":
         """Load ``path`` (a run's ``last.pt`` or run folder, an exported ``.safetensors``; None: the
-        shipped default model). ``flatten`` and ``color_blur`` (not None) replace a line-multiply model's weight-free colour-layer
+        shipped default model). ``max_size``: the largest working size, as ``ganime colorize --max-size``
+        (None: always the training size, as evaluation works). ``flatten`` and ``color_blur`` (not None) replace a line-multiply model's weight-free colour-layer
         smoothing (``color_flatten``, ``color_blur``: sigma in pixels; 0: off) in its config and network; a
         model without a colour layer refuses them. ``option_names`` names them in messages (by config
         field; default ``--flatten`` and ``--color-blur``)."""

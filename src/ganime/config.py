@@ -48,6 +48,9 @@ class NetConfig:
 #: messages) and their largest sigma in pixels.
 COLOUR_LAYER_SMOOTHING = {"color_blur": "colour blur", "color_flatten": "colour flattening"}
 MAX_SMOOTHING_SIGMA = 16
+#: Inference's largest working size by default (``ganime colorize/serve --max-size``,
+#: ``Colorizer.from_checkpoint``): a large sketch is coloured near its own size up to this.
+DEFAULT_MAX_SIZE = 1024
 
 
 #: ``--keep-best`` metric -> (the key of the evaluation record, True when higher is better).

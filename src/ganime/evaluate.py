@@ -221,7 +221,7 @@ def _model_generator(method: str, checkpoint: str | None, device: torch.device, 
     info = {"checkpoint": str(Path(path).resolve()), "checkpoint_method": ckpt["method"],
             "checkpoint_progress": ckpt.get("progress")}
     del ckpt
-    col = Colorizer.from_checkpoint(path, device, flatten=flatten)
+    col = Colorizer.from_checkpoint(path, device, flatten=flatten, max_size=None)  # at the training size
     info["flatten"] = col.flatten
 
     def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:

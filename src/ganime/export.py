@@ -39,7 +39,7 @@ def _load_generator(checkpoint: str | os.PathLike, color_blur: float | None = No
     :func:`recalibrate`)."""
     from ganime.colorize import Colorizer
 
-    c = Colorizer.from_checkpoint(checkpoint, "cpu", flatten=color_flatten, color_blur=color_blur,
+    c = Colorizer.from_checkpoint(checkpoint, "cpu", flatten=color_flatten, color_blur=color_blur, max_size=None,
                                   option_names={"color_flatten": "--color-flatten"})
     if bn_data is not None:
         recalibrate(c.generator, c.cfg, bn_data, bn_batches)

@@ -88,7 +88,7 @@ def run(args) -> dict:
     if args.checkpoint:
         from ganime.colorize import Colorizer
 
-        c = Colorizer.from_checkpoint(args.checkpoint, "cpu")
+        c = Colorizer.from_checkpoint(args.checkpoint, "cpu", max_size=None)
         gen, cfg, preset = c.generator, c.cfg, f"checkpoint {args.checkpoint}"
     else:
         gen, cfg = calibrated_generator(args.preset, hint_channels=4 if getattr(args, "hints", False) else 0)

@@ -66,8 +66,9 @@ FAST_CHOICES = ("off", "auto", "fp32", "bf16")
 def add_fast_arg(p) -> None:
     """``--fast``, ``--background``, ``--max-size`` and ``--flatten``, shared with ``ganime serve``."""
     from ganime.commands import positive
+    from ganime.config import DEFAULT_MAX_SIZE
 
-    p.add_argument("--max-size", type=positive(int), default=1024,
+    p.add_argument("--max-size", type=positive(int), default=DEFAULT_MAX_SIZE,
                    help="largest working size (default 1024): a sketch is coloured at the size nearest its longest "
                         "side that the U-Net takes (a multiple of 2^depth: 256 for the shipped model), between the "
                         "model's training size and this, so its lines keep their thickness; the training size "

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from ganime import __version__
+from ganime.config import DEFAULT_MAX_SIZE
 from ganime.errors import GanimeError, InputError
 
 STATIC = Path(__file__).parent / "static"
@@ -162,7 +163,7 @@ def colorizer_model(name: str, colorizer) -> WebModel:
 
 def models_from_checkpoints(checkpoints: list, device: str = "auto", style: bool = True,
                             fast: str | None = None, background: str = "model",
-                            max_size: int | None = None, flatten: float | None = None) -> dict[str, WebModel]:
+                            max_size: int | None = DEFAULT_MAX_SIZE, flatten: float | None = None) -> dict[str, WebModel]:
     """Load each checkpoint as a colorizer (the first is the default), plus style transfer when available.
 
     Names are the checkpoint's method (``pix2pix``, ``cyclegan``), numbered when a method repeats.
