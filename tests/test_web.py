@@ -695,6 +695,16 @@ def test_serve_port_in_use_is_one_line(capsys, tiny_checkpoint):
     assert "already in use" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--max-queue", "-1", "expected a number of 0 or more, got '-1'"),  # was taken as 0
+    ("--max-active", "0", "expected a positive number, got '0'"),
+])
+def test_serve_limits_out_of_range_are_usage_errors(capsys, flag, value, expect):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", flag, value])
+    assert e.value.code == 2 and expect in capsys.readouterr().err
+
+
 def test_colorizer_model_wraps_a_colorizer(tiny_checkpoint):
     from ganime.colorize import Colorizer
 

@@ -36,7 +36,7 @@ def register(sub) -> None:
                    help="largest image in pixels, width x height (default 16777216 = 4096x4096)")
     p.add_argument("--max-active", type=positive(int), default=2,
                    help="requests decoded and coloured at once; more wait in a queue (default 2)")
-    p.add_argument("--max-queue", type=int, default=16,
+    p.add_argument("--max-queue", type=positive(int, zero=True), default=16,
                    help="requests waiting for a turn before the server answers 503 busy (default 16)")
     from ganime.commands.colorize import add_fast_arg
 
@@ -61,7 +61,7 @@ def run(args) -> int:
     models = models_from_checkpoints(checkpoints, device, fast=args.fast, background=args.background,
                                      max_size=args.max_size, flatten=args.flatten)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                    max_active=args.max_active, max_queue=max(0, args.max_queue))
+                    max_active=args.max_active, max_queue=args.max_queue)
     try:
         server = make_server(models, args.host, args.port, limits, device=str(device))
     except OSError as e:
