@@ -465,6 +465,8 @@ def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(sig, cache256, tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 128 + sig, err
     assert "Traceback" not in err and "--resume" in err
+    # A scheduler's SIGTERM comes with nobody at a terminal: no 'Ctrl-C again'.
+    assert ("Ctrl-C again to abort" in err) == (sig == signal.SIGINT), err
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["progress"]["global_step"] >= 2
 

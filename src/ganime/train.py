@@ -100,8 +100,12 @@ class _StopFlag:
                 raise KeyboardInterrupt
             return
         self.requested, self.signum = True, signum
-        again = "Ctrl-C again to abort" if self.abort_on_second else "all processes stop at the same step"
-        what = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
+        ctrl_c = signum == signal.SIGINT
+        if self.abort_on_second:  # (a scheduler's SIGTERM: nobody at a terminal to press Ctrl-C)
+            again = "Ctrl-C again to abort" if ctrl_c else "a second signal aborts"
+        else:
+            again = "all processes stop at the same step"
+        what = "" if ctrl_c else f"{signal.Signals(signum).name}: "
         print(f"\nganime: {what}stopping after this step and saving a checkpoint ({again})", file=sys.stderr)
 
     def __exit__(self, *exc):
