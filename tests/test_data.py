@@ -1,4 +1,7 @@
+import hashlib
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -335,6 +338,22 @@ def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsy
     assert "wrote 1 pairs" in std.out and "a.png" in std.err and "rename" in std.err
     left = np.asarray(Image.open(out / "a.png"))[:, :48]  # the colour half: a.jpg's, the first by name
     assert np.abs(left.astype(int) - np.asarray(Image.open(src / "a.jpg")).astype(int)).max() == 0
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
+def test_sketchify_file_name_that_is_not_utf8(tmp_path, capsys):
+    """A name's undecodable bytes reach Python as surrogates, which str.encode() refuses: the per-name seed
+    ended the whole run in an 'unexpected UnicodeEncodeError' before any pair."""
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(os.fsdecode(bytes(src) + b"/caf\xe9.png"))  # Latin-1, as old archives hold
+    synthetic_color(1, 48).save(src / "caf\u00e9.png")  # the same name in UTF-8: seeded as before
+    out = tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert len(list(out.glob("*.png"))) == 2
+    from ganime.data.sketchify import _name_key
+
+    assert _name_key("caf\u00e9.png") == int.from_bytes(hashlib.sha1("caf\u00e9.png".encode()).digest()[:8], "big") >> 1
 
 
 @pytest.mark.parametrize("case", ["size-negative", "size-zero", "size-huge", "out-is-src"])

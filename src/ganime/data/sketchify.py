@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def _sketchify_one(job) -> str | None:
 
 
 def _name_key(name: str) -> int:
-    """A stable 63-bit integer for a file name (the per-file part of its seed)."""
-    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") >> 1
+    """A stable 63-bit integer for a file name (the per-file part of its seed): of its bytes on disk, so a
+    name that is not UTF-8 (its undecodable bytes are surrogates in ``name``) has one too."""
+    return int.from_bytes(hashlib.sha1(os.fsencode(name)).digest()[:8], "big") >> 1
 
 
 def _flags(settings: dict) -> str:
@@ -77,7 +79,6 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     The extractor and parameters of a file depend only on (seed, its name), whatever was done before
     and whatever else ``src`` holds.
     """
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
