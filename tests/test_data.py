@@ -161,6 +161,17 @@ def test_prepare_resumes_a_killed_run_and_keeps_files_added_to_its_cache(tmp_pat
     assert (out / "README.txt").read_text() == "my notes" and (out / "train-00001-features.npy").read_bytes() == b"mine"
 
 
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
+def test_prepare_file_name_that_is_not_utf8(tmp_path, make_pairs, capsys):
+    """The shard key hashed each name with str.encode(), which refuses the surrogates standing for a name's
+    undecodable bytes: one Latin-1 name ended the whole prepare in an 'unexpected UnicodeEncodeError'."""
+    src = make_pairs(2)
+    first = sorted(src.iterdir())[0]
+    first.rename(os.fsdecode(bytes(src) + b"/caf\xe9.png"))
+    assert main(["data", "prepare", str(src), str(tmp_path / "cache"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert PairCache(tmp_path / "cache").count() == 2
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "kaggle-sample").exists(), reason="../shared/data not present")
 def test_prepare_real_kaggle_pairs(tmp_path):
     idx = prepare(SHARED_DATA / "kaggle-sample", tmp_path / "cache", size=64, workers=2, progress=False)

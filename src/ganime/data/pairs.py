@@ -137,7 +137,8 @@ def _shard_key(items: list[PairItem], size: int) -> str:
     for it in items:
         for f in it.files():
             st = os.stat(f)
-            h.update(f"{it.name}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            # surrogateescape: a name that is not UTF-8 as its bytes on disk (valid names hash as before)
+            h.update(f"{it.name}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:12]
 
 
