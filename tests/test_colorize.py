@@ -479,6 +479,19 @@ def test_an_output_the_system_refuses_is_one_line_naming_it(tiny_checkpoint, odd
     assert blocker.read_text() == "mine"
 
 
+def test_a_name_that_is_not_utf8_is_printed_where_stdout_is_strict(tiny_checkpoint, odd_inputs, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Under a UTF-8 locale stdout refuses the surrogates that stand for a name's undecodable bytes: the images
+    were written, then 'wrote N images to OUT' ended in an 'unexpected UnicodeEncodeError' and exit 1."""
+    out = os.fsdecode(bytes(tmp_path) + b"/r\xe9sultats")
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr("sys.stdout", strict)
+    rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(tiny_checkpoint), "--out", out])
+    assert rc == 0, capsys.readouterr().err
+    strict.flush()
+    assert b"r\xe9sultats" in strict.buffer.getvalue()
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "big"])
 def test_max_size_must_be_a_positive_number(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # a path whose name is not UTF-8 (surrogates in Python) is printed as its bytes on disk, as Python does
+        # in the C locale; under a UTF-8 locale a closing 'wrote PATH' failed after the work, with exit 1
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
