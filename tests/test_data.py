@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,30 @@ def test_prepare_file_name_that_is_not_utf8(tmp_path, make_pairs, capsys):
     first.rename(os.fsdecode(bytes(src) + b"/caf\xe9.png"))
     assert main(["data", "prepare", str(src), str(tmp_path / "cache"), "--no-progress"]) == 0, capsys.readouterr().err
     assert PairCache(tmp_path / "cache").count() == 2
+
+
+def test_ctrl_c_during_prepare_is_one_line_and_a_rerun_completes(tmp_path, make_pairs):
+    """Ctrl-C reaches the whole process group: a decoding worker idle while the main process wrote a shard
+    printed its own KeyboardInterrupt traceback (one per worker) above 'ganime: interrupted'."""
+    import signal
+    import subprocess
+
+    src, out = make_pairs(6), tmp_path / "cache"
+    script = tmp_path / "slow_write.py"  # the workers are done and idle while the shard is written
+    script.write_text("import sys, time\nimport ganime.data.pairs as p\nwrite = p.atomic_write_bytes\n"
+                      "def slow(path, data):\n    print('writing', flush=True)\n    time.sleep(60)\n"
+                      "    write(path, data)\np.atomic_write_bytes = slow\n"
+                      "from ganime.cli import main\nraise SystemExit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    proc = subprocess.Popen([sys.executable, str(script), "data", "prepare", str(src), str(out), "--workers", "2",
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    assert proc.stdout.readline() == "writing\n"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "ganime: interrupted", err
+    assert main(["data", "prepare", str(src), str(out), "--no-progress"]) == 0
+    assert PairCache(out).count() == 6
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "kaggle-sample").exists(), reason="../shared/data not present")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ganime.data.sketch import EXTRACTORS, PARAM_RANGES, extract, random_extract
 from ganime.data.loader import step_seed
+from ganime.data.pairs import worker_pool
 from ganime.errors import InputError
 from ganime.imageio import atomic_write_bytes, list_images, open_image, save_png
 
@@ -79,8 +80,6 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     The extractor and parameters of a file depend only on (seed, its name), whatever was done before
     and whatever else ``src`` holds.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
 
     if extractor != "random" and extractor not in EXTRACTORS:
@@ -122,7 +121,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
     bar = tqdm(total=len(todo), desc="sketchify", unit="img", disable=not progress, file=sys.stderr)
     failed = []
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     try:
         results = pool.map(_sketchify_one, todo, chunksize=4) if pool else map(_sketchify_one, todo)
         for err in results:
@@ -132,7 +131,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     finally:
         bar.close()
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     written = len(todo) - len(failed)
     if written + kept == 0:
         raise InputError(f"{src}: none of the {len(files)} images could be read ({failed[0] if failed else ''})")
