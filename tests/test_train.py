@@ -209,6 +209,23 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_resumed(tmp_path, caps
         t.fit()
 
 
+def test_a_run_whose_last_pt_is_gone_but_kept_others_is_not_started_again(tmp_path):
+    """A --resume without last.pt restarts a run that saved nothing; one that kept epoch_*.pt or best.pt was
+    said to hold 'no checkpoint yet' and trained from scratch, replacing its numbered checkpoints on the way."""
+    out = tmp_path / "run"
+    Trainer(tiny_config(epochs=2, keep_every=1), tiny_pairs(4), out, device="cpu", progress=False).fit()
+    (out / "last.pt").unlink()
+    kept = {p.name: p.read_bytes() for p in out.glob("epoch_*.pt")}
+    assert sorted(kept) == ["epoch_0001.pt", "epoch_0002.pt"]
+    with pytest.raises(InputError, match="has no last.pt but holds epoch_0002.pt; copy"):
+        Trainer(tiny_config(epochs=2, keep_every=1), tiny_pairs(4), out, device="cpu", progress=False, resume=True)
+    assert {p.name: p.read_bytes() for p in out.glob("epoch_*.pt")} == kept and not (out / "last.pt").exists()
+    (out / "last.pt").write_bytes(kept["epoch_0001.pt"])  # as the message says: continues from epoch 1
+    res = Trainer(tiny_config(epochs=2, keep_every=1), tiny_pairs(4), out, device="cpu", progress=False,
+                  resume=True).fit()
+    assert res.epochs_done == 2 and res.global_step == 4
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     t = Trainer(tiny_config(epochs=3), tiny_pairs(4), out, device="cpu", progress=False)

@@ -123,6 +123,11 @@ def check_run_folder(out: str | Path, method: str, resume: bool) -> None:
             old = read_run_config(saved)
             if old.method != method:
                 raise InputError(f"{out}: holds a {old.method} run, not {method}")
+        if not last.exists():  # only a run that saved nothing starts again: it would overwrite these
+            kept = sorted(out.glob("epoch_*.pt")) or sorted(out.glob("best.pt"))
+            if kept:
+                raise InputError(f"{out}: has no last.pt but holds {kept[-1].name}; copy the checkpoint to continue "
+                                 f"from to {last} and --resume again, or start a new run with another --out")
         return
     if out.exists() and any(out.iterdir()):
         if not saved.exists():
