@@ -92,6 +92,17 @@ def test_colorize_into_the_input_folder_never_replaces_the_sketches(tiny_checkpo
     assert {p.name: p.read_bytes() for p in odd_inputs.iterdir()} == before
 
 
+def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_path, capsys, monkeypatch):
+    """'colorize DIR DIR/a.png' or 'a.png ./a.png' was refused: 'a.png and a.png would both be written to
+    OUT/a.png; colour them into separate folders'."""
+    monkeypatch.chdir(odd_inputs)
+    out = tmp_path / "out"
+    rc = main(["colorize", str(odd_inputs), "tall.png", "./tall.png", "--checkpoint", str(tiny_checkpoint),
+               "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in odd_inputs.iterdir())
+
+
 def test_an_out_that_is_a_file_is_refused_before_colouring_with_hints_too(tiny_checkpoint, odd_inputs, tmp_path,
                                                                           capsys):
     Image.new("RGBA", (37, 91), (0, 0, 0, 0)).save(tmp_path / "hints.png")

@@ -308,7 +308,8 @@ def looks_coloured(im: Image.Image) -> bool:
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Files and folders (their images, not recursive) -> image paths, with one-line errors."""
+    """Files and folders (their images, not recursive) -> image paths, with one-line errors. A file named
+    twice (``colorize DIR DIR/a.png``, ``a.png ./a.png``) is taken once."""
     files: list[Path] = []
     for s in inputs:
         p = Path(s)
@@ -321,7 +322,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             files.extend(found)
         else:
             files.append(p)
-    return files
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
