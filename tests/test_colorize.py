@@ -103,6 +103,16 @@ def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in odd_inputs.iterdir())
 
 
+def test_a_folder_of_subfolders_names_one_to_colour(tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    """A folder whose sketches sit in subfolders (chapters of a volume) was said to hold 'no image files'."""
+    volume = tmp_path / "volume"
+    (volume / "chapter 1").mkdir(parents=True)
+    (odd_inputs / "tall.png").rename(volume / "chapter 1" / "p1.png")
+    rc = main(["colorize", str(volume), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out")])
+    assert rc == 2 and f"not searched: name them, as {volume / 'chapter 1'}" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_out_that_is_a_file_is_refused_before_colouring_with_hints_too(tiny_checkpoint, odd_inputs, tmp_path,
                                                                           capsys):
     Image.new("RGBA", (37, 91), (0, 0, 0, 0)).save(tmp_path / "hints.png")

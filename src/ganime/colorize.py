@@ -318,7 +318,9 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise InputError(f"{p}: folder holds no image files")
+                deeper = next((d for d in sorted(p.iterdir()) if d.is_dir() and list_images(d)), None)
+                where = f" (only its subfolders do, which are not searched: name them, as {deeper})" if deeper else ""
+                raise InputError(f"{p}: folder holds no image files{where}")
             files.extend(found)
         else:
             files.append(p)
