@@ -520,6 +520,20 @@ def test_max_size_must_be_a_positive_number(value, tmp_path, capsys):
     assert e.value.code == 2 and f"--max-size: expected a positive number, got '{value}'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "pix2pix", "--data", "c", "--out", "r", "--epochs", "1e3"], "--epochs: invalid int value: '1e3'"),
+    (["colorize", "a.png"], "the following arguments are required: --out"),
+    (["data", "prepare", "src", "out", "--size", "big"], "--size: invalid int value: 'big'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_a_usage_error_is_one_line(argv, needle, capsys):
+    """argparse printed its usage summary above the error: 18 lines for a train option, the error last."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "--help" in err, err
+
+
 def test_a_write_the_disk_refuses_names_its_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     """A full disk (ENOSPC from write or fsync) names the file it was writing; the old file stays whole."""
     import errno

@@ -28,8 +28,16 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line, as every other error: argparse printed the usage summary above it (18 lines for
+    'ganime train pix2pix --epochs 1e3', the error last); the summary is a --help away. Sub-parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ganime",
         description="Colour anime and manga line art: prepare data, train, colorize, evaluate.",
     )
