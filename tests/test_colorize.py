@@ -534,6 +534,21 @@ def test_a_usage_error_is_one_line(argv, needle, capsys):
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "--help" in err, err
 
 
+@pytest.mark.parametrize("argv, name", [(["colorize", "SKETCH", "--out", ""], "--out"),
+                                        (["colorize", "", "--out", "o"], "INPUT"),
+                                        (["data", "sketchify", "SRC", ""], "out")])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(argv, name, odd_inputs, tmp_path, monkeypatch,
+                                                                   capsys):
+    """'--out "$OUT"' with OUT unset: the results went into the current folder without a word."""
+    monkeypatch.chdir(tmp_path)
+    argv = [str(odd_inputs / "tall.png") if a == "SKETCH" else str(odd_inputs) if a == "SRC" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {name}: empty value" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_a_write_the_disk_refuses_names_its_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     """A full disk (ENOSPC from write or fsync) names the file it was writing; the old file stays whole."""
     import errno

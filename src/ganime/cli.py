@@ -35,6 +35,17 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """Refuse an empty value ('--out "$OUT"' with OUT unset): as a path it meant the current folder, so
+        results, pairs or a cache went there without a word."""
+        ns, extras = super().parse_known_args(args, namespace)
+        for a in self._actions:
+            v = getattr(ns, a.dest, None)
+            if a.default != "" and (v == "" or (isinstance(v, list) and "" in v)):
+                self.error(f"argument {'/'.join(a.option_strings) or a.metavar or a.dest}: empty value "
+                           "(an unset shell variable?)")
+        return ns, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
