@@ -92,6 +92,27 @@ def test_colorize_into_the_input_folder_never_replaces_the_sketches(tiny_checkpo
     assert {p.name: p.read_bytes() for p in odd_inputs.iterdir()} == before
 
 
+def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_path, capsys, monkeypatch):
+    """'colorize DIR DIR/a.png' or 'a.png ./a.png' was refused: 'a.png and a.png would both be written to
+    OUT/a.png; colour them into separate folders'."""
+    monkeypatch.chdir(odd_inputs)
+    out = tmp_path / "out"
+    rc = main(["colorize", str(odd_inputs), "tall.png", "./tall.png", "--checkpoint", str(tiny_checkpoint),
+               "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in odd_inputs.iterdir())
+
+
+def test_a_folder_of_subfolders_names_one_to_colour(tiny_checkpoint, odd_inputs, tmp_path, capsys):
+    """A folder whose sketches sit in subfolders (chapters of a volume) was said to hold 'no image files'."""
+    volume = tmp_path / "volume"
+    (volume / "chapter 1").mkdir(parents=True)
+    (odd_inputs / "tall.png").rename(volume / "chapter 1" / "p1.png")
+    rc = main(["colorize", str(volume), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out")])
+    assert rc == 2 and f"not searched: name them, as {volume / 'chapter 1'}" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_out_that_is_a_file_is_refused_before_colouring_with_hints_too(tiny_checkpoint, odd_inputs, tmp_path,
                                                                           capsys):
     Image.new("RGBA", (37, 91), (0, 0, 0, 0)).save(tmp_path / "hints.png")
@@ -479,11 +500,53 @@ def test_an_output_the_system_refuses_is_one_line_naming_it(tiny_checkpoint, odd
     assert blocker.read_text() == "mine"
 
 
+def test_a_name_that_is_not_utf8_is_printed_where_stdout_is_strict(tiny_checkpoint, odd_inputs, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Under a UTF-8 locale stdout refuses the surrogates that stand for a name's undecodable bytes: the images
+    were written, then 'wrote N images to OUT' ended in an 'unexpected UnicodeEncodeError' and exit 1."""
+    out = os.fsdecode(bytes(tmp_path) + b"/r\xe9sultats")
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr("sys.stdout", strict)
+    rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(tiny_checkpoint), "--out", out])
+    assert rc == 0, capsys.readouterr().err
+    strict.flush()
+    assert b"r\xe9sultats" in strict.buffer.getvalue()
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "big"])
 def test_max_size_must_be_a_positive_number(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["colorize", "x.png", "--out", str(tmp_path / "o"), "--max-size", value])
     assert e.value.code == 2 and f"--max-size: expected a positive number, got '{value}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "pix2pix", "--data", "c", "--out", "r", "--epochs", "1e3"], "--epochs: invalid int value: '1e3'"),
+    (["colorize", "a.png"], "the following arguments are required: --out"),
+    (["data", "prepare", "src", "out", "--size", "big"], "--size: invalid int value: 'big'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_a_usage_error_is_one_line(argv, needle, capsys):
+    """argparse printed its usage summary above the error: 18 lines for a train option, the error last."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err and "--help" in err, err
+
+
+@pytest.mark.parametrize("argv, name", [(["colorize", "SKETCH", "--out", ""], "--out"),
+                                        (["colorize", "", "--out", "o"], "INPUT"),
+                                        (["data", "sketchify", "SRC", ""], "out")])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(argv, name, odd_inputs, tmp_path, monkeypatch,
+                                                                   capsys):
+    """'--out "$OUT"' with OUT unset: the results went into the current folder without a word."""
+    monkeypatch.chdir(tmp_path)
+    argv = [str(odd_inputs / "tall.png") if a == "SKETCH" else str(odd_inputs) if a == "SRC" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {name}: empty value" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_a_write_the_disk_refuses_names_its_file_and_keeps_the_old_one(tmp_path, monkeypatch):

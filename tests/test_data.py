@@ -1,4 +1,8 @@
+import hashlib
 import json
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +159,41 @@ def test_prepare_resumes_a_killed_run_and_keeps_files_added_to_its_cache(tmp_pat
     (out / "train-00001-features.npy").write_bytes(b"mine")
     assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
     assert (out / "README.txt").read_text() == "my notes" and (out / "train-00001-features.npy").read_bytes() == b"mine"
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
+def test_prepare_file_name_that_is_not_utf8(tmp_path, make_pairs, capsys):
+    """The shard key hashed each name with str.encode(), which refuses the surrogates standing for a name's
+    undecodable bytes: one Latin-1 name ended the whole prepare in an 'unexpected UnicodeEncodeError'."""
+    src = make_pairs(2)
+    first = sorted(src.iterdir())[0]
+    first.rename(os.fsdecode(bytes(src) + b"/caf\xe9.png"))
+    assert main(["data", "prepare", str(src), str(tmp_path / "cache"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert PairCache(tmp_path / "cache").count() == 2
+
+
+def test_ctrl_c_during_prepare_is_one_line_and_a_rerun_completes(tmp_path, make_pairs):
+    """Ctrl-C reaches the whole process group: a decoding worker idle while the main process wrote a shard
+    printed its own KeyboardInterrupt traceback (one per worker) above 'ganime: interrupted'."""
+    import signal
+    import subprocess
+
+    src, out = make_pairs(6), tmp_path / "cache"
+    script = tmp_path / "slow_write.py"  # the workers are done and idle while the shard is written
+    script.write_text("import sys, time\nimport ganime.data.pairs as p\nwrite = p.atomic_write_bytes\n"
+                      "def slow(path, data):\n    print('writing', flush=True)\n    time.sleep(60)\n"
+                      "    write(path, data)\np.atomic_write_bytes = slow\n"
+                      "from ganime.cli import main\nraise SystemExit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    proc = subprocess.Popen([sys.executable, str(script), "data", "prepare", str(src), str(out), "--workers", "2",
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    assert proc.stdout.readline() == "writing\n"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "ganime: interrupted", err
+    assert main(["data", "prepare", str(src), str(out), "--no-progress"]) == 0
+    assert PairCache(out).count() == 6
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "kaggle-sample").exists(), reason="../shared/data not present")
@@ -352,6 +391,22 @@ def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsy
     assert "wrote 1 pairs" in std.out and "a.png" in std.err and "rename" in std.err
     left = np.asarray(Image.open(out / "a.png"))[:, :48]  # the colour half: a.jpg's, the first by name
     assert np.abs(left.astype(int) - np.asarray(Image.open(src / "a.jpg")).astype(int)).max() == 0
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
+def test_sketchify_file_name_that_is_not_utf8(tmp_path, capsys):
+    """A name's undecodable bytes reach Python as surrogates, which str.encode() refuses: the per-name seed
+    ended the whole run in an 'unexpected UnicodeEncodeError' before any pair."""
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(os.fsdecode(bytes(src) + b"/caf\xe9.png"))  # Latin-1, as old archives hold
+    synthetic_color(1, 48).save(src / "caf\u00e9.png")  # the same name in UTF-8: seeded as before
+    out = tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert len(list(out.glob("*.png"))) == 2
+    from ganime.data.sketchify import _name_key
+
+    assert _name_key("caf\u00e9.png") == int.from_bytes(hashlib.sha1("caf\u00e9.png".encode()).digest()[:8], "big") >> 1
 
 
 @pytest.mark.parametrize("case", ["size-negative", "size-zero", "size-huge", "out-is-src"])

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 from types import SimpleNamespace
@@ -50,6 +51,19 @@ def test_identity_floor_outputs_the_sketch_and_writes_results(make_pairs, tmp_pa
         assert np.array_equal(np.asarray(Image.open(out / "images" / name)), sketch), name
     assert Image.open(out / "grid.png").size == (3 * 64, 8 * 64)  # sketch | truth | output, up to 8 rows
     assert "| identity | 10 |" in (out / "metrics.md").read_text()
+
+
+def test_a_path_that_is_not_utf8_is_written_to_metrics_md(make_pairs, tmp_path, monkeypatch, capsys):
+    """metrics.md names the data and checkpoint; a name that is not UTF-8 (surrogates in Python) failed its
+    write with an 'unexpected UnicodeEncodeError' after the whole evaluation had run."""
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))  # the report's bytes
+    pairs = make_pairs(2, size=64)
+    latin1 = os.fsdecode(bytes(tmp_path) + b"/donn\xe9es")
+    pairs.rename(latin1)
+    out = tmp_path / "ev"
+    assert evaluate_cli("--method", "identity", "--data", latin1, "--out", out, "--size", 64, "--no-inception") == 0, \
+        capsys.readouterr().err
+    assert b"donn\xe9es" in (out / "metrics.md").read_bytes()
 
 
 def test_white_floor_and_overwrite_keeps_foreign_files(make_pairs, tmp_path, capsys):

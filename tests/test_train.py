@@ -209,6 +209,23 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_resumed(tmp_path, caps
         t.fit()
 
 
+def test_a_run_whose_last_pt_is_gone_but_kept_others_is_not_started_again(tmp_path):
+    """A --resume without last.pt restarts a run that saved nothing; one that kept epoch_*.pt or best.pt was
+    said to hold 'no checkpoint yet' and trained from scratch, replacing its numbered checkpoints on the way."""
+    out = tmp_path / "run"
+    Trainer(tiny_config(epochs=2, keep_every=1), tiny_pairs(4), out, device="cpu", progress=False).fit()
+    (out / "last.pt").unlink()
+    kept = {p.name: p.read_bytes() for p in out.glob("epoch_*.pt")}
+    assert sorted(kept) == ["epoch_0001.pt", "epoch_0002.pt"]
+    with pytest.raises(InputError, match="has no last.pt but holds epoch_0002.pt; copy"):
+        Trainer(tiny_config(epochs=2, keep_every=1), tiny_pairs(4), out, device="cpu", progress=False, resume=True)
+    assert {p.name: p.read_bytes() for p in out.glob("epoch_*.pt")} == kept and not (out / "last.pt").exists()
+    (out / "last.pt").write_bytes(kept["epoch_0001.pt"])  # as the message says: continues from epoch 1
+    res = Trainer(tiny_config(epochs=2, keep_every=1), tiny_pairs(4), out, device="cpu", progress=False,
+                  resume=True).fit()
+    assert res.epochs_done == 2 and res.global_step == 4
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     t = Trainer(tiny_config(epochs=3), tiny_pairs(4), out, device="cpu", progress=False)
@@ -260,44 +277,47 @@ def cache256(tmp_path_factory):
 
 
 def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "only 4 training images for a batch size of 32" in one_line_error(capsys)  # the paper's batch
+    data = ["--data", str(cache256), "--batch-size", "4"]  # a batch the 4 pairs fill
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["train"]["batch_size"] == 32 and cfg["options"]["lambda_l1"] == 100.0
+    assert cfg["train"]["batch_size"] == 4 and cfg["options"]["lambda_l1"] == 100.0
     assert not (tmp_path / "r").exists()
     (tmp_path / "mine").mkdir()  # a dry run answers as the run would: this --out would be refused
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "mine"), "--dry-run"]) == 2
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "mine"), "--dry-run"]) == 2
     assert "is not a run folder" in one_line_error(capsys)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--dry-run",
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--dry-run",
                  "--resume"]) == 2
     assert "nothing to resume" in one_line_error(capsys)
     assert main(["train", "pix2pix", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) != 0
     assert "no such data folder" in one_line_error(capsys)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "huge"]) != 0
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--preset", "huge"]) != 0
     assert "unknown preset" in one_line_error(capsys)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--epochs", "0"]) != 0
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--epochs", "0"]) != 0
     assert "epochs must be at least 1" in one_line_error(capsys)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--zoom-out", "1.5"]) != 0
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--zoom-out", "1.5"]) != 0
     assert "zoom-out probability" in one_line_error(capsys)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"),
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"),
                  "--init-from", str(tmp_path / "none.pt")]) != 0
     assert "no such checkpoint" in one_line_error(capsys)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--zoom-out", "0.5",
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--zoom-out", "0.5",
                  "--zoom-min", "0.3", "--dry-run"]) == 0
     t = json.loads(capsys.readouterr().out)["train"]
     assert (t["zoom_out"], t["zoom_min"]) == (0.5, 0.3)
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--line-multiply",
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--line-multiply",
                  "--color-flatten", "4", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["net"]["color_flatten"] == 4.0
     # Fine-tuning the shipped (line-multiply) model keeps its colour layer unless told otherwise.
-    ft = ["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "small", "--hints",
+    ft = ["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--preset", "small", "--hints",
           "--init-from", "default", "--dry-run"]
     assert main(ft) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["net"]["line_multiply"] is True and "training with --line-multiply" in out.err
     assert main(ft + ["--no-line-multiply"]) == 0
     assert json.loads(capsys.readouterr().out)["net"]["line_multiply"] is False
-    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--color-flatten", "4"]) != 0
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--color-flatten", "4"]) != 0
     assert "--line-multiply generator only" in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
 
@@ -311,6 +331,22 @@ def test_cli_train_without_tensorboard_leaves_no_run_folder(cache256, tmp_path, 
     assert "pip install tensorboard" in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
     assert main(args) == 0
+
+
+def test_cli_train_checks_the_cache_before_reading_it_and_on_dry_run(cache256, tmp_path, capsys, monkeypatch):
+    """A --size or --batch-size the cache cannot serve passed --dry-run, and the run refused it only after
+    reading the whole cache (minutes for a large one)."""
+    import ganime.commands.train as train_cli
+
+    monkeypatch.setattr(train_cli, "load_training_pairs", lambda *a: pytest.fail("read the cache before refusing"))
+    for method in ("pix2pix", "cyclegan"):
+        for extra, needle in ((["--size", "512"], "holds 256px images but the run is configured for 512px"),
+                              (["--batch-size", "5"], "only 4 training images for a batch size of 5")):
+            for dry in (["--dry-run"], []):
+                rc = main(["train", method, "--data", str(cache256), "--preset", "small", "--out",
+                           str(tmp_path / "r"), *extra, *dry])
+                assert rc == 2 and needle in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("option", [("--lambda-l1", "nan"), ("--lambda-l1", "-5"), ("--lambda-hint", "inf"),

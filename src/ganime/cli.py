@@ -28,8 +28,27 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line, as every other error: argparse printed the usage summary above it (18 lines for
+    'ganime train pix2pix --epochs 1e3', the error last); the summary is a --help away. Sub-parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Refuse an empty value ('--out "$OUT"' with OUT unset): as a path it meant the current folder, so
+        results, pairs or a cache went there without a word."""
+        ns, extras = super().parse_known_args(args, namespace)
+        for a in self._actions:
+            v = getattr(ns, a.dest, None)
+            if a.default != "" and (v == "" or (isinstance(v, list) and "" in v)):
+                self.error(f"argument {'/'.join(a.option_strings) or a.metavar or a.dest}: empty value "
+                           "(an unset shell variable?)")
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ganime",
         description="Colour anime and manga line art: prepare data, train, colorize, evaluate.",
     )
@@ -42,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # a path whose name is not UTF-8 (surrogates in Python) is printed as its bytes on disk, as Python does
+        # in the C locale; under a UTF-8 locale a closing 'wrote PATH' failed after the work, with exit 1
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -309,7 +309,8 @@ def looks_coloured(im: Image.Image) -> bool:
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Files and folders (their images, not recursive) -> image paths, with one-line errors."""
+    """Files and folders (their images, not recursive) -> image paths, with one-line errors. A file named
+    twice (``colorize DIR DIR/a.png``, ``a.png ./a.png``) is taken once."""
     files: list[Path] = []
     for s in inputs:
         p = Path(s)
@@ -318,11 +319,14 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise InputError(f"{p}: folder holds no image files")
+                deeper = next((d for d in sorted(p.iterdir()) if d.is_dir() and list_images(d)), None)
+                where = f" (only its subfolders do, which are not searched: name them, as {deeper})" if deeper else ""
+                raise InputError(f"{p}: folder holds no image files{where}")
             files.extend(found)
         else:
             files.append(p)
-    return files
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,

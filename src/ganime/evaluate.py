@@ -449,7 +449,8 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
     record["images"] = files
     record["pairs"] = list(names)
     atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())
-    atomic_write_bytes(out / "metrics.md", (format_report(result) + "\n").encode())
+    # surrogateescape: a checkpoint or data path whose name is not UTF-8 is written as its bytes on disk
+    atomic_write_bytes(out / "metrics.md", (format_report(result) + "\n").encode("utf-8", "surrogateescape"))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -127,12 +127,32 @@ def check_run_folder(out: str | Path, method: str, resume: bool) -> None:
             old = read_run_config(saved)
             if old.method != method:
                 raise InputError(f"{out}: holds a {old.method} run, not {method}")
+        if not last.exists():  # only a run that saved nothing starts again: it would overwrite these
+            kept = sorted(out.glob("epoch_*.pt")) or sorted(out.glob("best.pt"))
+            if kept:
+                raise InputError(f"{out}: has no last.pt but holds {kept[-1].name}; copy the checkpoint to continue "
+                                 f"from to {last} and --resume again, or start a new run with another --out")
         return
     if out.exists() and any(out.iterdir()):
         if not saved.exists():
             raise InputError(f"{out}: already holds files and is not a run folder; choose a new --out")
         what = "a checkpoint" if last.exists() else "a run that saved no checkpoint yet"
         raise InputError(f"{out}: run folder already holds {what}; pass --resume to continue it or choose a new --out")
+
+
+def check_data_size(data_size: int, run_size: int) -> None:
+    """The training pairs must be at the run's size (the cache is not resized)."""
+    if data_size != run_size:
+        raise InputError(f"the data cache holds {data_size}px images but the run is configured for {run_size}px; "
+                         f"prepare the data with --size {run_size} or pass --size {data_size}")
+
+
+def check_batches(n: int, batch_size: int, world_size: int = 1) -> None:
+    """An epoch needs one full batch per process (its last partial batch is dropped)."""
+    if n // (batch_size * world_size) < 1:
+        raise InputError(f"only {n} training images for a batch size of {batch_size}"
+                         f"{' x ' + str(world_size) + ' processes' if world_size > 1 else ''}: "
+                         "use a smaller --batch-size or more data")
 
 
 def init_checkpoint(init_from: str | Path) -> Path:
@@ -213,20 +233,11 @@ class Trainer:
         if loader is None:
             if pairs is None:
                 raise InputError("no training data given")
-            if pairs.shape[2] != t.size:
-                raise InputError(
-                    f"the data cache holds {pairs.shape[2]}px images but the run is configured for {t.size}px; "
-                    f"prepare the data with --size {t.size} or pass --size {pairs.shape[2]}"
-                )
+            check_data_size(pairs.shape[2], t.size)
             loader = PairLoader.for_training(pairs, t, self.device, rank=self.rank, world_size=self.world_size,
                                              hint_sampler=getattr(self.method, "hint_sampler", None))
         self.loader = loader
-        if loader.steps_per_epoch < 1:
-            raise InputError(
-                f"only {loader.n} training images for a batch size of {t.batch_size}"
-                f"{' x ' + str(self.world_size) + ' processes' if self.world_size > 1 else ''}: "
-                "use a smaller --batch-size or more data"
-            )
+        check_batches(loader.n, t.batch_size, self.world_size)
         writer = self._tensorboard() if tensorboard and self.main else None  # a check too: before the folder
         self._make_run_folder(resume)  # once every check passed: a refused run leaves no folder to clear by hand
         self.tb = writer(str(self.out / "tensorboard")) if writer else None

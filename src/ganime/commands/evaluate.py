@@ -142,6 +142,6 @@ def run_table1(args) -> dict:
         doc = {"rows": [_json_ready(r) for r in results], "labels": labels, "pairs": names, **flat,
                "paper": PAPER_TABLE1, "paper_warning": PAPER_FID_WARNING}
         atomic_write_bytes(out / "table1.json", (json.dumps(doc, indent=1) + "\n").encode())
-        atomic_write_bytes(out / "table1.md", (md + "\n").encode())
+        atomic_write_bytes(out / "table1.md", (md + "\n").encode("utf-8", "surrogateescape"))  # as metrics.md
         print(f"\nwrote {out}/table1.md and table1.json", file=sys.stderr)
     return flat

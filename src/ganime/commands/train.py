@@ -143,6 +143,15 @@ def _evaluation_settings(args) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def check_cache(cache, cfg) -> None:
+    """The run's checks of its pairs' size and number, from the cache's index: --dry-run passed a --size or
+    --batch-size the run then refused, and the run refused them only after reading the whole cache."""
+    from ganime.train import check_batches, check_data_size
+
+    check_data_size(cache.size, cfg.train.size)
+    check_batches(cache.count("train" if "train" in cache.splits else None), cfg.train.batch_size)
+
+
 def load_training_pairs(data: str, size: int | None):
     from ganime.data.pairs import PairCache
 
@@ -198,6 +207,7 @@ def run(args) -> int:
     if args.size is None and not args.resume:
         cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
     cfg.validate()
+    check_cache(cache, cfg)
     if args.dry_run:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)  # before the (long) load of the training pairs: a bad --val-data fails now
@@ -289,7 +299,7 @@ METHOD_ARGS["cyclegan"] = add_cyclegan_parser
 def run_cyclegan(args) -> int:
     from ganime.data.unpaired import UnpairedLoader, load_unpaired, split_pairs
     from ganime.errors import InputError
-    from ganime.train import Trainer, resolve_device
+    from ganime.train import Trainer, check_data_size, resolve_device
 
     folders = args.sketches is not None or args.colors is not None
     if args.data is not None and folders:
@@ -313,6 +323,8 @@ def run_cyclegan(args) -> int:
         if args.size is None and not args.resume:
             cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
     cfg.validate()
+    if args.data is not None:
+        check_cache(cache, cfg)
     if args.dry_run:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)
@@ -323,9 +335,7 @@ def run_cyclegan(args) -> int:
     else:
         sketches, colors = load_unpaired(args.sketches, args.colors, cfg.train.size, progress=not args.no_progress)
     t = cfg.train
-    if sketches.shape[1] != t.size:
-        raise InputError(f"the data cache holds {sketches.shape[1]}px images but the run is configured for {t.size}px; "
-                         f"prepare the data with --size {t.size} or pass --size {sketches.shape[1]}")
+    check_data_size(sketches.shape[1], t.size)
     # Under torchrun: one process per device, each on its own share of both domains' orders, with
     # G, F, D_X and D_Y wrapped in DDP (synchronised BatchNorm) by the Trainer, as for pix2pix.
     from ganime.distributed import from_env

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,12 +133,25 @@ def _load_for_cache(args):
         return item.name, None, f"{item.files()[0]}: {type(e).__name__}: {e}", None
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Decoding processes that leave Ctrl-C to the main process: it reaches the whole process group, and a
+    worker waiting for its next file printed a KeyboardInterrupt traceback of its own (two, with two workers,
+    above 'ganime: interrupted'). Shut it down with ``cancel_futures=True`` so that an interrupt waits only for
+    the files being read."""
+    return ProcessPoolExecutor(workers, initializer=_ignore_interrupts)
+
+
 def _shard_key(items: list[PairItem], size: int) -> str:
     h = hashlib.sha1(f"{CACHE_VERSION}:{size}".encode())
     for it in items:
         for f in it.files():
             st = os.stat(f)
-            h.update(f"{it.name}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            # surrogateescape: a name that is not UTF-8 as its bytes on disk (valid names hash as before)
+            h.update(f"{it.name}|{f}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:12]
 
 
@@ -174,7 +188,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
              "source": str(Path(src).resolve()), "splits": {}, "skipped": [], "stretched": []}
     keep: set[str] = set()
     bar = tqdm(total=total, desc=f"prepare {size}px", unit="img", disable=not progress, file=sys.stderr)
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     try:
         for split, items in splits.items():
             shards, count = [], 0
@@ -215,7 +229,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     finally:
         bar.close()
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)  # after Ctrl-C: the files being read finish, no more start
     usable = sum(s["count"] for s in index["splits"].values())
     index["count"] = usable
     if usable == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from ganime.data.sketch import EXTRACTORS, PARAM_RANGES, extract, random_extract
 from ganime.data.loader import step_seed
+from ganime.data.pairs import worker_pool
 from ganime.errors import InputError
 from ganime.imageio import atomic_write_bytes, list_images, open_image, save_png
 
@@ -60,8 +62,9 @@ def _sketchify_one(job) -> str | None:
 
 
 def _name_key(name: str) -> int:
-    """A stable 63-bit integer for a file name (the per-file part of its seed)."""
-    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") >> 1
+    """A stable 63-bit integer for a file name (the per-file part of its seed): of its bytes on disk, so a
+    name that is not UTF-8 (its undecodable bytes are surrogates in ``name``) has one too."""
+    return int.from_bytes(hashlib.sha1(os.fsencode(name)).digest()[:8], "big") >> 1
 
 
 def _flags(settings: dict) -> str:
@@ -78,9 +81,6 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     The extractor and parameters of a file depend only on (seed, its name), whatever was done before
     and whatever else ``src`` holds.
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
 
     if extractor != "random" and extractor not in EXTRACTORS:
@@ -123,7 +123,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
     bar = tqdm(total=len(todo), desc="sketchify", unit="img", disable=not progress, file=sys.stderr)
     failed = []
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     try:
         results = pool.map(_sketchify_one, todo, chunksize=4) if pool else map(_sketchify_one, todo)
         for err in results:
@@ -133,7 +133,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     finally:
         bar.close()
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     written = len(todo) - len(failed)
     if written + kept == 0:
         raise InputError(f"{src}: none of the {len(files)} images could be read ({failed[0] if failed else ''})")
