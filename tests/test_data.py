@@ -75,16 +75,16 @@ def test_prepare_rerun_reuses_shards_and_skips_bad_files(tmp_path, make_pairs, c
     (src / "empty.png").write_bytes(b"")
     (src / "text.png").write_text("not an image")
     out = tmp_path / "cache"
-    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 1  # done, 2 files skipped
     err = capsys.readouterr().err
     assert "empty.png" in err and "text.png" in err
     shard = next(out.glob("train-*.npy"))
     mtime = shard.stat().st_mtime_ns
-    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "1", "--no-progress"]) == 1
     assert shard.stat().st_mtime_ns == mtime  # reused, not rewritten
     # A new source file invalidates the shard; the stale one is removed.
     make_pairs(1, start=50, folder=src)
-    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "2", "--no-progress"]) == 0
+    assert main(["data", "prepare", str(src), str(out), "--size", "32", "--workers", "2", "--no-progress"]) == 1
     assert not shard.exists()
     assert PairCache(out).count("train") == 5
     assert len(list(out.glob("train-*.npy"))) == 1
@@ -107,7 +107,7 @@ def test_prepare_names_stretched_pairs_and_skips_mismatched_sketch_colour_files(
         for i, (h, w) in enumerate(shapes):
             Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(folders / sub / f"{i}.png")
     out2 = tmp_path / "cache2"
-    assert main(["data", "prepare", str(folders), str(out2), "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    assert main(["data", "prepare", str(folders), str(out2), "--size", "32", "--workers", "1", "--no-progress"]) == 1  # done, 1 file skipped
     err = capsys.readouterr().err
     assert "skipped 1 unusable files" in err and "is 64x64 but its colour image" in err and "is 96x64" in err
     assert PairCache(out2).count() == 1 and "non-square" not in err
@@ -302,13 +302,13 @@ def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
         synthetic_color(i, 48).save(src / f"c{i}.png")
     (src / "broken.webp").write_bytes(b"RIFF0000WEBPjunk")
     out = tmp_path / "pairs"
-    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--seed", "1", "--no-progress"]) == 0
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--seed", "1", "--no-progress"]) == 1  # done, 1 file skipped
     assert "broken.webp" in capsys.readouterr().err
     im = Image.open(out / "c0.png")
     assert im.size == (96, 48)
     first = (out / "c0.png").read_bytes()
     (out / "c1.png").write_bytes(b"user's own file")
-    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--seed", "1", "--no-progress"]) == 0
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--seed", "1", "--no-progress"]) == 1
     assert (out / "c0.png").read_bytes() == first and (out / "c1.png").read_bytes() == b"user's own file"
     capsys.readouterr()
     assert main(["data", "sketchify", str(src), str(out), "--extractor", "crayon"]) != 0
@@ -386,7 +386,7 @@ def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsy
     synthetic_color(0, 48).save(src / "a.jpg")
     synthetic_color(1, 48).save(src / "a.png")
     out = tmp_path / "pairs"
-    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--no-progress"]) == 0
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--no-progress"]) == 1  # done, 1 file skipped
     std = capsys.readouterr()
     assert "wrote 1 pairs" in std.out and "a.png" in std.err and "rename" in std.err
     left = np.asarray(Image.open(out / "a.png"))[:, :48]  # the colour half: a.jpg's, the first by name

@@ -45,7 +45,7 @@ def run_prepare(args) -> int:
     if index.get("stretched"):
         print(f"note: {stretched_note(index['stretched'], index['size'])} (crop them first to keep their proportions)",
               file=sys.stderr)
-    return 0
+    return 1 if index["skipped"] else 0  # as colorize: done, but not with every input
 
 
 def run_sketchify(args) -> int:
@@ -59,7 +59,7 @@ def run_sketchify(args) -> int:
               "write to a new folder to be sure", file=sys.stderr)
     _report_skipped(r["failed"], "unreadable")
     _report_skipped(r["clashes"], "same-named")
-    return 0
+    return 1 if r["failed"] or r["clashes"] else 0  # as colorize: done, but not with every input
 
 
 def _report_skipped(problems: list[str], what: str) -> None:
