@@ -90,6 +90,15 @@ def test_prepare_rerun_reuses_shards_and_skips_bad_files(tmp_path, make_pairs, c
     assert len(list(out.glob("train-*.npy"))) == 1
 
 
+def test_prepare_into_the_source_folder_is_refused(tmp_path, make_pairs, capsys):
+    """--out SRC/val on a source without val/ made a 'val split' of cache files for the next prepare."""
+    src = tmp_path / "kaggle"
+    make_pairs(2, folder=src / "train")
+    assert main(["data", "prepare", str(src), str(src / "val"), "--size", "32", "--no-progress"]) == 2
+    assert "is inside the source folder" in one_line_error(capsys)
+    assert sorted(p.name for p in src.iterdir()) == ["train"]
+
+
 def test_prepare_names_stretched_pairs_and_skips_mismatched_sketch_colour_files(tmp_path, make_pairs, capsys):
     src = make_pairs(2)
     wide = np.full((40, 160, 3), 255, np.uint8)  # halves of 80x40: stretched to a square, as pix2pix does

@@ -179,6 +179,9 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
+    if Path(src).resolve() in out.resolve().parents:  # e.g. SRC/val: a new split of cache files next time
+        raise InputError(f"{out}: is inside the source folder {src}; a later prepare or evaluation could read it "
+                         "as part of the data: choose another output folder")
     if out.is_dir() and not _is_cache_folder(out):
         raise InputError(f"{out}: folder is not empty and is not a GANime cache; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
