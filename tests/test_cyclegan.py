@@ -257,6 +257,17 @@ def test_cli_trains_on_a_paired_cache(tmp_path, tiny_preset, capsys):
     assert json.loads(capsys.readouterr().out)["train"]["size"] == SIZE
 
 
+def test_same_folder_for_both_domains_is_warned(tmp_path, tiny_preset, capsys):
+    good = write_images(tmp_path / "good", 2)
+    args = ["train", "cyclegan", "--out", str(tmp_path / "run"), "--preset", tiny_preset, "--size", str(SIZE),
+            "--device", "cpu", "--no-progress", "--dry-run"]
+    assert main(args + ["--sketches", str(good), "--colors", str(tmp_path / "." / "good")]) == 0
+    assert "--sketches and --colors are the same folder" in capsys.readouterr().err
+    other = write_images(tmp_path / "other", 2)
+    assert main(args + ["--sketches", str(good), "--colors", str(other)]) == 0
+    assert "same folder" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", [("--lambda-cycle", "-1"), ("--lambda-identity", "nan"), ("--pool-size", "-1")])
 def test_bad_option_leaves_no_run_folder(tmp_path, tiny_preset, capsys, option):
     # checked with the configuration, before the run folder (and its config.json) exists: the corrected

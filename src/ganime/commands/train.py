@@ -325,6 +325,9 @@ def run_cyclegan(args) -> int:
     cfg.validate()
     if args.data is not None:
         check_cache(cache, cfg)
+    if folders and Path(args.sketches).resolve() == Path(args.colors).resolve():
+        print(f"ganime: warning: --sketches and --colors are the same folder ({args.sketches}): both domains hold "
+              "the same images, so G learns to copy its input rather than to colour line art", file=sys.stderr)
     if args.dry_run:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)
