@@ -349,6 +349,15 @@ def test_cli_train_checks_the_cache_before_reading_it_and_on_dry_run(cache256, t
     assert not (tmp_path / "r").exists()
 
 
+def test_cli_train_names_the_cache_as_the_source_of_a_size_the_network_refuses(tmp_path, make_pairs, capsys):
+    assert main(["data", "prepare", str(make_pairs(2, 64)), str(tmp_path / "c64"), "--size", "64", "--no-progress"]) == 0
+    capsys.readouterr()
+    for method in ("pix2pix", "cyclegan"):
+        assert main(["train", method, "--data", str(tmp_path / "c64"), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+        line = one_line_error(capsys)
+        assert "image size 64 must be a multiple of 256" in line and f"the size of the cache {tmp_path / 'c64'}" in line
+
+
 @pytest.mark.parametrize("option", [("--lambda-l1", "nan"), ("--lambda-l1", "-5"), ("--lambda-hint", "inf"),
                                     ("--lambda-ssim", "-1")])
 def test_cli_train_refuses_unusable_loss_weights(cache256, tmp_path, capsys, option):

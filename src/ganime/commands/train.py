@@ -206,7 +206,7 @@ def run(args) -> int:
     cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work
     if args.size is None and not args.resume:
         cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
-    cfg.validate()
+    validate(cfg, args)
     check_cache(cache, cfg)
     if args.dry_run:
         return dry_run(cfg, args)
@@ -221,6 +221,19 @@ def run(args) -> int:
         hooks=hooks, max_steps=args.max_steps, tensorboard=args.tensorboard, dist=dist,
         time_limit=_seconds(args.time_limit), init_from=args.init_from))
     return report(res, args.out, dist)
+
+
+def validate(cfg, args) -> None:
+    """``cfg.validate()``, saying where a size the network cannot take came from when it is the cache's."""
+    from ganime.errors import InputError
+
+    try:
+        cfg.validate()
+    except InputError as e:
+        if args.data is None or args.size is not None or args.resume or f"image size {cfg.train.size} " not in str(e):
+            raise
+        raise InputError(f"{e} (the size of the cache {args.data}: give --size, or prepare the data at a size "
+                         "that fits)") from None
 
 
 def fit_closing(dist, make_trainer):
@@ -322,7 +335,7 @@ def run_cyclegan(args) -> int:
         cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work
         if args.size is None and not args.resume:
             cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
-    cfg.validate()
+    validate(cfg, args)
     if args.data is not None:
         check_cache(cache, cfg)
     if folders and Path(args.sketches).resolve() == Path(args.colors).resolve():
