@@ -68,6 +68,34 @@ def test_white_floor_and_overwrite_keeps_foreign_files(make_pairs, tmp_path, cap
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_an_overwrite_stopped_while_writing_leaves_no_earlier_report(make_pairs, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while an --overwrite rewrote the images left the earlier run's metrics.json, metrics.md and
+    grid.png beside a mix of images: a complete-looking report of results no longer there."""
+    import ganime.evaluate
+
+    pairs = make_pairs(6, size=32)
+    out = tmp_path / "ev"
+    assert evaluate_cli("--method", "white", "--data", pairs, "--out", out, "--size", 32, "--no-inception") == 0
+    save, calls = ganime.evaluate.save_png_array, []
+
+    def stop_after_two(arr, path):
+        calls.append(path)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        save(arr, path)
+
+    monkeypatch.setattr(ganime.evaluate, "save_png_array", stop_after_two)
+    assert evaluate_cli("--method", "identity", "--data", pairs, "--out", out, "--size", 32, "--no-inception",
+                        "--overwrite") == 130
+    assert capsys.readouterr().err.strip() == "ganime: interrupted"
+    assert not any((out / f).exists() for f in ganime.evaluate.RESULT_FILES)
+    monkeypatch.setattr(ganime.evaluate, "save_png_array", save)
+    assert evaluate_cli("--method", "identity", "--data", pairs, "--out", out, "--size", 32, "--no-inception",
+                        "--overwrite") == 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == "identity"
+    assert len(list((out / "images").iterdir())) == 6
+
+
 def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, make_pairs, tmp_path):
     pairs = make_pairs(4, size=64)
     for size in (64, 48):  # 64: batched generator path; 48: the colorize pipeline fits each image

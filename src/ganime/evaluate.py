@@ -439,6 +439,8 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
                     p.unlink()
         except (ValueError, OSError, AttributeError):
             pass
+    for name in RESULT_FILES:  # an earlier run's report must not describe a folder this one stopped half-way
+        (out / name).unlink(missing_ok=True)
     images.mkdir(parents=True, exist_ok=True)
     files = _image_names(names)
     for arr, f in tqdm(list(zip(outputs, files)), desc="save images", unit="img", file=sys.stderr,
@@ -448,8 +450,8 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
     record = _json_ready(result)
     record["images"] = files
     record["pairs"] = list(names)
-    atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())
     atomic_write_bytes(out / "metrics.md", (format_report(result) + "\n").encode())
+    atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())  # last: complete
 
 
 # --------------------------------------------------------------------------------------------------------
