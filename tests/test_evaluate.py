@@ -452,6 +452,34 @@ def test_table1_one_row_per_style_and_its_own_option_names(make_pairs, tmp_path,
         run_table1(p.parse_args([*base, "--styles", "gatys", "--gatys-iterations", "0"]))
 
 
+def test_table1_overwrite_stopped_midway_leaves_no_earlier_table(make_pairs, tmp_path, monkeypatch):
+    """A table1 --overwrite stopped after its first row kept the earlier table1.json and table1.md, which
+    then described rows the folder no longer held."""
+    import ganime.evaluate
+    from ganime.commands.evaluate import add_table1_args, run_table1
+
+    p = argparse.ArgumentParser()
+    add_table1_args(p)
+    folder = make_pairs(3, size=32)
+    argv = ["--data", str(folder), "--size", "32", "--no-inception", "--no-progress", "--device", "cpu",
+            "--out", str(tmp_path / "t1"), "--overwrite"]
+    run_table1(p.parse_args(argv))
+    evaluate = ganime.evaluate.evaluate
+
+    def stop_at_white(method, *a, **k):
+        if method == "white":
+            raise KeyboardInterrupt
+        return evaluate(method, *a, **k)
+
+    monkeypatch.setattr(ganime.evaluate, "evaluate", stop_at_white)
+    with pytest.raises(KeyboardInterrupt):
+        run_table1(p.parse_args([*argv, "--n", "2"]))
+    assert not (tmp_path / "t1" / "table1.json").exists() and not (tmp_path / "t1" / "table1.md").exists()
+    monkeypatch.setattr(ganime.evaluate, "evaluate", evaluate)
+    run_table1(p.parse_args([*argv, "--n", "2"]))
+    assert json.loads((tmp_path / "t1" / "table1.json").read_text())["n"] == 2
+
+
 def test_paper_background_keeps_the_blank_paper(tiny_checkpoint, make_pairs, tmp_path):
     """--background paper copies the sketch's paper (connected to the border) into the output."""
     from ganime.colorize import paper_background
