@@ -389,7 +389,7 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     t1 = time.perf_counter()
     m = compute_all(outputs, colours, sketches=sketches, device=str(dev), inception=inception,
                     real_cache_key=content_key(colours) if with_inception else None,
-                    with_inception=with_inception, seed=seed)
+                    with_inception=with_inception, seed=seed, progress=progress)
     result = {
         "method": method, "checkpoint": None, **(meta or {}), **info, "size": size, "seed": seed, "device": str(dev),
         **m,
