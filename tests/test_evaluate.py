@@ -480,6 +480,19 @@ def test_table1_overwrite_stopped_midway_leaves_no_earlier_table(make_pairs, tmp
     assert json.loads((tmp_path / "t1" / "table1.json").read_text())["n"] == 2
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_gatys_shows_its_iterations_unless_no_progress(progress, monkeypatch):
+    """evaluate --method gatys hid Gatys' own bar: the images' bar stood still for the minutes of 1,000
+    iterations each image takes on a CPU."""
+    import ganime.evaluate
+    import ganime.methods.style_transfer as st
+
+    seen = {}
+    monkeypatch.setattr(st, "make_style_transfer", lambda method, **o: seen.update(o))
+    ganime.evaluate.make_generator("gatys", device="cpu", size=32, iterations=3, progress=progress)
+    assert seen["progress"] is (None if progress else False)  # None: tqdm's choice, shown on a terminal
+
+
 def test_paper_background_keeps_the_blank_paper(tiny_checkpoint, make_pairs, tmp_path):
     """--background paper copies the sketch's paper (connected to the border) into the output."""
     from ganime.colorize import paper_background
