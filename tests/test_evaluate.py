@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -363,6 +364,28 @@ def test_eval_hook_in_a_training_run_writes_jsonl_and_figure7(make_pairs, tmp_pa
         assert Image.open(tmp_path / "run" / "metrics.png").size[0] > 100
     log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r["kind"] == "eval"] == [1, 2]
+
+
+def test_each_training_evaluation_is_announced_on_its_own_line(make_pairs, tmp_path, capsys):
+    """An epoch's evaluation ran silently under a standing step bar (20 s for 33 pairs on a CPU), and the
+    one message, printed after the bar's text, was glued to the bar's line."""
+    from tqdm import tqdm
+
+    from ganime.evaluate import training_eval_hook
+
+    tr = fake_trainer(tmp_path)
+    hook = training_eval_hook(make_pairs(3, 64), every=1, with_inception=False, size=64)
+    capsys.readouterr()
+    with tqdm(total=4, desc="pix2pix", file=sys.stderr, mininterval=0) as bar:
+        bar.update(2)
+        hook(tr, 1)
+        hook(tr, 2)
+    err = capsys.readouterr().err
+    said = [line.split("\r")[-1] for line in err.split("\n") if "ganime:" in line]
+    assert said == ["ganime: evaluating every 1 epochs on 3 of 3 pairs of all pairs (the training data: no val "
+                    f"split in the cache) in {tmp_path / 'pairs'}, seed 0",
+                    "ganime: epoch 1: evaluating on 3 validation pairs",
+                    "ganime: epoch 2: evaluating on 3 validation pairs"], err
 
 
 def test_a_failing_evaluation_is_reported_and_training_goes_on(make_pairs, tmp_path, monkeypatch, capsys):

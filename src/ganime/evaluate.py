@@ -614,8 +614,8 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
     def load(size: int) -> None:
         pairs, names, what = validation_pairs(data_path, size, n, seed, training_data)
         if keep_best is not None and training_data and not has_val_split(data_path) and "size" not in state:
-            print(f"ganime: warning: --keep-best {keep_best} is judged on training pairs (no val split in {data_path}), "
-                  "which favours memorising them; give --val-data PAIRS held out from training", file=sys.stderr)
+            _say(f"ganime: warning: --keep-best {keep_best} is judged on training pairs (no val split in {data_path}), "
+                 "which favours memorising them; give --val-data PAIRS held out from training")
         if keep_best in ("fid", "kid") and len(names) < 2:
             raise InputError(f"{data_path}: --keep-best {keep_best} needs at least 2 validation pairs")
         state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]), size=size)
@@ -630,8 +630,8 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         try:
             evaluate_epoch(trainer, epoch)
         except Exception as e:  # e.g. CUDA out of memory, a full disk: the training matters more than one point
-            print(f"ganime: warning: epoch {epoch}: evaluation failed ({type(e).__name__}: {e}); no metrics for "
-                  "this epoch, training goes on", file=sys.stderr)
+            _say(f"ganime: warning: epoch {epoch}: evaluation failed ({type(e).__name__}: {e}); no metrics for "
+                 "this epoch, training goes on")
 
     def evaluate_epoch(trainer, epoch: int) -> None:
         from ganime.metrics import compute_all
@@ -639,9 +639,10 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         if state.get("size") != trainer.cfg.train.size:
             load(trainer.cfg.train.size)
         if "inception" not in state:
+            _say(f"ganime: evaluating every {every} epochs on {state['what']}")
             state["inception"] = make_inception(str(trainer.device), progress) if with_inception else None
-            print(f"ganime: evaluating every {every} epochs on {state['what']}", file=sys.stderr)
         pairs = state["pairs"]
+        _say(f"ganime: epoch {epoch}: evaluating on {len(pairs)} validation pairs")  # the step bar stands still meanwhile
         gen = trainer.method.generator
         was_training = gen.training
         gen.eval()
@@ -671,6 +672,14 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
 
     hook.catch_up = catch_up
     return hook
+
+
+def _say(message: str) -> None:
+    """A line on stderr during training: written through tqdm, which clears the step bar and redraws it
+    below, instead of appending the line to the bar's own."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _check_metric_available(metric: str | None) -> None:
@@ -712,8 +721,7 @@ def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
     value = record.get(key)
     if not isinstance(value, (int, float)) or not math.isfinite(value):  # None (e.g. LPIPS weights removed
         # mid-run) or an infinite FID, which the record holds as "inf": say so, keep the old best
-        print(f"ganime: warning: epoch {record['epoch']}: no finite {metric} value, best.pt left as it is",
-              file=sys.stderr)
+        _say(f"ganime: warning: epoch {record['epoch']}: no finite {metric} value, best.pt left as it is")
         return
     best_file = trainer.out / "best.json"
     if "best" not in state:  # a resumed run continues its record, if kept by the same metric on the same pairs
@@ -731,5 +739,4 @@ def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
                      "global_step": record["global_step"], "validation": record["validation"]}
     atomic_write_bytes(best_file, (json.dumps(state["best"], indent=1) + "\n").encode())
     trainer.log({"kind": "best", "epoch": record["epoch"], "global_step": record["global_step"], metric: value})
-    print(f"ganime: epoch {record['epoch']}: best {metric} so far ({value:.4f}); saved {trainer.out / 'best.pt'}",
-          file=sys.stderr)
+    _say(f"ganime: epoch {record['epoch']}: best {metric} so far ({value:.4f}); saved {trainer.out / 'best.pt'}")
