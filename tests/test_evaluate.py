@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -80,6 +81,34 @@ def test_white_floor_and_overwrite_keeps_foreign_files(make_pairs, tmp_path, cap
     assert m["ssim_mean"] == pytest.approx(m["white_ssim_mean"]) and m["size"] == 32
     assert (np.asarray(Image.open(out / "images" / "pair_000.png")) == 255).all()
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_overwrite_stopped_while_writing_leaves_no_earlier_report(make_pairs, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while an --overwrite rewrote the images left the earlier run's metrics.json, metrics.md and
+    grid.png beside a mix of images: a complete-looking report of results no longer there."""
+    import ganime.evaluate
+
+    pairs = make_pairs(6, size=32)
+    out = tmp_path / "ev"
+    assert evaluate_cli("--method", "white", "--data", pairs, "--out", out, "--size", 32, "--no-inception") == 0
+    save, calls = ganime.evaluate.save_png_array, []
+
+    def stop_after_two(arr, path):
+        calls.append(path)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        save(arr, path)
+
+    monkeypatch.setattr(ganime.evaluate, "save_png_array", stop_after_two)
+    assert evaluate_cli("--method", "identity", "--data", pairs, "--out", out, "--size", 32, "--no-inception",
+                        "--overwrite") == 130
+    assert capsys.readouterr().err.strip() == "ganime: interrupted"
+    assert not any((out / f).exists() for f in ganime.evaluate.RESULT_FILES)
+    monkeypatch.setattr(ganime.evaluate, "save_png_array", save)
+    assert evaluate_cli("--method", "identity", "--data", pairs, "--out", out, "--size", 32, "--no-inception",
+                        "--overwrite") == 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == "identity"
+    assert len(list((out / "images").iterdir())) == 6
 
 
 def test_pix2pix_checkpoint_evaluates_at_its_size_and_another(tiny_checkpoint, make_pairs, tmp_path):
@@ -351,6 +380,28 @@ def test_eval_hook_in_a_training_run_writes_jsonl_and_figure7(make_pairs, tmp_pa
     assert [r["epoch"] for r in log if r["kind"] == "eval"] == [1, 2]
 
 
+def test_each_training_evaluation_is_announced_on_its_own_line(make_pairs, tmp_path, capsys):
+    """An epoch's evaluation ran silently under a standing step bar (20 s for 33 pairs on a CPU), and the
+    one message, printed after the bar's text, was glued to the bar's line."""
+    from tqdm import tqdm
+
+    from ganime.evaluate import training_eval_hook
+
+    tr = fake_trainer(tmp_path)
+    hook = training_eval_hook(make_pairs(3, 64), every=1, with_inception=False, size=64)
+    capsys.readouterr()
+    with tqdm(total=4, desc="pix2pix", file=sys.stderr, mininterval=0) as bar:
+        bar.update(2)
+        hook(tr, 1)
+        hook(tr, 2)
+    err = capsys.readouterr().err
+    said = [line.split("\r")[-1] for line in err.split("\n") if "ganime:" in line]
+    assert said == ["ganime: evaluating every 1 epochs on 3 of 3 pairs of all pairs (the training data: no val "
+                    f"split in the cache) in {tmp_path / 'pairs'}, seed 0",
+                    "ganime: epoch 1: evaluating on 3 validation pairs",
+                    "ganime: epoch 2: evaluating on 3 validation pairs"], err
+
+
 def test_a_failing_evaluation_is_reported_and_training_goes_on(make_pairs, tmp_path, monkeypatch, capsys):
     """An error inside the evaluation (e.g. CUDA out of memory) stopped the whole training run."""
     import ganime.metrics
@@ -436,6 +487,47 @@ def test_table1_one_row_per_style_and_its_own_option_names(make_pairs, tmp_path,
     assert [r["method"] for r in doc["rows"]] == ["fast", "identity", "white"]
     with pytest.raises(InputError, match="^--gatys-iterations 0: must be at least 1$"):
         run_table1(p.parse_args([*base, "--styles", "gatys", "--gatys-iterations", "0"]))
+
+
+def test_table1_overwrite_stopped_midway_leaves_no_earlier_table(make_pairs, tmp_path, monkeypatch):
+    """A table1 --overwrite stopped after its first row kept the earlier table1.json and table1.md, which
+    then described rows the folder no longer held."""
+    import ganime.evaluate
+    from ganime.commands.evaluate import add_table1_args, run_table1
+
+    p = argparse.ArgumentParser()
+    add_table1_args(p)
+    folder = make_pairs(3, size=32)
+    argv = ["--data", str(folder), "--size", "32", "--no-inception", "--no-progress", "--device", "cpu",
+            "--out", str(tmp_path / "t1"), "--overwrite"]
+    run_table1(p.parse_args(argv))
+    evaluate = ganime.evaluate.evaluate
+
+    def stop_at_white(method, *a, **k):
+        if method == "white":
+            raise KeyboardInterrupt
+        return evaluate(method, *a, **k)
+
+    monkeypatch.setattr(ganime.evaluate, "evaluate", stop_at_white)
+    with pytest.raises(KeyboardInterrupt):
+        run_table1(p.parse_args([*argv, "--n", "2"]))
+    assert not (tmp_path / "t1" / "table1.json").exists() and not (tmp_path / "t1" / "table1.md").exists()
+    monkeypatch.setattr(ganime.evaluate, "evaluate", evaluate)
+    run_table1(p.parse_args([*argv, "--n", "2"]))
+    assert json.loads((tmp_path / "t1" / "table1.json").read_text())["n"] == 2
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_gatys_shows_its_iterations_unless_no_progress(progress, monkeypatch):
+    """evaluate --method gatys hid Gatys' own bar: the images' bar stood still for the minutes of 1,000
+    iterations each image takes on a CPU."""
+    import ganime.evaluate
+    import ganime.methods.style_transfer as st
+
+    seen = {}
+    monkeypatch.setattr(st, "make_style_transfer", lambda method, **o: seen.update(o))
+    ganime.evaluate.make_generator("gatys", device="cpu", size=32, iterations=3, progress=progress)
+    assert seen["progress"] is (None if progress else False)  # None: tqdm's choice, shown on a terminal
 
 
 def test_paper_background_keeps_the_blank_paper(tiny_checkpoint, make_pairs, tmp_path):

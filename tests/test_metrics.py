@@ -441,6 +441,27 @@ def test_compute_all_keys_floors_and_json_friendly_values():
         M.compute_all(sketch, colour[:3])
 
 
+def test_compute_all_progress_moves_through_its_passes_with_the_same_values(monkeypatch, capsys):
+    """SSIM with its two floors and LPIPS ran silently: minutes on a CPU for thousands of pairs between the
+    generation's bar and the Inception features' bar."""
+    rng = np.random.default_rng(0)
+    fake, real, sketch = (rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8) for _ in range(3))
+    monkeypatch.setattr(M, "_PROGRESS_CHUNK", 3)
+    import functools
+
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))  # draw every update
+    quiet = M.compute_all(fake, real, sketches=sketch, with_inception=False)
+    assert capsys.readouterr().err == ""
+    shown = M.compute_all(fake, real, sketches=sketch, with_inception=False, progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    done = 40 if quiet["lpips_mean"] is not None else 30  # 10 pairs x (SSIM, white, identity, LPIPS)
+    assert "metrics" in err and f" {done}/40 " in err and f" {done - 1}/40 " in err, err
+    for k, v in quiet.items():
+        assert shown[k] == (pytest.approx(v, rel=1e-6) if isinstance(v, float) else v), k  # LPIPS: float32 batches
+
+
 @needs_data
 @needs_inception
 def test_compute_all_with_inception_and_real_cache():

@@ -261,7 +261,10 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
         if e.name and e.name.startswith("ganime"):
             raise InputError(f"--method {method}: style transfer is not part of this GANime install") from None
         raise
-    st = make_style_transfer(method, size=size, iterations=iterations, device=device.type, progress=False)
+    # Gatys' own bar under the images' one: an image is minutes of iterations on a CPU (1,000 at 256 px).
+    # On a terminal only (None, as ganime stylize), where the nested bar's cursor moves make sense.
+    st = make_style_transfer(method, size=size, iterations=iterations, device=device.type,
+                             progress=None if progress else False)
 
     def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -389,7 +392,7 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     t1 = time.perf_counter()
     m = compute_all(outputs, colours, sketches=sketches, device=str(dev), inception=inception,
                     real_cache_key=content_key(colours) if with_inception else None,
-                    with_inception=with_inception, seed=seed)
+                    with_inception=with_inception, seed=seed, progress=progress)
     result = {
         "method": method, "checkpoint": None, **(meta or {}), **info, "size": size, "seed": seed, "device": str(dev),
         **m,
@@ -439,6 +442,8 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
                     p.unlink()
         except (ValueError, OSError, AttributeError):
             pass
+    for name in RESULT_FILES:  # an earlier run's report must not describe a folder this one stopped half-way
+        (out / name).unlink(missing_ok=True)
     images.mkdir(parents=True, exist_ok=True)
     files = _image_names(names)
     for arr, f in tqdm(list(zip(outputs, files)), desc="save images", unit="img", file=sys.stderr,
@@ -448,9 +453,9 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
     record = _json_ready(result)
     record["images"] = files
     record["pairs"] = list(names)
-    atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())
     # surrogateescape: a checkpoint or data path whose name is not UTF-8 is written as its bytes on disk
     atomic_write_bytes(out / "metrics.md", (format_report(result) + "\n").encode("utf-8", "surrogateescape"))
+    atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())  # last: complete
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -610,8 +615,8 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
     def load(size: int) -> None:
         pairs, names, what = validation_pairs(data_path, size, n, seed, training_data)
         if keep_best is not None and training_data and not has_val_split(data_path) and "size" not in state:
-            print(f"ganime: warning: --keep-best {keep_best} is judged on training pairs (no val split in {data_path}), "
-                  "which favours memorising them; give --val-data PAIRS held out from training", file=sys.stderr)
+            _say(f"ganime: warning: --keep-best {keep_best} is judged on training pairs (no val split in {data_path}), "
+                 "which favours memorising them; give --val-data PAIRS held out from training")
         if keep_best in ("fid", "kid") and len(names) < 2:
             raise InputError(f"{data_path}: --keep-best {keep_best} needs at least 2 validation pairs")
         state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]), size=size)
@@ -626,8 +631,8 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         try:
             evaluate_epoch(trainer, epoch)
         except Exception as e:  # e.g. CUDA out of memory, a full disk: the training matters more than one point
-            print(f"ganime: warning: epoch {epoch}: evaluation failed ({type(e).__name__}: {e}); no metrics for "
-                  "this epoch, training goes on", file=sys.stderr)
+            _say(f"ganime: warning: epoch {epoch}: evaluation failed ({type(e).__name__}: {e}); no metrics for "
+                 "this epoch, training goes on")
 
     def evaluate_epoch(trainer, epoch: int) -> None:
         from ganime.metrics import compute_all
@@ -635,9 +640,10 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         if state.get("size") != trainer.cfg.train.size:
             load(trainer.cfg.train.size)
         if "inception" not in state:
+            _say(f"ganime: evaluating every {every} epochs on {state['what']}")
             state["inception"] = make_inception(str(trainer.device), progress) if with_inception else None
-            print(f"ganime: evaluating every {every} epochs on {state['what']}", file=sys.stderr)
         pairs = state["pairs"]
+        _say(f"ganime: epoch {epoch}: evaluating on {len(pairs)} validation pairs")  # the step bar stands still meanwhile
         gen = trainer.method.generator
         was_training = gen.training
         gen.eval()
@@ -667,6 +673,14 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
 
     hook.catch_up = catch_up
     return hook
+
+
+def _say(message: str) -> None:
+    """A line on stderr during training: written through tqdm, which clears the step bar and redraws it
+    below, instead of appending the line to the bar's own."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _check_metric_available(metric: str | None) -> None:
@@ -708,8 +722,7 @@ def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
     value = record.get(key)
     if not isinstance(value, (int, float)) or not math.isfinite(value):  # None (e.g. LPIPS weights removed
         # mid-run) or an infinite FID, which the record holds as "inf": say so, keep the old best
-        print(f"ganime: warning: epoch {record['epoch']}: no finite {metric} value, best.pt left as it is",
-              file=sys.stderr)
+        _say(f"ganime: warning: epoch {record['epoch']}: no finite {metric} value, best.pt left as it is")
         return
     best_file = trainer.out / "best.json"
     if "best" not in state:  # a resumed run continues its record, if kept by the same metric on the same pairs
@@ -727,5 +740,4 @@ def _keep_if_best(trainer, metric: str, record: dict, state: dict) -> None:
                      "global_step": record["global_step"], "validation": record["validation"]}
     atomic_write_bytes(best_file, (json.dumps(state["best"], indent=1) + "\n").encode())
     trainer.log({"kind": "best", "epoch": record["epoch"], "global_step": record["global_step"], metric: value})
-    print(f"ganime: epoch {record['epoch']}: best {metric} so far ({value:.4f}); saved {trainer.out / 'best.pt'}",
-          file=sys.stderr)
+    _say(f"ganime: epoch {record['epoch']}: best {metric} so far ({value:.4f}); saved {trainer.out / 'best.pt'}")

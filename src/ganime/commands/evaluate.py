@@ -120,6 +120,9 @@ def run_table1(args) -> dict:
     pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed)
     inception = None if args.no_inception else make_inception(str(device), progress)
     meta = {"data": str(Path(args.data).resolve()), "n_available": total}
+    if out is not None:  # an earlier table must not describe rows this run replaces and may not finish
+        for name in ("table1.json", "table1.md"):
+            (out / name).unlink(missing_ok=True)
     results = []
     for (method, _), gen in zip(rows, gens):
         print(f"table1: {method} ...", file=sys.stderr)
@@ -141,7 +144,7 @@ def run_table1(args) -> dict:
     if out is not None:
         doc = {"rows": [_json_ready(r) for r in results], "labels": labels, "pairs": names, **flat,
                "paper": PAPER_TABLE1, "paper_warning": PAPER_FID_WARNING}
-        atomic_write_bytes(out / "table1.json", (json.dumps(doc, indent=1) + "\n").encode())
         atomic_write_bytes(out / "table1.md", (md + "\n").encode("utf-8", "surrogateescape"))  # as metrics.md
+        atomic_write_bytes(out / "table1.json", (json.dumps(doc, indent=1) + "\n").encode())  # last: complete
         print(f"\nwrote {out}/table1.md and table1.json", file=sys.stderr)
     return flat

@@ -38,6 +38,7 @@ def _add_generator_options(p) -> None:
     p.add_argument("--bn-data", metavar="CACHE",
                    help="recompute the generator's BatchNorm statistics on this prepared training cache first")
     p.add_argument("--bn-batches", type=int, help="batches for --bn-data (default 50)")
+    p.add_argument("--no-progress", action="store_true", help="hide the --bn-data progress bar")
 
 
 def _generator_options(args) -> dict:
@@ -47,7 +48,7 @@ def _generator_options(args) -> dict:
     if args.bn_batches is not None and args.bn_data is None:
         raise InputError(f"--bn-batches {args.bn_batches}: applies only with --bn-data CACHE")
     return dict(color_blur=args.color_blur, color_flatten=args.color_flatten, bn_data=args.bn_data,
-                bn_batches=50 if args.bn_batches is None else args.bn_batches)
+                bn_batches=50 if args.bn_batches is None else args.bn_batches, progress=not args.no_progress)
 
 
 def _check_out(path: str, suffix: str, overwrite: bool) -> None:

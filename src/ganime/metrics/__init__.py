@@ -10,6 +10,7 @@ works without the ``metrics`` extra. The protocol, its caveats and measured floo
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -35,6 +36,8 @@ __all__ = [
 
 #: Below this many images FID is strongly biased upward; compute_all adds a warning and KID is the number to read.
 FID_RELIABLE_N = 2000
+#: Images per step of compute_all's progress bar (a few seconds of SSIM on one CPU core).
+_PROGRESS_CHUNK = 128
 
 
 def _mean_std(values: torch.Tensor) -> tuple[float, float]:
@@ -54,6 +57,7 @@ def compute_all(
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict:
     """All metrics of outputs ``fake`` against ground truth ``real`` (paired, same shape), as a dict:
 
@@ -65,6 +69,8 @@ def compute_all(
     ``inception`` lets a caller reuse one :class:`InceptionFeatures` (and its cache) across checkpoints;
     with ``real_cache_key`` the real images' features are computed once under that name.
     ``with_inception=False`` skips FID/KID (they are then None). Values are plain floats (or None).
+    ``progress``: a bar on stderr over the per-image passes (SSIM and its floors, LPIPS), minutes on a CPU
+    for thousands of pairs; the Inception features have their own.
     """
     # Convert once; the metrics below get uint8 NHWC views (their documented input form).
     x = as_uint8_nchw(fake, "outputs").permute(0, 2, 3, 1)
@@ -74,25 +80,39 @@ def compute_all(
     notes: list[str] = []
     out: dict = {"n": n}
 
-    out["ssim_mean"], out["ssim_std"] = _mean_std(ssim(x, y, device=device))
-    out["psnr_mean"], out["psnr_std"] = _mean_std(psnr(x, y))
+    from tqdm import tqdm
 
-    white = torch.full_like(y, 255)
-    out["white_ssim_mean"] = _mean_std(ssim(white, y, device=device))[0]
-    out["white_psnr_mean"] = _mean_std(psnr(white, y))[0]
-    if sketches is not None:
-        s = as_uint8_nchw(sketches, "sketches").permute(0, 2, 3, 1)
-        check_pair(s, y)
-        out["identity_ssim_mean"] = _mean_std(ssim(s, y, device=device))[0]
-        out["identity_psnr_mean"] = _mean_std(psnr(s, y))[0]
-    else:
-        out["identity_ssim_mean"] = out["identity_psnr_mean"] = None
+    passes = 4 if sketches is not None else 3  # SSIM, its white and identity floors, LPIPS
+    bar = tqdm(total=passes * n, desc="metrics", unit="img", disable=not progress, file=sys.stderr, leave=False)
 
-    try:
-        out["lpips_mean"], out["lpips_std"] = _mean_std(lpips(x, y, net=lpips_net, device=device))
-    except GanimeError as e:
-        out["lpips_mean"] = out["lpips_std"] = None
-        notes.append(f"LPIPS not computed: {e}")
+    def per_image(metric, a, b, **kw) -> torch.Tensor:  # in chunks, so that the bar moves
+        step = _PROGRESS_CHUNK if progress else max(n, 1)
+        parts = []
+        for i in range(0, n, step):
+            parts.append(metric(a[i : i + step], b[i : i + step], **kw))
+            bar.update(len(parts[-1]))
+        return torch.cat(parts) if parts else metric(a, b, **kw)
+
+    with bar:
+        out["ssim_mean"], out["ssim_std"] = _mean_std(per_image(ssim, x, y, device=device))
+        out["psnr_mean"], out["psnr_std"] = _mean_std(psnr(x, y))
+
+        white = torch.full_like(y, 255)
+        out["white_ssim_mean"] = _mean_std(per_image(ssim, white, y, device=device))[0]
+        out["white_psnr_mean"] = _mean_std(psnr(white, y))[0]
+        if sketches is not None:
+            s = as_uint8_nchw(sketches, "sketches").permute(0, 2, 3, 1)
+            check_pair(s, y)
+            out["identity_ssim_mean"] = _mean_std(per_image(ssim, s, y, device=device))[0]
+            out["identity_psnr_mean"] = _mean_std(psnr(s, y))[0]
+        else:
+            out["identity_ssim_mean"] = out["identity_psnr_mean"] = None
+
+        try:
+            out["lpips_mean"], out["lpips_std"] = _mean_std(per_image(lpips, x, y, net=lpips_net, device=device))
+        except GanimeError as e:
+            out["lpips_mean"] = out["lpips_std"] = None
+            notes.append(f"LPIPS not computed: {e}")
 
     out["fid"] = out["kid_mean"] = out["kid_std"] = None
     if not with_inception:
