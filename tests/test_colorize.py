@@ -67,6 +67,31 @@ def test_a_pngs_transparent_colour_is_white_paper(tmp_path):
         assert (arr[0] == 255).all() and (arr[6] == 0).all(), name
 
 
+def test_colorize_skip_existing_finishes_a_stopped_run(tiny_checkpoint, tmp_path, capsys):
+    """A folder run stopped by Ctrl-C left some results: --skip-existing colours only the missing ones
+    (it was --overwrite, colouring every sketch again, or nothing)."""
+    src, out = tmp_path / "sketches", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        synthetic_sketch(synthetic_color(i, 48)).save(src / f"s{i}.png")
+    args = ["colorize", str(src), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    (out / "s1.png").unlink()
+    (out / "s2.png").write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--skip-existing to colour only the sketches without a result" in one_line_error(capsys)
+    assert main(args + ["--skip-existing"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 1 images to" in said and "(kept 2 existing)" in said
+    assert Image.open(out / "s1.png").size == (48, 48) and (out / "s2.png").read_bytes() == b"mine"
+    assert main(args + ["--skip-existing"]) == 0  # nothing left to do is not a failure
+    assert "wrote 0 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--skip-existing", "--overwrite"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_colorize_never_overwrites_without_permission(tiny_checkpoint, odd_inputs, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

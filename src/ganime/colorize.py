@@ -330,11 +330,15 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
-                   progress: bool = True, suffix: str = "") -> dict:
+                   progress: bool = True, suffix: str = "", skip_existing: bool = False) -> dict:
     """Colour every input into ``out/<stem><suffix>.png``. Bad files are reported and skipped.
 
-    Returns ``{"written": [...], "failed": [...]}``; never replaces an existing file unless ``overwrite``.
+    Returns ``{"written": [...], "failed": [...], "kept": [...]}``; never replaces an existing file unless
+    ``overwrite``. ``skip_existing`` colours only the inputs whose output is missing (outputs are written
+    whole, so one that exists is complete: a run stopped by Ctrl-C continues).
     """
+    if overwrite and skip_existing:
+        raise InputError("--overwrite and --skip-existing contradict each other; pass one")
     from tqdm import tqdm
 
     files = collect_inputs(inputs)
@@ -348,15 +352,17 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
         if t in seen:
             raise InputError(f"{f} and {seen[t]} would both be written to {t}; colour them into separate folders")
         seen[t] = f
-    if not overwrite:
-        clash = [t for t in targets if t.exists()]
-        if clash:
-            more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
-            raise InputError(f"{clash[0]}: already exists{more}; pass --overwrite to replace, or choose another --out")
+    todo = list(zip(files, targets))
+    kept = [str(t) for t in targets if t.exists()] if not overwrite else []
+    if kept and not skip_existing:
+        more = f" (and {len(kept) - 1} more)" if len(kept) > 1 else ""
+        raise InputError(f"{kept[0]}: already exists{more}; pass --overwrite to replace, --skip-existing to colour "
+                         "only the sketches without a result, or choose another --out")
+    if kept:
+        todo = [(f, t) for f, t in todo if not t.exists()]
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
-    for f, t in tqdm(list(zip(files, targets)), desc="colorize", unit="img", disable=not progress or len(files) < 2,
-                     file=sys.stderr):
+    for f, t in tqdm(todo, desc="colorize", unit="img", disable=not progress or len(todo) < 2, file=sys.stderr):
         try:
             im = open_image(f)
         except InputError as e:
@@ -368,7 +374,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
                   file=sys.stderr)
         save_png(colorizer(im), t, overwrite=overwrite)
         written.append(str(t))
-    return {"written": written, "failed": failed}
+    return {"written": written, "failed": failed, "kept": kept}
 
 
 #: Where the shipped default model lives inside the package.

@@ -12,7 +12,10 @@ def register(sub) -> None:
                                         "default: the model shipped with GANime")
     p.add_argument("--hints", help="RGBA image of colour strokes (transparent elsewhere) for a single input")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    keep.add_argument("--skip-existing", action="store_true",
+                      help="colour only the inputs without an output file yet (e.g. to finish a run stopped by Ctrl-C)")
     p.add_argument("--no-progress", action="store_true")
     add_fast_arg(p)
     p.set_defaults(func=run)
@@ -49,15 +52,20 @@ def run(args) -> int:
             raise InputError(f"{args.out}: exists and is not a folder")
         target = Path(args.out) / f"{src.stem}.png"
         check_not_input(src, target, "the input sketch")
+        if target.exists() and args.skip_existing:
+            print(f"kept {target} (already exists)")
+            return 0
         if target.exists() and not args.overwrite:
             raise InputError(f"{target}: already exists; pass --overwrite to replace, or choose another --out")
         save_png(colorizer(open_image(src), hints), target, overwrite=args.overwrite)
         print(f"wrote {target}")
         return 0
-    r = colorize_files(colorizer, args.inputs, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"wrote {len(r['written'])} images to {args.out}" + (f"; {len(r['failed'])} failed" if r["failed"] else ""))
+    r = colorize_files(colorizer, args.inputs, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                       skip_existing=args.skip_existing)
+    print(f"wrote {len(r['written'])} images to {args.out}" + (f" (kept {len(r['kept'])} existing)" if r["kept"] else "")
+          + (f"; {len(r['failed'])} failed" if r["failed"] else ""))
     # every input that could not be coloured was named on stderr; a partial result still says so in its exit
-    return 2 if not r["written"] else 1 if r["failed"] else 0
+    return 2 if not r["written"] and not r["kept"] else 1 if r["failed"] else 0
 
 
 FAST_CHOICES = ("off", "auto", "fp32", "bf16")
