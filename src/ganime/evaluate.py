@@ -87,8 +87,9 @@ def subset_indices(total: int, n: int | None, seed: int = 0) -> np.ndarray:
 
 
 def load_pairs(data: str | os.PathLike, size: int = 256, n: int | None = None, seed: int = 0,
-               split: str | None = None) -> tuple[np.ndarray, list[str], int]:
-    """Pairs for evaluation: ((N, 2, S, S, 3) uint8 with [:, 0] sketch, [:, 1] colour; names; total before subsetting)."""
+               split: str | None = None, progress: bool = False) -> tuple[np.ndarray, list[str], int]:
+    """Pairs for evaluation: ((N, 2, S, S, 3) uint8 with [:, 0] sketch, [:, 1] colour; names; total before
+    subsetting); ``progress``: a bar while a folder's files are decoded."""
     from ganime.data.pairs import open_pairs
 
     if size < 16 or size > 4096:
@@ -105,7 +106,7 @@ def load_pairs(data: str | os.PathLike, size: int = 256, n: int | None = None, s
         total = count
         return subset_indices(count, n, seed)
 
-    pairs, names = open_pairs(p, size, split, select)
+    pairs, names = open_pairs(p, size, split, select, progress)
     return np.ascontiguousarray(pairs), names, total
 
 

@@ -48,7 +48,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     gen = make_generator(args.method, args.checkpoint, device, args.size, args.iterations, not args.no_progress,
                          background=args.background, flatten=args.flatten)
-    pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed, args.split)
+    pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed, args.split, not args.no_progress)
     meta = {"data": str(Path(args.data).resolve()), "split": args.split, "n_available": total}
     r = evaluate(args.method, pairs, names, device=device, iterations=args.iterations, seed=args.seed,
                  with_inception=not args.no_inception, progress=not args.no_progress, out=args.out,
@@ -117,7 +117,7 @@ def run_table1(args) -> dict:
     progress = not args.no_progress
     # Load every model first, so a bad checkpoint fails before minutes of work.
     gens = [make_generator(m, c, device, args.size, args.gatys_iterations, progress) for m, c in rows]
-    pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed)
+    pairs, names, total = load_pairs(args.data, args.size, args.n, args.seed, progress=progress)
     inception = None if args.no_inception else make_inception(str(device), progress)
     meta = {"data": str(Path(args.data).resolve()), "n_available": total}
     if out is not None:  # an earlier table must not describe rows this run replaces and may not finish

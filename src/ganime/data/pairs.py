@@ -326,13 +326,14 @@ class PairCache:
 
 
 def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = None,
-               select=None) -> tuple[np.ndarray, list[str]]:
+               select=None, progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """Pairs from a prepared cache or a folder of side-by-side files, as ((N, 2, S, S, 3) uint8, names).
 
     ``select(total) -> indices``, if given, keeps only those of the ``total`` pairs (of a folder: files
     found; an unreadable one chosen is skipped); only they are read and resized (a full Kaggle cache is
     7 GB at 256 px, 28 GB as float to resize; its val/ folder 3,545 PNGs of 512x1024).
-    Used by evaluation; unreadable files in a folder are skipped with a warning on stderr.
+    Used by evaluation; unreadable files in a folder are skipped with a warning on stderr. ``progress``:
+    a bar over a folder's files (Kaggle's val/ takes a minute or two to decode).
     """
     p = Path(path)
     if (p / "index.json").exists():
@@ -372,10 +373,14 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
     arrays, names, stretched = [], [], []
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
     workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
-    with ThreadPoolExecutor(workers) as ex:
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(workers) as ex, tqdm(total=len(items), desc="read pairs", unit="pair", file=sys.stderr,
+                                                 disable=not progress or len(items) <= 16, leave=False) as bar:
         for name, arr, err, note in ex.map(_load_for_cache, [(it, size) for it in items]):
+            bar.update(1)
             if err is not None:
-                print(f"ganime: warning: skipped {err}", file=sys.stderr)
+                bar.write(f"ganime: warning: skipped {err}", file=sys.stderr)
                 continue
             arrays.append(arr)
             names.append(name)
