@@ -62,10 +62,13 @@ def _images(args, n: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
     return np.ascontiguousarray(real), fake, origin
 
 
-def _stage_timer(device, stages: dict):
-    """timed(name, fn): run fn, record its seconds (device synchronised) in stages[name], return its value."""
+def _stage_timer(device, stages: dict, label: str | None = None):
+    """timed(name, fn): run fn, record its seconds (device synchronised) in stages[name], return its value;
+    with a ``label``, say when each stage starts (a round over 3,545 images takes minutes on a CPU)."""
 
     def timed(name, fn):
+        if label:
+            log(f"benchmark eval: {label}: {name} ...")
         sync(device)
         t0 = time.perf_counter()
         out = fn()
@@ -76,10 +79,10 @@ def _stage_timer(device, stages: dict):
     return timed
 
 
-def _ours(fake, real, device, stages: dict) -> dict:
+def _ours(fake, real, device, stages: dict, label: str | None = None) -> dict:
     from ganime.metrics import InceptionFeatures, fid_from_features, kid_from_features, ssim
 
-    timed = _stage_timer(device, stages)
+    timed = _stage_timer(device, stages, label)
     s = timed("ssim", lambda: ssim(fake, real, device=device))
     feats = InceptionFeatures(device=device)
     f_fake = timed("features", lambda: feats(fake))
@@ -89,7 +92,7 @@ def _ours(fake, real, device, stages: dict) -> dict:
     return {"ssim_mean": float(s.mean()), "fid": fid, "kid_mean": kid[0]}
 
 
-def _reference(fake, real, device, stages: dict) -> dict:
+def _reference(fake, real, device, stages: dict, label: str | None = None) -> dict:
     from ganime.metrics import fid_from_features, kid_from_features, load_inception, ssim
     from ganime.metrics.fid import resize_clean_pil
 
@@ -103,7 +106,7 @@ def _reference(fake, real, device, stages: dict) -> dict:
                 out.append(net(batch).reshape(batch.shape[0], -1).double().cpu().numpy())
         return np.concatenate(out)
 
-    timed = _stage_timer(device, stages)
+    timed = _stage_timer(device, stages, label)
     s = timed("ssim", lambda: torch.cat([ssim(fake[i], real[i], device="cpu") for i in range(len(fake))]))
     f_fake = timed("features", lambda: features(fake))
     f_real = timed("features_real", lambda: features(real))
@@ -137,7 +140,7 @@ def run(args) -> dict:
             st: dict = {}
             with PeakMemory(device) as pm:
                 t0 = time.perf_counter()
-                values[name] = fn(fake, real, device, st)
+                values[name] = fn(fake, real, device, st, f"round {r + 1} {name}")
                 times[name].append(time.perf_counter() - t0)
             peak[name] = max(peak.get(name, 0), pm.bytes)
             stages[name] = st
