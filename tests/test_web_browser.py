@@ -12,6 +12,7 @@ import base64
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -466,3 +467,28 @@ def test_a_sketch_with_an_exif_orientation(browser, page, tmp_path, monkeypatch,
     shown = np.asarray(shown, dtype=np.int16).reshape(view["shown"][1], view["shown"][0], 4)[..., :3]
     assert len(received) == 1 and received[0].shape == shown.shape
     assert np.abs(received[0] - shown).mean() < 2  # the same picture (decoders round JPEG differently)
+
+
+def test_a_pasted_image_becomes_the_sketch(browser, page):
+    """Ctrl+V of an image copied elsewhere (a drawing program, another page) loads it as the sketch; a paste
+    into a text field is left alone."""
+    d = browser
+    open_page(d, page)
+    png = base64.b64encode(png_bytes_of(Image.open(SKETCH).convert("RGB").resize((90, 70)))).decode()
+    paste = (
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const dt = new DataTransfer(); dt.items.add(new File([bytes], 'image.png', {type: 'image/png'}));"
+        "arguments[1].dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));")
+    d.execute_script(paste, png, d.find_element("id", "flatten"))  # an input: not taken
+    time.sleep(0.5)
+    assert d.execute_script("return document.body.dataset.state") != "ready"
+    d.execute_script(paste, png, d.find_element("tag name", "body"))
+    assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element("id", "error").text
+    view = sketch_view(d)
+    assert view["shown"] == view["canvas"] == [90, 70] and view["name"].startswith("pasted-")
+
+
+def png_bytes_of(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

@@ -414,6 +414,20 @@ function init() {
       if (ev === "drop" && e.dataTransfer.files.length) loadSketch(e.dataTransfer.files[0]);
     });
   }
+  // An image pasted from the clipboard (copied in a drawing program or a browser) is taken as the sketch;
+  // a paste into a text field stays a paste of text.
+  document.addEventListener("paste", (e) => {
+    if (e.target.matches("input:not([type=file]), textarea")) return;
+    const items = e.clipboardData ? [...e.clipboardData.items] : [];
+    const item = items.find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (!item) return;
+    e.preventDefault();
+    const blob = item.getAsFile();
+    const ext = (blob.type.split("/")[1] || "png").replace("jpeg", "jpg").replace(/[^a-z0-9]/g, "");
+    // Pasted images are unnamed ("image.png"): name it after the moment, for the download's name.
+    const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+    loadSketch(new File([blob], `pasted-${stamp}.${ext}`, { type: blob.type }));
+  });
   // A click on the empty panel opens the file picker; once a sketch is shown, clicks paint.
   drop.addEventListener("click", (e) => { if (drop.classList.contains("empty")) $("file").click(); });
   loadServerInfo();
