@@ -470,8 +470,9 @@ def test_a_sketch_with_an_exif_orientation(browser, page, tmp_path, monkeypatch,
 
 
 def test_a_pasted_image_becomes_the_sketch(browser, page):
-    """Ctrl+V of an image copied elsewhere (a drawing program, another page) loads it as the sketch; a paste
-    into a text field is left alone."""
+    """Ctrl+V of an image copied elsewhere (a drawing program, another page) loads it as the sketch, whichever
+    control has the focus (the page's inputs are sliders, a colour picker, a checkbox); a paste into
+    editable text is left alone."""
     d = browser
     open_page(d, page)
     png = base64.b64encode(png_bytes_of(Image.open(SKETCH).convert("RGB").resize((90, 70)))).decode()
@@ -479,10 +480,12 @@ def test_a_pasted_image_becomes_the_sketch(browser, page):
         "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
         "const dt = new DataTransfer(); dt.items.add(new File([bytes], 'image.png', {type: 'image/png'}));"
         "arguments[1].dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));")
-    d.execute_script(paste, png, d.find_element("id", "flatten"))  # an input: not taken
+    text = d.execute_script("const t = document.createElement('textarea'); document.body.append(t); return t;")
+    d.execute_script(paste, png, text)  # editable text: not taken
     time.sleep(0.5)
     assert d.execute_script("return document.body.dataset.state") != "ready"
-    d.execute_script(paste, png, d.find_element("tag name", "body"))
+    d.execute_script("arguments[0].remove()", text)
+    d.execute_script(paste, png, d.find_element("id", "flatten"))  # a slider has the focus
     assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element("id", "error").text
     view = sketch_view(d)
     assert view["shown"] == view["canvas"] == [90, 70] and view["name"].startswith("pasted-")

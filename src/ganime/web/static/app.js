@@ -414,15 +414,17 @@ function init() {
       if (ev === "drop" && e.dataTransfer.files.length) loadSketch(e.dataTransfer.files[0]);
     });
   }
-  // An image pasted from the clipboard (copied in a drawing program or a browser) is taken as the sketch;
-  // a paste into a text field stays a paste of text.
+  // An image pasted from the clipboard (copied in a drawing program or a browser) is taken as the sketch,
+  // whichever control has the focus (sliders, the colour picker); a paste into editable text stays text.
+  const TEXT_INPUTS = "textarea, input:not([type]), input[type=text], input[type=search], input[type=number], "
+                      + "input[type=url], input[type=email], input[type=password], input[type=tel]";
   document.addEventListener("paste", (e) => {
-    if (e.target.matches("input:not([type=file]), textarea")) return;
+    if (e.target.isContentEditable || e.target.matches(TEXT_INPUTS)) return;
     const items = e.clipboardData ? [...e.clipboardData.items] : [];
     const item = items.find((i) => i.kind === "file" && i.type.startsWith("image/"));
-    if (!item) return;
+    const blob = item && item.getAsFile();
+    if (!blob) return;
     e.preventDefault();
-    const blob = item.getAsFile();
     const ext = (blob.type.split("/")[1] || "png").replace("jpeg", "jpg").replace(/[^a-z0-9]/g, "");
     // Pasted images are unnamed ("image.png"): name it after the moment, for the download's name.
     const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
