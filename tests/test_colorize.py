@@ -128,6 +128,18 @@ def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in odd_inputs.iterdir())
 
 
+def test_a_link_to_a_sketch_under_another_name_is_coloured_too(tiny_checkpoint, tmp_path, capsys):
+    """A folder of links to one file (as build_default_model.sh makes to repeat pairs) gives a result per name;
+    the named-twice rule dropped all but the first, without a word."""
+    src = tmp_path / "in"
+    src.mkdir()
+    synthetic_sketch(synthetic_color(0, 48)).save(src / "a.png")
+    (src / "b.png").symlink_to(src / "a.png")
+    out = tmp_path / "out"
+    assert main(["colorize", str(src), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
 def test_a_folder_of_subfolders_names_one_to_colour(tiny_checkpoint, odd_inputs, tmp_path, capsys):
     """A folder whose sketches sit in subfolders (chapters of a volume) was said to hold 'no image files'."""
     volume = tmp_path / "volume"

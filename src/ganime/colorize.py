@@ -86,6 +86,8 @@ class Colorizer:
 
     Build with :meth:`from_checkpoint` (training ``.pt`` of any method with a sketch -> colour
     generator, or an exported ``.safetensors``). Thread-safe: calls are serialised by a lock.
+    The constructor's ``max_size`` defaults to None (always the training size); :meth:`from_checkpoint`'s
+    to ``DEFAULT_MAX_SIZE`` (1024), as ``ganime colorize``.
     """
 
     def __init__(self, generator: torch.nn.Module, cfg: RunConfig, method: str, device: torch.device,
@@ -310,7 +312,8 @@ def looks_coloured(im: Image.Image) -> bool:
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
     """Files and folders (their images, not recursive) -> image paths, with one-line errors. A file named
-    twice (``colorize DIR DIR/a.png``, ``a.png ./a.png``) is taken once."""
+    twice (``colorize DIR DIR/a.png``, ``a.png ./a.png``) is taken once; a link to a file under another
+    name (``b.png -> a.png``) is a file of its own (its result is ``b.png``)."""
     files: list[Path] = []
     for s in inputs:
         p = Path(s)
@@ -325,8 +328,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             files.extend(found)
         else:
             files.append(p)
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    seen: set[tuple] = set()
+    return [f for f in files if not ((f.resolve(), f.name) in seen or seen.add((f.resolve(), f.name)))]
 
 
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
