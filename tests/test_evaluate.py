@@ -411,8 +411,8 @@ def test_each_training_evaluation_is_announced_on_its_own_line(make_pairs, tmp_p
     said = [line.split("\r")[-1] for line in err.split("\n") if "ganime:" in line]
     assert said == ["ganime: evaluating every 1 epochs on 3 of 3 pairs of all pairs (the training data: no val "
                     f"split in the cache) in {tmp_path / 'pairs'}, seed 0",
-                    "ganime: epoch 1: evaluating on 3 validation pairs",
-                    "ganime: epoch 2: evaluating on 3 validation pairs"], err
+                    "ganime: epoch 1: evaluating on 3 pairs",
+                    "ganime: epoch 2: evaluating on 3 pairs"], err
 
 
 def test_a_failing_evaluation_is_reported_and_training_goes_on(make_pairs, tmp_path, monkeypatch, capsys):

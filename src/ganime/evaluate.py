@@ -644,7 +644,7 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
             _say(f"ganime: evaluating every {every} epochs on {state['what']}")
             state["inception"] = make_inception(str(trainer.device), progress) if with_inception else None
         pairs = state["pairs"]
-        _say(f"ganime: epoch {epoch}: evaluating on {len(pairs)} validation pairs")  # the step bar stands still meanwhile
+        _say(f"ganime: epoch {epoch}: evaluating on {len(pairs)} pairs")  # the step bar stands still meanwhile
         gen = trainer.method.generator
         was_training = gen.training
         gen.eval()

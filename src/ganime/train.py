@@ -130,8 +130,8 @@ def check_run_folder(out: str | Path, method: str, resume: bool) -> None:
         if not last.exists():  # only a run that saved nothing starts again: it would overwrite these
             kept = sorted(out.glob("epoch_*.pt")) or sorted(out.glob("best.pt"))
             if kept:
-                raise InputError(f"{out}: has no last.pt but holds {kept[-1].name}; copy the checkpoint to continue "
-                                 f"from to {last} and --resume again, or start a new run with another --out")
+                raise InputError(f"{out}: has no last.pt but holds {kept[-1].name}; copy the checkpoint to continue from "
+                                 f"(e.g. {kept[-1].name}) to {last} and --resume again, or start a new run with another --out")
         return
     if out.exists() and any(out.iterdir()):
         if not saved.exists():

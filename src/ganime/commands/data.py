@@ -54,7 +54,7 @@ def run_sketchify(args) -> int:
     r = sketchify_folder(args.src, args.out, args.extractor, args.seed, args.size, progress=not args.no_progress)
     print(f"wrote {r['written']} pairs to {args.out} (kept {r['kept']} existing)")
     if r["unrecorded"]:  # made by hand or before the settings were recorded: cannot be checked
-        print(f"warning: {args.out} already held {r['unrecorded']} .png files with no record of how they were made "
+        print(f"ganime: warning: {args.out} already held {r['unrecorded']} .png files with no record of how they were made "
               f"({SETTINGS_FILE} is new): they are kept as they are and may differ from these settings; "
               "write to a new folder to be sure", file=sys.stderr)
     _report_skipped(r["failed"], "unreadable")
