@@ -14,6 +14,7 @@ from ganime.cli import main
 from ganime.data import augment, sketch
 from ganime.data.loader import PairLoader
 from ganime.data.pairs import PairCache, discover, prepare, split_side_by_side
+from ganime.errors import InputError
 from tests.conftest import SHARED_DATA, one_line_error, synthetic_color, synthetic_sketch
 
 
@@ -374,6 +375,42 @@ def test_sketchify_into_a_folder_of_unrecorded_pairs_warns(tmp_path, capsys):
     assert (out / "c0.png").read_bytes() == b"an older pair"
     assert main(["data", "sketchify", str(src), str(out), "--seed", "1", "--no-progress"]) == 0
     assert "no record" not in capsys.readouterr().err
+
+
+def test_sketchify_out_of_memory_is_one_line_per_image_or_for_the_run(tmp_path, capsys, monkeypatch):
+    """An 8000x8000 image needs ~6 GB in an extractor: a MemoryError ended the run as 'unexpected', and a
+    worker killed by the system as 'unexpected BrokenProcessPool'."""
+    import ganime.data.sketchify as sk
+
+    src = tmp_path / "colour"
+    src.mkdir()
+    for i in range(2):
+        synthetic_color(i, 48).save(src / f"c{i}.png")
+    real, calls = sk.sketchify_image, []
+
+    def big(color, extractor, seed):  # the second image (c1.png) does not fit
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
+        return real(color, extractor, seed)
+
+    monkeypatch.setattr(sk, "sketchify_image", big)
+    monkeypatch.setattr(sk, "worker_pool", None)  # in this process (workers=1)
+    r = sk.sketchify_folder(src, tmp_path / "out", "xdog", progress=False, workers=1)
+    assert r["written"] == 1 and len(r["failed"]) == 1 and "48x48 is too large to sketchify" in r["failed"][0]
+
+    class Broken:
+        def map(self, *a, **k):
+            from concurrent.futures.process import BrokenProcessPool
+
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+        def shutdown(self, **k):
+            pass
+
+    monkeypatch.setattr(sk, "worker_pool", lambda n: Broken())
+    with pytest.raises(InputError, match="a sketchify process was killed"):
+        sk.sketchify_folder(src, tmp_path / "out2", "xdog", progress=False, workers=2)
 
 
 def test_sketchify_pair_depends_on_the_file_not_on_the_others(tmp_path):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,12 @@ def _sketchify_one(job) -> str | None:
     if size:
         im = im.resize((size, size), Image.BICUBIC)
     color = np.array(im)
-    sketch = sketchify_image(color, extractor, seed)
+    try:
+        sketch = sketchify_image(color, extractor, seed)
+    except (MemoryError, RuntimeError) as e:  # torch says "can't allocate memory" as a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e):
+            raise
+        return f"{path}: {im.width}x{im.height} is too large to sketchify in this memory; pass --size (e.g. 1024)"
     save_png(Image.fromarray(np.concatenate([color, sketch], axis=1)), target, overwrite=True)  # target is new
     return None
 
@@ -130,6 +136,9 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
             bar.update(1)
             if err:
                 failed.append(err)
+    except BrokenProcessPool:  # a worker killed, by the system's out-of-memory killer most likely
+        raise InputError(f"a sketchify process was killed (out of memory on a large image?) after {bar.n} of "
+                         f"{len(todo)} images; the pairs written are kept: rerun with --size (e.g. 1024)") from None
     finally:
         bar.close()
         if pool:
