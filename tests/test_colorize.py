@@ -12,7 +12,7 @@ from PIL import Image
 from ganime.checkpoint import export_safetensors, load_checkpoint, save_checkpoint
 from ganime.cli import main
 from ganime.colorize import Colorizer
-from ganime.errors import CheckpointError
+from ganime.errors import CheckpointError, InputError
 from tests.conftest import one_line_error, synthetic_color, synthetic_sketch
 
 
@@ -126,6 +126,18 @@ def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_
                "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in odd_inputs.iterdir())
+
+
+def test_a_broken_link_is_named_as_one(tmp_path, capsys):
+    from ganime.imageio import open_image
+
+    (tmp_path / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    for name in ("gone.png", "loop.png"):
+        with pytest.raises(InputError, match=f"{name}: a link to .*, which does not exist"):
+            open_image(tmp_path / name)
+    assert main(["colorize", str(tmp_path / "gone.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "gone.png: a link to" in one_line_error(capsys)
 
 
 def test_a_link_to_a_sketch_under_another_name_is_coloured_too(tiny_checkpoint, tmp_path, capsys):

@@ -318,6 +318,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     for s in inputs:
         p = Path(s)
         if not p.exists():
+            if p.is_symlink():  # exists() follows the link
+                raise InputError(f"{p}: a link to {os.readlink(p)}, which does not exist (or links back to itself)")
             raise InputError(f"{p}: no such file or folder")
         if p.is_dir():
             found = list_images(p)

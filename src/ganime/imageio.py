@@ -95,6 +95,8 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, keep_alpha
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():  # exists() follows the link
+            raise InputError(f"{path}: a link to {os.readlink(path)}, which does not exist (or links back to itself)")
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an image file")
