@@ -266,6 +266,8 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
     # On a terminal only (None, as ganime stylize), where the nested bar's cursor moves make sense.
     st = make_style_transfer(method, size=size, iterations=iterations, device=device.type,
                              progress=None if progress else False)
+    if method == "gatys":  # its VGG19 now, as the other methods load theirs: without the style extra, table1
+        _ = st.vgg         # failed at this row after the rows before it, and left their result folders
 
     def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
         from PIL import Image
