@@ -31,6 +31,16 @@ def test_infer_json(capsys):
     assert r["max_abs_diff"]["fp32"] < 1e-4
 
 
+def test_infer_without_the_onnx_extra_names_it(capsys, monkeypatch):
+    # the skip said "OnnxExporterError: Module onnx is not installed!", with no way to get it
+    monkeypatch.setitem(sys.modules, "onnx", None)  # not installed: find_spec gives None
+    assert main(["benchmark", "infer", "--preset", "small", "--size", "256", "--reps", "1", "--no-small",
+                 "--json"]) == 0
+    out = capsys.readouterr()
+    assert "onnx" not in json.loads(out.out.strip().splitlines()[-1])["variants_ms"]
+    assert "onnx variant skipped: needs onnx: pip install 'ganime[onnx]'" in out.err
+
+
 def test_train_json(capsys):
     r = _run_json(capsys, ["benchmark", "train", "--preset", "small", "--batch-size", "2", "--size", "256",
                            "--steps", "2", "--rounds", "1", "--warmup", "1", "--pairs", "4", "--png-size", "128",

@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -468,12 +469,24 @@ def test_sketchify_bad_size_or_output_is_one_line(tmp_path, capsys, case):
 
 
 def test_download_without_credentials_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kagglehub", types.ModuleType("kagglehub"))  # installed, never called
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nokaggle"))
     assert main(["data", "download", str(tmp_path / "kaggle")]) != 0
     msg = one_line_error(capsys)
     assert "Kaggle credentials" in msg and "ganime data prepare" in msg
+
+
+def test_download_without_the_kaggle_extra_says_so_first(tmp_path, monkeypatch, capsys):
+    # it asked for credentials first: a user set them up, only to be told next that kagglehub was missing
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # import fails as when not installed
+    for k in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nokaggle"))
+    assert main(["data", "download", str(tmp_path / "kaggle")]) == 2
+    assert "pip install 'ganime[kaggle]'" in one_line_error(capsys)
+    assert not (tmp_path / "kaggle").exists()
 
 
 def test_download_places_the_split_folders(tmp_path, make_pairs):

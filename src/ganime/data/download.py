@@ -57,12 +57,14 @@ def download(out: str | os.PathLike, downloader=None) -> Path:
             return found
         raise GanimeError(f"{out}: folder is not empty; choose an empty or new folder")
     if downloader is None:
-        if not have_credentials():
-            raise GanimeError("no Kaggle credentials (set KAGGLE_USERNAME and KAGGLE_KEY or create ~/.kaggle/kaggle.json); or " + MANUAL)
+        # the package first: without the kaggle extra, the credentials error sent users to set them up, and only
+        # then said the package was missing
         try:
             import kagglehub
         except ImportError:
             raise GanimeError("kagglehub is not installed: pip install 'ganime[kaggle]'; or " + MANUAL) from None
+        if not have_credentials():
+            raise GanimeError("no Kaggle credentials (set KAGGLE_USERNAME and KAGGLE_KEY or create ~/.kaggle/kaggle.json); or " + MANUAL)
         downloader = lambda: kagglehub.dataset_download(DATASET)  # noqa: E731
     try:
         got = Path(downloader())

@@ -129,7 +129,7 @@ def compute_all(
                                                                 device=device)
         except GanimeError as e:
             notes.append(f"FID/KID not computed: {e}")
-        if n < FID_RELIABLE_N:
+        if out["fid"] is not None and n < FID_RELIABLE_N:  # not beside "FID/KID not computed"
             notes.append(f"FID over {n} images is strongly biased (read it only from {FID_RELIABLE_N} images on); compare KID")
     for k, v in out.items():
         if isinstance(v, float) and math.isnan(v):

