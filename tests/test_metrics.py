@@ -202,6 +202,8 @@ def test_compute_all_without_the_metrics_extra_gives_no_note_on_a_fid_it_did_not
     # the notes said "FID/KID not computed" and then "FID over 2 images is strongly biased ... compare KID"
     monkeypatch.setattr(fid_mod.importlib.util, "find_spec", lambda name: None)
     monkeypatch.delenv("GANIME_INCEPTION_FILE", raising=False)
+    # the network is loaded once per process (lru_cache): an earlier test's copy would be used as is
+    monkeypatch.setattr(fid_mod, "load_inception", lambda device="cpu": fid_mod.inception_path())
     a = np.zeros((2, 32, 32, 3), np.uint8)
     r = M.compute_all(a, a + 1, lpips_net="alex")
     assert r["fid"] is None and any("ganime[metrics]" in n for n in r["notes"])
