@@ -106,7 +106,7 @@ class _StopFlag:
         else:
             again = "all processes stop at the same step"
         what = "" if ctrl_c else f"{signal.Signals(signum).name}: "
-        print(f"\nganime: {what}stopping after this step and saving a checkpoint ({again})", file=sys.stderr)
+        print(f"\nganime: {what}stopping after the current step (or epoch evaluation) with a checkpoint saved ({again})", file=sys.stderr)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
