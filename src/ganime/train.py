@@ -394,8 +394,12 @@ class Trainer:
         if self.max_steps is not None and self.global_step >= self.max_steps:
             return result  # a resumed run already past --max-steps: nothing to train
         images_per_step = t.batch_size * self.world_size
+        # Into a file (a scheduler's log) the bar is redrawn every 30 s, not every 0.1 s: hours of training
+        # wrote megabytes of carriage-return redraws there; log.jsonl holds the figures.
+        tty = getattr(sys.stderr, "isatty", lambda: False)()
         bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
-                   disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}")
+                   disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}",
+                   mininterval=0.1 if tty else 30.0)
         if self.main and self.epoch and not self.step:  # resumed at an epoch's end: its hooks may not have run
             for hook in self.hooks:
                 if hasattr(hook, "catch_up"):
@@ -436,7 +440,7 @@ class Trainer:
                         for k, v in values.items():
                             epoch_sums[k] = epoch_sums.get(k, 0.0) + v
                         epoch_steps += n_in_interval
-                        bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()}, "img/s": f"{ips:.1f}"})
+                        bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()}, "img/s": f"{ips:.1f}"}, refresh=tty)
                         self.log({"kind": "step", "epoch": self.epoch + 1, "step": self.step,
                                   "global_step": self.global_step, "img_s": round(ips, 2), "time": time.time(), **means})
                         result.last_losses, result.images_per_second = means, ips
