@@ -20,7 +20,7 @@ from PIL import Image
 from ganime.checkpoint import load_checkpoint
 from ganime.config import DEFAULT_MAX_SIZE, MAX_SMOOTHING_SIGMA, RunConfig
 from ganime.errors import CheckpointError, InputError
-from ganime.imageio import check_not_input, list_images, open_image, save_png
+from ganime.imageio import check_not_input, list_images, missing, open_image, save_png
 from ganime.methods import get_method
 
 
@@ -318,9 +318,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     for s in inputs:
         p = Path(s)
         if not p.exists():
-            if p.is_symlink():  # exists() follows the link
-                raise InputError(f"{p}: a link to {os.readlink(p)}, which does not exist (or links back to itself)")
-            raise InputError(f"{p}: no such file or folder")
+            raise missing(p, "file or folder")
         if p.is_dir():
             found = list_images(p)
             if not found:
@@ -330,8 +328,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             files.extend(found)
         else:
             files.append(p)
-    seen: set[tuple] = set()
-    return [f for f in files if not ((f.resolve(), f.name) in seen or seen.add((f.resolve(), f.name)))]
+    unique: dict[tuple, Path] = {}
+    for f in files:
+        unique.setdefault((f.resolve(), f.name), f)
+    return list(unique.values())
 
 
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,

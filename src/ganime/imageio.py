@@ -86,6 +86,14 @@ class ImageTooLarge(InputError):
     """The image's header claims more pixels than allowed (checked before decoding)."""
 
 
+def missing(path: Path, what: str = "file") -> InputError:
+    """The error for a ``path`` that does not exist. A broken or looping link is named as one: ``exists()``
+    follows links, so 'no such file' would deny a name the user sees in the folder."""
+    if path.is_symlink():
+        return InputError(f"{path}: a link to {os.readlink(path)}, which does not exist (or links back to itself)")
+    return InputError(f"{path}: no such {what}")
+
+
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, keep_alpha: bool = False) -> Image.Image:
     """Read ``path`` as an 8-bit RGB PIL image, or raise one :class:`InputError` sentence.
 
@@ -95,9 +103,7 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, keep_alpha
     """
     path = Path(path)
     if not path.exists():
-        if path.is_symlink():  # exists() follows the link
-            raise InputError(f"{path}: a link to {os.readlink(path)}, which does not exist (or links back to itself)")
-        raise InputError(f"{path}: no such file")
+        raise missing(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an image file")
     try:

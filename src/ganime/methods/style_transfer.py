@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from ganime.errors import GanimeError, InputError
-from ganime.imageio import check_not_input, is_image_path, list_images, open_image, save_png, to_rgb
+from ganime.imageio import check_not_input, is_image_path, list_images, missing, open_image, save_png, to_rgb
 
 METHODS = ("gatys", "fast")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -365,7 +365,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
                 raise InputError(f"{p}: not an image file (expected one of .png .jpg .webp ...)")
             out.append(p)
         else:
-            raise InputError(f"{p}: no such file or folder")
+            raise missing(p, "file or folder")
     stems = {}
     for p in out:
         if p.stem in stems:
