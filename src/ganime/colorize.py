@@ -20,7 +20,7 @@ from PIL import Image
 from ganime.checkpoint import load_checkpoint
 from ganime.config import DEFAULT_MAX_SIZE, MAX_SMOOTHING_SIGMA, RunConfig
 from ganime.errors import CheckpointError, InputError
-from ganime.imageio import check_not_input, list_images, missing, open_image, save_png
+from ganime.imageio import check_not_input, list_images, missing, open_image, outputs_to_write, save_png
 from ganime.methods import get_method
 
 
@@ -334,6 +334,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return list(unique.values())
 
 
+#: How ``colorize`` completes '--skip-existing to ...' in its refusal of existing results.
+SKIP_WHAT = "colour only the sketches without a result"
+
+
 def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLike, overwrite: bool = False,
                    progress: bool = True, suffix: str = "", skip_existing: bool = False) -> dict:
     """Colour every input into ``out/<stem><suffix>.png``. Bad files are reported and skipped.
@@ -342,8 +346,6 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
     ``overwrite``. ``skip_existing`` colours only the inputs whose output is missing (outputs are written
     whole, so one that exists is complete: a run stopped by Ctrl-C continues).
     """
-    if overwrite and skip_existing:
-        raise InputError("--overwrite and --skip-existing contradict each other; pass one")
     from tqdm import tqdm
 
     files = collect_inputs(inputs)
@@ -357,14 +359,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
         if t in seen:
             raise InputError(f"{f} and {seen[t]} would both be written to {t}; colour them into separate folders")
         seen[t] = f
-    todo = list(zip(files, targets))
-    kept = [str(t) for t in targets if t.exists()] if not overwrite else []
-    if kept and not skip_existing:
-        more = f" (and {len(kept) - 1} more)" if len(kept) > 1 else ""
-        raise InputError(f"{kept[0]}: already exists{more}; pass --overwrite to replace, --skip-existing to colour "
-                         "only the sketches without a result, or choose another --out")
-    if kept:
-        todo = [(f, t) for f, t in todo if not t.exists()]
+    todo, kept = outputs_to_write(list(zip(files, targets)), overwrite, skip_existing, SKIP_WHAT)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for f, t in tqdm(todo, desc="colorize", unit="img", disable=not progress or len(todo) < 2, file=sys.stderr):
@@ -379,7 +374,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
                   file=sys.stderr)
         save_png(colorizer(im), t, overwrite=overwrite)
         written.append(str(t))
-    return {"written": written, "failed": failed, "kept": kept}
+    return {"written": written, "failed": failed, "kept": [str(t) for t in kept]}
 
 
 #: Where the shipped default model lives inside the package.

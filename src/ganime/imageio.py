@@ -201,6 +201,21 @@ def check_not_input(src: Path, target: Path, what: str = "the input") -> None:
         raise InputError(f"{target}: is {what} itself; choose another --out")
 
 
+def outputs_to_write(jobs: list[tuple], overwrite: bool, skip_existing: bool, skip_what: str) -> tuple[list, list]:
+    """Of ``jobs`` ((input, output path) pairs), those to do and the outputs kept: existing outputs are refused
+    unless ``overwrite`` (replaced) or ``skip_existing`` (kept: written atomically, an existing output is
+    complete, so a run stopped by Ctrl-C continues). ``skip_what`` completes '--skip-existing to ...'."""
+    if overwrite and skip_existing:
+        raise InputError("--overwrite and --skip-existing contradict each other; pass one")
+    kept = [] if overwrite else [t for _, t in jobs if Path(t).exists()]
+    if kept and not skip_existing:
+        more = f" (and {len(kept) - 1} more)" if len(kept) > 1 else ""
+        raise InputError(f"{kept[0]}: already exists{more}; pass --overwrite to replace, --skip-existing to {skip_what}, "
+                         "or choose another --out")
+    done = set(kept)
+    return [(i, t) for i, t in jobs if t not in done], kept
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file (tmp + fsync + rename)."""
     path = Path(path)

@@ -34,9 +34,9 @@ def passive_openmp_threads() -> None:
 
 def run(args) -> int:
     passive_openmp_threads()  # before torch loads (ganime.colorize imports it)
-    from ganime.colorize import Colorizer, colorize_files, default_checkpoint
+    from ganime.colorize import SKIP_WHAT, Colorizer, colorize_files, default_checkpoint
     from ganime.errors import InputError
-    from ganime.imageio import check_not_input, open_image, save_png
+    from ganime.imageio import check_not_input, open_image, outputs_to_write, save_png
 
     ckpt = args.checkpoint or default_checkpoint()
     colorizer = Colorizer.from_checkpoint(ckpt, args.device, fast=args.fast, background=args.background,
@@ -52,11 +52,10 @@ def run(args) -> int:
             raise InputError(f"{args.out}: exists and is not a folder")
         target = Path(args.out) / f"{src.stem}.png"
         check_not_input(src, target, "the input sketch")
-        if target.exists() and args.skip_existing:
+        todo, _ = outputs_to_write([(src, target)], args.overwrite, args.skip_existing, SKIP_WHAT)
+        if not todo:
             print(f"kept {target} (already exists)")
             return 0
-        if target.exists() and not args.overwrite:
-            raise InputError(f"{target}: already exists; pass --overwrite to replace, or choose another --out")
         save_png(colorizer(open_image(src), hints), target, overwrite=args.overwrite)
         print(f"wrote {target}")
         return 0

@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from ganime.errors import GanimeError, InputError
-from ganime.imageio import check_not_input, is_image_path, list_images, missing, open_image, save_png, to_rgb
+from ganime.imageio import check_not_input, is_image_path, list_images, missing, open_image, outputs_to_write, save_png, to_rgb
 
 METHODS = ("gatys", "fast")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -377,19 +377,13 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 def _check_outputs(paths: list[Path], out_dir: Path, overwrite: bool, skip_existing: bool = False) -> list[tuple]:
     """The (input, output) pairs to work on; outputs that exist are refused unless ``overwrite`` (replaced)
     or ``skip_existing`` (left out: written whole, so complete)."""
-    if overwrite and skip_existing:
-        raise InputError("--overwrite and --skip-existing contradict each other; pass one")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder; --out names the folder to write into")
     targets = [out_dir / f"{p.stem}.png" for p in paths]
     for p, t in zip(paths, targets):
         check_not_input(p, t, "an input image")
-    existing = [] if overwrite else [t for t in targets if t.exists()]
-    if existing and not skip_existing:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise InputError(f"{existing[0]}{more}: already exists (pass --overwrite to replace, or --skip-existing "
-                         "to stylise only the images without a result)")
-    return [(p, t) for p, t in zip(paths, targets) if t not in existing]
+    return outputs_to_write(list(zip(paths, targets)), overwrite, skip_existing,
+                            "stylise only the images without a result")[0]
 
 
 def stylize_files(
