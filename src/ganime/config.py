@@ -128,7 +128,9 @@ class RunConfig:
         known = {f.name for f in fields(cls)} - {"net", "train"}
         return cls(net=net, train=train, **{k: v for k, v in d.items() if k in known})
 
-    def validate(self) -> "RunConfig":
+    def validate(self, size_from: str | None = None) -> "RunConfig":
+        """One InputError listing every problem; ``size_from`` says where the image size came from (e.g. the
+        cache's own size), added to its problem."""
         t, n = self.train, self.net
         problems = []
         if t.epochs < 1:
@@ -146,6 +148,7 @@ class RunConfig:
         if t.size < multiple or t.size % multiple:
             problems.append(
                 f"image size {t.size} must be a multiple of {multiple} for a U-Net of depth {n.gen_depth}"
+                + (f" ({size_from})" if size_from else "")
             )
         if t.jitter < 1:
             problems.append(f"jitter must be >= 1 (got {t.jitter})")

@@ -225,15 +225,9 @@ def run(args) -> int:
 
 def validate(cfg, args) -> None:
     """``cfg.validate()``, saying where a size the network cannot take came from when it is the cache's."""
-    from ganime.errors import InputError
-
-    try:
-        cfg.validate()
-    except InputError as e:
-        if args.data is None or args.size is not None or args.resume or f"image size {cfg.train.size} " not in str(e):
-            raise
-        raise InputError(f"{e} (the size of the cache {args.data}: give --size, or prepare the data at a size "
-                         "that fits)") from None
+    from_cache = args.data is not None and args.size is None and not args.resume
+    cfg.validate(f"the size of the cache {args.data}: give --size, or prepare the data at a size that fits"
+                 if from_cache else None)
 
 
 def fit_closing(dist, make_trainer):
