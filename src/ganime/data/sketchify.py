@@ -105,8 +105,10 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
         raise InputError(f"{out}: exists and is not a folder")
     settings = {"extractor": extractor, "size": size, **({"seed": seed} if extractor == "random" else {})}
     saved = out / SETTINGS_FILE
-    unrecorded = 0 if saved.exists() or not out.is_dir() else sum(1 for _ in out.glob("*.png"))
-    if saved.exists() and any(out.glob("*.png")):  # settings alone (a run stopped before its first pair) bind nothing
+    recorded = saved.exists()
+    pngs = sum(1 for _ in out.glob("*.png")) if out.is_dir() else 0
+    unrecorded = 0 if recorded else pngs
+    if recorded and pngs:  # settings alone (a run stopped before its first pair) bind nothing
         try:
             before = json.loads(saved.read_text())
         except ValueError:  # damaged: nothing known to compare with
