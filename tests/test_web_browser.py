@@ -21,7 +21,7 @@ from PIL import Image
 
 from ganime.imageio import open_image
 
-from tests.test_web import Running, hint_checkpoint, models_from_checkpoints  # noqa: F401 (fixture)
+from tests.test_web import Running, hint_checkpoint, models_from_checkpoints, png  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -475,23 +475,17 @@ def test_a_pasted_image_becomes_the_sketch(browser, page):
     editable text is left alone."""
     d = browser
     open_page(d, page)
-    png = base64.b64encode(png_bytes_of(Image.open(SKETCH).convert("RGB").resize((90, 70)))).decode()
+    b64 = base64.b64encode(png(Image.open(SKETCH).convert("RGB").resize((90, 70)))).decode()
     paste = (
         "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
         "const dt = new DataTransfer(); dt.items.add(new File([bytes], 'image.png', {type: 'image/png'}));"
         "arguments[1].dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));")
     text = d.execute_script("const t = document.createElement('textarea'); document.body.append(t); return t;")
-    d.execute_script(paste, png, text)  # editable text: not taken
+    d.execute_script(paste, b64, text)  # editable text: not taken
     time.sleep(0.5)
     assert d.execute_script("return document.body.dataset.state") != "ready"
     d.execute_script("arguments[0].remove()", text)
-    d.execute_script(paste, png, d.find_element("id", "flatten"))  # a slider has the focus
+    d.execute_script(paste, b64, d.find_element("id", "flatten"))  # a slider has the focus
     assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element("id", "error").text
     view = sketch_view(d)
     assert view["shown"] == view["canvas"] == [90, 70] and view["name"].startswith("pasted-")
-
-
-def png_bytes_of(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
