@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ganime.colorize import Colorizer, default_checkpoint
+from ganime.config import DEFAULT_MAX_SIZE
 from ganime.imageio import list_images, open_image
 
 
@@ -23,7 +24,7 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--side", type=int, default=192)
     ap.add_argument("--background", default="model")
-    ap.add_argument("--max-size", type=int, default=1024, help="as ganime colorize --max-size")
+    ap.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="as ganime colorize --max-size")
     args = ap.parse_args()
     files = list_images(args.sketches) if Path(args.sketches).is_dir() else []
     if not files:
