@@ -210,7 +210,7 @@ def test_export_size_off_the_networks_multiple_is_one_line(tiny_checkpoint, size
     pytest.importorskip("onnx")
     assert main(["export", "onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"),
                  "--size", size]) == 2
-    assert capsys.readouterr().err == f"ganime: error: --size {size}: must be a multiple of 64 for this generator\n"
+    assert capsys.readouterr().err == f"ganime: error: --size {size}: must be a multiple of 64 for a U-Net of depth 6\n"
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -104,7 +104,7 @@ class Colorizer:
         #: multiple nearest to its longest side (up to this), so its lines keep the thickness the
         #: model was trained on instead of fading when shrunk to the training size. None: always ``size``.
         #: Rounded down to that multiple: the U-Net takes no other side.
-        self.multiple = 2 ** cfg.net.gen_depth
+        self.multiple = cfg.net.size_multiple
         self.max_size = max(self.size, max_size // self.multiple * self.multiple) if max_size else self.size
         self.hint_channels = cfg.net.hint_channels
         if fast and fast != "off":

@@ -43,6 +43,18 @@ class NetConfig:
     #: With line_multiply: edge-aware smoothing of the colour layer between the sketch's lines (sigma, pixels); 0 = off.
     color_flatten: float = 0.0
 
+    @property
+    def size_multiple(self) -> int:
+        """The U-Net halves its input ``gen_depth`` times: image sides must be a multiple of this."""
+        return 2**self.gen_depth
+
+    def size_problem(self, size: int) -> str | None:
+        """What is wrong with ``size`` for the generator ("must be a multiple of ..."), or None when it takes it."""
+        multiple = self.size_multiple
+        if size < multiple or size % multiple:
+            return f"must be a multiple of {multiple} for a U-Net of depth {self.gen_depth}"
+        return None
+
 
 #: The weight-free smoothings of a line-multiply generator's colour layer (NetConfig field -> its name in
 #: messages) and their largest sigma in pixels.
@@ -144,12 +156,9 @@ class RunConfig:
         if t.keep_every < 0 or t.save_every_steps < 0:
             problems.append(f"checkpoint intervals must be 0 (off) or more (got --keep-every {t.keep_every}, "
                             f"--save-every-steps {t.save_every_steps})")
-        multiple = 2**n.gen_depth
-        if t.size < multiple or t.size % multiple:
-            problems.append(
-                f"image size {t.size} must be a multiple of {multiple} for a U-Net of depth {n.gen_depth}"
-                + (f" ({size_from})" if size_from else "")
-            )
+        size_problem = n.size_problem(t.size)
+        if size_problem:
+            problems.append(f"image size {t.size} {size_problem}" + (f" ({size_from})" if size_from else ""))
         if t.jitter < 1:
             problems.append(f"jitter must be >= 1 (got {t.jitter})")
         if not 0 <= t.sketch_augment <= 1:

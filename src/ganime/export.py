@@ -80,10 +80,10 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
 
 def check_size(size: int, cfg) -> int:
     """Refuse a ``--size`` the generator of ``cfg`` cannot take; returns the multiple its sides need (2 ** depth)."""
-    multiple = 2**cfg.net.gen_depth
-    if size < multiple or size % multiple:
-        raise InputError(f"--size {size}: must be a multiple of {multiple} for this generator")
-    return multiple
+    problem = cfg.net.size_problem(size)
+    if problem:
+        raise InputError(f"--size {size}: {problem}")
+    return cfg.net.size_multiple
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | None = None,
