@@ -125,6 +125,15 @@ def test_init_from_starts_from_given_weights_and_checks_the_network(tmp_path, ca
     assert all(torch.equal(v, src["models"]["G"][n].half().to(v.dtype)) for n, v in mine.items()
                if v.is_floating_point())  # the exported (fp16) weights
     assert "D freshly initialised" in capsys.readouterr().err
+    # the configuration alone, read without the weights (the CLI's look at what --init-from was trained as)
+    from ganime.checkpoint import CheckpointError, read_checkpoint_config
+
+    for path in (tmp_path / "src" / "last.pt", tmp_path / "src", tmp_path / "g.safetensors"):
+        assert read_checkpoint_config(path) == src["config"]
+    for name, data in (("cut.pt", (tmp_path / "src" / "last.pt").read_bytes()[:300]), ("cut.safetensors", b"\xff" * 9)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+            read_checkpoint_config(tmp_path / name)
     # settings without weights may change (a multiply-layer output), also from a config that predates them
     from ganime.checkpoint import save_checkpoint
 
@@ -276,7 +285,7 @@ def cache256(tmp_path_factory):
     return out
 
 
-def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
+def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys, monkeypatch):
     assert main(["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
     assert "only 4 training images for a batch size of 32" in one_line_error(capsys)  # the paper's batch
     data = ["--data", str(cache256), "--batch-size", "4"]  # a batch the 4 pairs fill
@@ -312,7 +321,9 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys):
     # Fine-tuning the shipped (line-multiply) model keeps its colour layer unless told otherwise.
     ft = ["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--preset", "small", "--hints",
           "--init-from", "default", "--dry-run"]
-    assert main(ft) == 0
+    with monkeypatch.context() as m:  # its configuration is read without its weights (the Trainer reads those once)
+        m.setattr("ganime.checkpoint.load_checkpoint", lambda *a, **k: pytest.fail("weights read"))
+        assert main(ft) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["net"]["line_multiply"] is True and "training with --line-multiply" in out.err
     assert main(ft + ["--no-line-multiply"]) == 0

@@ -70,17 +70,7 @@ def load_checkpoint(path: str | os.PathLike, expect_method: str | None = None) -
     Returns a dict with ``method``, ``config`` (dict), ``models`` and, for training checkpoints,
     ``optimizers``, ``extra`` and ``progress``. Every failure is one :class:`CheckpointError` sentence.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.is_dir():
-        last = path / "last.pt"
-        if last.exists():
-            path = last
-        else:
-            raise CheckpointError(f"{path}: is a folder without last.pt; pass a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    path = _checkpoint_file(path)
     if path.suffix == ".safetensors":
         ckpt = _load_safetensors(path)
     else:
@@ -90,6 +80,42 @@ def load_checkpoint(path: str | os.PathLike, expect_method: str | None = None) -
             f"{path}: is a {ckpt['method']} checkpoint, but {expect_method} was asked for"
         )
     return ckpt
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """A checkpoint's run configuration (dict) without reading its weights: the safetensors header, or a training
+    checkpoint's pickle with its tensors memory-mapped. Not checked beyond that: :func:`load_checkpoint` does it."""
+    path = _checkpoint_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if n > 100_000_000:  # a header this long is not one
+                    raise ValueError("header too long")
+                config = _safetensors_metadata(n.to_bytes(8, "little") + f.read(n))["config"]
+        else:
+            config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config_json"]
+        config = json.loads(config)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the same sentence
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: checkpoint's configuration is not understood")
+    return config
+
+
+def _checkpoint_file(path: str | os.PathLike) -> Path:
+    """The file a checkpoint argument names (a run folder: its last.pt), refused in one sentence when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        last = path / "last.pt"
+        if not last.exists():
+            raise CheckpointError(f"{path}: is a folder without last.pt; pass a checkpoint file")
+        path = last
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    return path
 
 
 def _load_torch(path: Path) -> dict:

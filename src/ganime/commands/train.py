@@ -246,13 +246,14 @@ def fit_closing(dist, make_trainer):
 def _init_line_multiply(init_from: str) -> bool | None:
     """Whether the weights of --init-from were trained as a colour layer (--line-multiply): a fine-tune
     keeps that unless told otherwise. None when they cannot be read (the Trainer then says why)."""
-    from ganime.checkpoint import load_checkpoint
+    from ganime.checkpoint import read_checkpoint_config
     from ganime.errors import GanimeError
     from ganime.train import init_checkpoint
 
     try:
         init_from = init_checkpoint(init_from)
-        found = bool(load_checkpoint(init_from)["config"].get("net", {}).get("line_multiply", False))
+        net = read_checkpoint_config(init_from).get("net", {})  # the weights are read once, by the Trainer
+        found = bool(net.get("line_multiply", False)) if isinstance(net, dict) else False
     except (GanimeError, OSError):
         return None
     if found:
