@@ -67,6 +67,20 @@ def test_a_pngs_transparent_colour_is_white_paper(tmp_path):
         assert (arr[0] == 255).all() and (arr[6] == 0).all(), name
 
 
+def test_a_16_bit_grey_hint_layer_keeps_its_grey_levels(tmp_path):
+    """Hints read from a 16-bit grey PNG whose transparent colour is marked (tRNS): Pillow's own conversion to
+    RGBA turned every painted grey level white; read from the file and passed as an image alike."""
+    from ganime.colorize import as_image
+
+    levels = np.zeros((8, 8), np.uint16)
+    levels[2, 2], levels[4, 4] = 100 * 257, 200 * 257  # dark and light grey strokes on transparent level 0
+    Image.fromarray(levels).save(tmp_path / "hints16.png", transparency=0)
+    for source in (tmp_path / "hints16.png", Image.open(tmp_path / "hints16.png")):
+        rgba = np.asarray(as_image(source, "hints", hints=True))
+        assert rgba[2, 2].tolist() == [100, 100, 100, 255] and rgba[4, 4].tolist() == [200, 200, 200, 255]
+        assert rgba[0, 0, 3] == 0 and (rgba[..., 3] == 255).sum() == 2
+
+
 def test_colorize_skip_existing_finishes_a_stopped_run(tiny_checkpoint, tmp_path, capsys):
     """A folder run stopped by Ctrl-C left some results: --skip-existing colours only the missing ones
     (it was --overwrite, colouring every sketch again, or nothing)."""

@@ -271,7 +271,7 @@ BACKGROUNDS = ("model", "paper")
 def as_image(x, name: str, hints: bool = False) -> Image.Image:
     """A library caller's sketch (or ``hints``) as the CLI would read it: RGB on white paper (RGBA with
     transparency for hints), from a PIL image, a uint8 array or a path; else one InputError sentence."""
-    from ganime.imageio import check_transparent, open_image, to_rgb
+    from ganime.imageio import check_transparent, open_image, to_rgb, to_rgba
 
     if isinstance(x, (str, os.PathLike)):
         return open_image(x, keep_alpha=hints)
@@ -285,7 +285,7 @@ def as_image(x, name: str, hints: bool = False) -> Image.Image:
         raise InputError(f"{name}: expected a PIL image, a uint8 array or a path, not {type(x).__name__}")
     if hints:
         check_transparent(x, name)
-        return x.convert("RGBA")
+        return to_rgba(x)
     return to_rgb(x)
 
 

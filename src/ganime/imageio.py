@@ -41,16 +41,29 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     return sorted(p for p in it if p.is_file() and is_image_path(p) and not p.name.startswith("."))
 
 
+def _grey_to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit integer grey image scaled to 8-bit L (LA when a ``tRNS`` colour marks transparent
+    pixels); Pillow's own conversion clips every level above 255 to white. Other modes are returned as they are."""
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return im
+    arr = np.asarray(im, dtype=np.float64)
+    clear = arr == im.info["transparency"] if isinstance(im.info.get("transparency"), int) else None
+    hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+    out = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if clear is not None:
+        out.putalpha(Image.fromarray(np.where(clear, 0, 255).astype(np.uint8), "L"))
+    return out
+
+
+def to_rgba(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGBA with its transparency (hint strokes); 16-bit grey keeps its grey levels."""
+    return _grey_to_8bit(im).convert("RGBA")
+
+
 def to_rgb(im: Image.Image, background=(255, 255, 255)) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Transparency is composited over ``background`` (white paper), an
     alpha channel and a PNG's transparent colour (``tRNS``: grey, RGB, 16-bit) alike."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        clear = arr == im.info["transparency"] if isinstance(im.info.get("transparency"), int) else None
-        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        if clear is not None:
-            im.putalpha(Image.fromarray(np.where(clear, 0, 255).astype(np.uint8), "L"))
+    im = _grey_to_8bit(im)
     if im.mode in ("L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")  # the colour the file marks as transparent
     elif im.mode == "F":
@@ -143,9 +156,7 @@ def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bo
                 check_transparent(im, name)
             if exif_orientation:
                 im = ImageOps.exif_transpose(im)
-            if keep_alpha:
-                return im.convert("RGBA")
-            return to_rgb(im)
+            return to_rgba(im) if keep_alpha else to_rgb(im)
     except InputError:
         raise
     except MemoryError:
