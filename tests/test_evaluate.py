@@ -415,6 +415,29 @@ def test_each_training_evaluation_is_announced_on_its_own_line(make_pairs, tmp_p
                     "ganime: epoch 2: evaluating on 3 pairs"], err
 
 
+def test_progress_bars_redraw_every_30_s_into_a_file():
+    """evaluate's bars (and prepare's, sketchify's, ...) redrew ten times a second into a scheduler's log, as
+    train's bar did before it was given a 30 s interval there: every bar now goes through one helper."""
+    import re
+    from pathlib import Path
+
+    import ganime
+    from ganime.progress import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for file, interval in ((io.StringIO(), 30.0), (Terminal(), 0.1)):
+        with progress_bar(total=2, file=file) as bar:
+            assert bar.mininterval == interval
+    # no bar of its own anywhere else (style transfer's tqdm.auto shows only on a terminal or in a notebook)
+    package = Path(ganime.__file__).parent
+    own = sorted(p.name for p in package.rglob("*.py") if re.search(r"(?<![\w.])tqdm\(", p.read_text())
+                 and p.name not in ("progress.py", "style_transfer.py"))
+    assert own == []
+
+
 def test_a_failing_evaluation_is_reported_and_training_goes_on(make_pairs, tmp_path, monkeypatch, capsys):
     """An error inside the evaluation (e.g. CUDA out of memory) stopped the whole training run."""
     import ganime.metrics

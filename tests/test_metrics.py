@@ -461,9 +461,9 @@ def test_compute_all_progress_moves_through_its_passes_with_the_same_values(monk
     monkeypatch.setattr(M, "_PROGRESS_CHUNK", 3)
     import functools
 
-    import tqdm
+    from ganime import progress as P
 
-    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))  # draw every update
+    monkeypatch.setattr(P, "progress_bar", functools.partial(P.progress_bar, mininterval=0, miniters=1))  # every update
     quiet = M.compute_all(fake, real, sketches=sketch, with_inception=False)
     assert capsys.readouterr().err == ""
     shown = M.compute_all(fake, real, sketches=sketch, with_inception=False, progress=True)

@@ -346,7 +346,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
     ``overwrite``. ``skip_existing`` colours only the inputs whose output is missing (outputs are written
     whole, so one that exists is complete: a run stopped by Ctrl-C continues).
     """
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     files = collect_inputs(inputs)
     out = Path(out)
@@ -362,7 +362,7 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
     todo, kept = outputs_to_write(list(zip(files, targets)), overwrite, skip_existing, SKIP_WHAT)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
-    for f, t in tqdm(todo, desc="colorize", unit="img", disable=not progress or len(todo) < 2, file=sys.stderr):
+    for f, t in progress_bar(todo, desc="colorize", unit="img", disable=not progress or len(todo) < 2):
         try:
             im = open_image(f)
         except InputError as e:

@@ -132,7 +132,7 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
 
     class _Features(InceptionFeatures):
         def __call__(self, images, cache_key: str | None = None) -> np.ndarray:
-            from tqdm import tqdm
+            from ganime.progress import progress_bar
 
             if cache_key is not None and cache_key in self._cache:
                 return self._cache[cache_key]
@@ -151,8 +151,8 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
                     pass  # absent or unreadable: recompute
             bs = self.batch_size
             parts = []
-            for i in tqdm(range(0, n, bs), desc="inception features" + (" (real)" if cache_key else ""),
-                          unit="batch", disable=not progress or n <= bs, file=sys.stderr, leave=False):
+            for i in progress_bar(range(0, n, bs), desc="inception features" + (" (real)" if cache_key else ""),
+                                  unit="batch", disable=not progress or n <= bs, leave=False):
                 parts.append(super().__call__(images[i : i + bs]))
             f = np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM))
             if cache_key is not None:
@@ -181,7 +181,7 @@ def generate_with(generator: torch.nn.Module, sketches: np.ndarray, hint_channel
     Hint-aware generators (``hint_channels`` > 0) get an all-zero hint map, i.e. no hints (as colorize
     does without --hints). The caller sets eval/train mode.
     """
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     from ganime.imageio import tensor_to_uint8, uint8_to_tensor
 
@@ -190,8 +190,8 @@ def generate_with(generator: torch.nn.Module, sketches: np.ndarray, hint_channel
     except StopIteration:
         dev = torch.device("cpu")
     out = np.empty_like(sketches)
-    for i in tqdm(range(0, len(sketches), batch_size), desc=desc, unit="batch", file=sys.stderr,
-                  disable=not progress or len(sketches) <= batch_size, leave=False):
+    for i in progress_bar(range(0, len(sketches), batch_size), desc=desc, unit="batch",
+                          disable=not progress or len(sketches) <= batch_size, leave=False):
         x = uint8_to_tensor(sketches[i : i + batch_size]).to(dev)
         if hint_channels:
             x = torch.cat([x, x.new_zeros(x.shape[0], hint_channels, *x.shape[2:])], 1)
@@ -231,11 +231,11 @@ def _model_generator(method: str, checkpoint: str | None, device: torch.device, 
                                  desc=f"generate ({method})")
         # Another working size: the colorize pipeline fits each image to the model's size and back.
         from PIL import Image
-        from tqdm import tqdm
+        from ganime.progress import progress_bar
 
         return np.stack([np.asarray(col(Image.fromarray(s)))
-                         for s in tqdm(sketches, desc=f"generate ({method})", unit="img", file=sys.stderr,
-                                       disable=not progress, leave=False)])
+                         for s in progress_bar(sketches, desc=f"generate ({method})", unit="img",
+                                               disable=not progress, leave=False)])
 
     info["model_size"] = col.size
     info["background"] = background
@@ -271,11 +271,11 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
 
     def gen(sketches: np.ndarray, colours: np.ndarray) -> np.ndarray:
         from PIL import Image
-        from tqdm import tqdm
+        from ganime.progress import progress_bar
 
         out = []
-        for s, c in tqdm(list(zip(sketches, colours)), desc=f"generate ({method})", unit="img", file=sys.stderr,
-                         disable=not progress, leave=False):
+        for s, c in progress_bar(list(zip(sketches, colours)), desc=f"generate ({method})", unit="img",
+                                 disable=not progress, leave=False):
             out.append(np.asarray(st(Image.fromarray(s), Image.fromarray(c)).convert("RGB")))
         return np.stack(out)
 
@@ -433,7 +433,7 @@ def _json_ready(result: dict) -> dict:
 
 def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.ndarray, outputs: np.ndarray,
                   names: list[str], progress: bool = True) -> None:
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     images = out / "images"
     old = out / "metrics.json"
@@ -449,8 +449,8 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
         (out / name).unlink(missing_ok=True)
     images.mkdir(parents=True, exist_ok=True)
     files = _image_names(names)
-    for arr, f in tqdm(list(zip(outputs, files)), desc="save images", unit="img", file=sys.stderr,
-                       disable=not progress or len(files) < 50, leave=False):
+    for arr, f in progress_bar(list(zip(outputs, files)), desc="save images", unit="img",
+                               disable=not progress or len(files) < 50, leave=False):
         save_png_array(arr, images / f)
     save_png_array(make_grid(sketches, colours, outputs), out / "grid.png")
     record = _json_ready(result)

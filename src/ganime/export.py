@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -68,12 +67,12 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
         raise InputError(f"{data}: holds {pairs.shape[2]}px images, the model was trained at {t.size}px")
     loader = PairLoader.for_training(pairs, t, torch.device("cpu"), batch_size=min(t.batch_size, len(pairs)),
                                      hint_sampler=HintSampler() if hints else None)
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     with torch.random.fork_rng(devices=[]):  # the dropout draws are seeded; the caller's RNG state is left alone
         torch.manual_seed(t.seed)
-        bar = tqdm(itertools.islice(loader.epoch(0), batches), total=min(batches, loader.steps_per_epoch),
-                   desc="BatchNorm statistics", unit="batch", file=sys.stderr, disable=not progress, leave=False)
+        bar = progress_bar(itertools.islice(loader.epoch(0), batches), total=min(batches, loader.steps_per_epoch),
+                           desc="BatchNorm statistics", unit="batch", disable=not progress, leave=False)
         inputs = (generator_input(b, hints) for _, b in bar)
         return recalibrate_batchnorm(generator, inputs)
 

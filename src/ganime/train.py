@@ -386,7 +386,7 @@ class Trainer:
             return recalibrate_batchnorm(self.method.generator, inputs)
 
     def fit(self) -> TrainResult:
-        from tqdm import tqdm
+        from ganime.progress import on_terminal, progress_bar
 
         t = self.cfg.train
         spe = self.loader.steps_per_epoch
@@ -394,12 +394,10 @@ class Trainer:
         if self.max_steps is not None and self.global_step >= self.max_steps:
             return result  # a resumed run already past --max-steps: nothing to train
         images_per_step = t.batch_size * self.world_size
-        # Into a file (a scheduler's log) the bar is redrawn every 30 s, not every 0.1 s: hours of training
-        # wrote megabytes of carriage-return redraws there; log.jsonl holds the figures.
-        tty = getattr(sys.stderr, "isatty", lambda: False)()
-        bar = tqdm(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
-                   disable=not self.progress, file=sys.stderr, desc=f"{self.cfg.method}",
-                   mininterval=0.1 if tty else 30.0)
+        # into a file (a scheduler's log) the bar redraws every 30 s; log.jsonl holds the figures
+        bar = progress_bar(total=t.epochs * spe, initial=self.epoch * spe + self.step, unit="step", dynamic_ncols=True,
+                           disable=not self.progress, desc=f"{self.cfg.method}")
+        tty = on_terminal()
         if self.main and self.epoch and not self.step:  # resumed at an epoch's end: its hooks may not have run
             for hook in self.hooks:
                 if hasattr(hook, "catch_up"):

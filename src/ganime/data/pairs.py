@@ -163,7 +163,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     (``skipped``); pairs whose halves are not square are stretched to the square size, as pix2pix
     does, and listed (``stretched``); raises :class:`InputError` only when nothing usable was found.
     """
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     if size < 16 or size > 4096:
         raise InputError(f"--size {size}: must be between 16 and 4096")
@@ -190,7 +190,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
     index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "size": size, "layout": layout,
              "source": str(Path(src).resolve()), "splits": {}, "skipped": [], "stretched": []}
     keep: set[str] = set()
-    bar = tqdm(total=total, desc=f"prepare {size}px", unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=total, desc=f"prepare {size}px", unit="img", disable=not progress)
     pool = worker_pool(workers) if workers > 1 else None
     try:
         for split, items in splits.items():
@@ -373,10 +373,10 @@ def open_pairs(path: str | os.PathLike, size: int = 256, split: str | None = Non
     arrays, names, stretched = [], [], []
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling the pixels
     workers = min(8, os.cpu_count() or 1) if len(items) > 16 else 1
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
-    with ThreadPoolExecutor(workers) as ex, tqdm(total=len(items), desc="read pairs", unit="pair", file=sys.stderr,
-                                                 disable=not progress or len(items) <= 16, leave=False) as bar:
+    with ThreadPoolExecutor(workers) as ex, progress_bar(total=len(items), desc="read pairs", unit="pair",
+                                                         disable=not progress or len(items) <= 16, leave=False) as bar:
         for name, arr, err, note in ex.map(_load_for_cache, [(it, size) for it in items]):
             bar.update(1)
             if err is not None:

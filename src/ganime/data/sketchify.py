@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     The extractor and parameters of a file depend only on (seed, its name), whatever was done before
     and whatever else ``src`` holds.
     """
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     if extractor != "random" and extractor not in EXTRACTORS:
         raise InputError(f"unknown extractor {extractor!r}: choose one of {', '.join(EXTRACTORS)}, or random")
@@ -129,7 +128,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     todo = [j for j in jobs if not j[1].exists()]
     kept = len(jobs) - len(todo)
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(total=len(todo), desc="sketchify", unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(todo), desc="sketchify", unit="img", disable=not progress)
     failed = []
     pool = worker_pool(workers) if workers > 1 else None
     try:

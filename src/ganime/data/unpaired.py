@@ -60,7 +60,7 @@ def load_folder(folder: str | os.PathLike, size: int, what: str = "images", prog
     Unreadable files are skipped with a warning on stderr (printed after decoding); a missing folder, or one without a single
     usable image, is an :class:`InputError` naming the folder and ``what`` it should hold.
     """
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     folder = Path(folder)
     if not folder.exists():
@@ -72,7 +72,7 @@ def load_folder(folder: str | os.PathLike, size: int, what: str = "images", prog
         raise InputError(f"{folder}: no image files found (expected a folder of {what})")
     out = np.empty((len(files), size, size, 3), np.uint8)
     n, skipped = 0, []
-    for f in tqdm(files, desc=f"load {what}", unit="img", disable=not progress or len(files) < 2, file=sys.stderr):
+    for f in progress_bar(files, desc=f"load {what}", unit="img", disable=not progress or len(files) < 2):
         try:
             out[n] = square_resize(np.asarray(open_image(f)), size)
         except InputError as e:

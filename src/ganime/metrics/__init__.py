@@ -10,7 +10,6 @@ works without the ``metrics`` extra. The protocol, its caveats and measured floo
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 
@@ -80,10 +79,10 @@ def compute_all(
     notes: list[str] = []
     out: dict = {"n": n}
 
-    from tqdm import tqdm
+    from ganime.progress import progress_bar
 
     passes = 4 if sketches is not None else 3  # SSIM, its white and identity floors, LPIPS
-    bar = tqdm(total=passes * n, desc="metrics", unit="img", disable=not progress, file=sys.stderr, leave=False)
+    bar = progress_bar(total=passes * n, desc="metrics", unit="img", disable=not progress, leave=False)
 
     def per_image(metric, a, b, **kw) -> torch.Tensor:  # in chunks, so that the bar moves
         step = _PROGRESS_CHUNK if progress else max(n, 1)
