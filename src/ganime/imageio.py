@@ -229,13 +229,19 @@ def outputs_to_write(jobs: list[tuple], overwrite: bool, skip_existing: bool, sk
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file (tmp + fsync + rename)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(f)`` on a binary file that becomes ``path`` only once complete (tmp + fsync + rename), for
+    contents too large to hold twice in memory as bytes (``np.save(f, array)``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

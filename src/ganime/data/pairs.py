@@ -17,7 +17,6 @@ stale one.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ganime.errors import InputError
-from ganime.imageio import atomic_write_bytes, list_images, open_image
+from ganime.imageio import atomic_write, atomic_write_bytes, list_images, open_image
 
 CACHE_FORMAT = "ganime-pairs"
 CACHE_VERSION = 1
@@ -206,20 +205,20 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, size: int = 256, wor
                 else:
                     jobs = [(it, size) for it in chunk]
                     results = pool.map(_load_for_cache, jobs, chunksize=8) if pool else map(_load_for_cache, jobs)
-                    arrays, names, skipped, stretched = [], [], [], []
+                    # each pair goes straight into the shard, which is written from there: one shard in memory
+                    data = np.empty((len(chunk), 2, size, size, 3), np.uint8)
+                    names, skipped, stretched = [], [], []
                     for name, arr, err, note in results:
                         bar.update(1)
                         if arr is None:
                             skipped.append(err)
                         else:
-                            arrays.append(arr)
+                            data[len(names)] = arr
                             names.append(name)
                             if note:
                                 stretched.append(note)
-                    data = np.stack(arrays) if arrays else np.zeros((0, 2, size, size, 3), np.uint8)
-                    buf = io.BytesIO()
-                    np.save(buf, data)
-                    atomic_write_bytes(out / fname, buf.getvalue())
+                    atomic_write(out / fname, lambda f: np.save(f, data[: len(names)]))
+                    del data
                     meta = {"names": names, "skipped": skipped, "stretched": stretched}
                     atomic_write_bytes(names_file, json.dumps(meta).encode())
                 keep.update({fname, names_file.name})
@@ -253,7 +252,7 @@ SHARD_NAME = re.compile(r"[A-Za-z]+-\d{5}-[0-9a-f]{12}\.(npy|json)")
 
 def _ours(name: str) -> bool:
     """A file prepare writes: a shard, its names, or one's temporary left by a killed prepare."""
-    if name.startswith(".") and name.endswith(".tmp"):  # atomic_write_bytes: .{name}.XXXXXXXX.tmp
+    if name.startswith(".") and name.endswith(".tmp"):  # atomic_write: .{name}.XXXXXXXX.tmp
         name = name[1:].rsplit(".", 2)[0]
     return name == "index.json" or bool(SHARD_NAME.fullmatch(name))
 
