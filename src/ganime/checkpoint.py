@@ -14,7 +14,6 @@ with the run configuration, method name and the SHA-256 of the tensor bytes in t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -25,7 +24,7 @@ import torch
 
 from ganime import __version__
 from ganime.errors import CheckpointError
-from ganime.imageio import atomic_write_bytes
+from ganime.imageio import atomic_write, atomic_write_bytes
 
 FORMAT = "ganime-checkpoint"
 FORMAT_VERSION = 1
@@ -49,9 +48,7 @@ def save_checkpoint(path: str | os.PathLike, *, method: str, config: dict, state
         "progress": dict(progress),
         **_cpu(state),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, lambda f: torch.save(payload, f))  # straight to the file: no copies of the weights as bytes
 
 
 def _cpu(obj):

@@ -37,7 +37,7 @@ import torch
 
 from ganime import __version__
 from ganime.errors import CheckpointError, InputError
-from ganime.imageio import atomic_write_bytes, save_png
+from ganime.imageio import atomic_write, atomic_write_bytes, save_png
 
 MODEL_METHODS = ("pix2pix", "cyclegan", "default")
 STYLE_METHODS = ("gatys", "fast")
@@ -158,10 +158,8 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
             if cache_key is not None:
                 self._cache[cache_key] = f
                 if path is not None:
-                    buf = io.BytesIO()
-                    np.save(buf, f)
                     try:
-                        atomic_write_bytes(path, buf.getvalue())
+                        atomic_write(path, lambda fh: np.save(fh, f))
                     except OSError as e:
                         print(f"ganime: warning: cannot write the feature cache {path} ({e})", file=sys.stderr)
             return f
