@@ -61,6 +61,26 @@ def test_resume_continues_exactly(tmp_path, stop_at):
     assert [r["global_step"] for r in log if r["kind"] == "step"] == [1, 2, 3, 4]
 
 
+def test_lr_decays_over_the_last_epochs_as_the_reference_and_resumes_exactly(tmp_path):
+    """--lr-decay-epochs N: the pix2pix/CycleGAN reference's linear policy (n_epochs_decay) over the last N epochs."""
+    cfg = tiny_config(epochs=3, lr_decay_epochs=2)
+    assert [cfg.train.lr_at(e) / cfg.train.lr for e in range(3)] == pytest.approx([1, 2 / 3, 1 / 3])
+    assert [tiny_config(epochs=3).train.lr_at(e) for e in range(3)] == [2e-4] * 3  # constant by default (the paper)
+    pairs = tiny_pairs(4)
+    Trainer(cfg, pairs, tmp_path / "a", device="cpu", progress=False).fit()
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert {r["epoch"]: r["lr"] for r in log if r["kind"] == "step"} == pytest.approx({1: 2e-4, 2: 4e-4 / 3, 3: 2e-4 / 3})
+    # stopped inside the decay and resumed: the same rates, the same weights and optimizer state
+    Trainer(cfg, pairs, tmp_path / "b", device="cpu", progress=False, max_steps=3).fit()
+    Trainer(cfg, pairs, tmp_path / "b", device="cpu", progress=False, resume=True).fit()
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    ta, tb = _tensors({"m": a["models"], "o": a["optimizers"]}), _tensors({"m": b["models"], "o": b["optimizers"]})
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert [g["lr"] for o in b["optimizers"].values() for g in o["param_groups"]] == pytest.approx([2e-4 / 3] * 2)
+    with pytest.raises(InputError, match="learning-rate decay must last 0 to 3 epochs"):
+        tiny_config(epochs=3, lr_decay_epochs=4).validate()
+
+
 def test_resume_by_another_number_of_processes_continues_the_epoch_where_its_images_stopped(tmp_path, capsys):
     """A run saved mid-epoch by 2 processes and resumed by 1 skipped half the epoch's remaining images (its
     step counted batches of the old layout)."""
@@ -306,6 +326,10 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys, monkeypatch):
     assert "unknown preset" in one_line_error(capsys)
     assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--epochs", "0"]) != 0
     assert "epochs must be at least 1" in one_line_error(capsys)
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--lr-decay-epochs", "151"]) != 0
+    assert "learning-rate decay must last 0 to 150 epochs" in one_line_error(capsys)
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--lr-decay-epochs", "75", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["lr_decay_epochs"] == 75
     assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--zoom-out", "1.5"]) != 0
     assert "zoom-out probability" in one_line_error(capsys)
     assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"),
@@ -322,7 +346,7 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys, monkeypatch):
     ft = ["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--preset", "small", "--hints",
           "--init-from", "default", "--dry-run"]
     with monkeypatch.context() as m:  # its configuration is read without its weights (the Trainer reads those once)
-        m.setattr("ganime.checkpoint.load_checkpoint", lambda *a, **k: pytest.fail("weights read"))
+        m.setattr("ganime.checkpoint._load_safetensors", lambda *a, **k: pytest.fail("weights read"))
         assert main(ft) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["net"]["line_multiply"] is True and "training with --line-multiply" in out.err
@@ -481,8 +505,11 @@ def test_cli_resume_keeps_what_a_resume_changed_for_the_next_one(cache256, tmp_p
     assert main(args + ["--resume", "--epochs", "2", "--max-steps", "3"]) == 0  # stopped inside epoch 2
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
     capsys.readouterr()
-    assert main(args + ["--resume"]) == 0
+    assert main(args + ["--resume", "--lr-decay-epochs", "1"]) == 0  # a longer run may end with a decay
     assert "finished: 2 epochs, 4 steps" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["train"]["lr_decay_epochs"] == 1
+    lrs = [r["lr"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    assert lrs[-1] == pytest.approx(2e-4 / 2)
 
 
 def test_cli_keep_best_on_a_separate_validation_set_and_across_a_resume(cache256, make_pairs, tmp_path, capsys):

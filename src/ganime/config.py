@@ -75,6 +75,9 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 32
     lr: float = 2e-4
+    #: Decay the learning rate linearly over the last this many epochs (the pix2pix/CycleGAN reference's
+    #: ``n_epochs_decay``; beyond the paper, whose rate is constant: 0).
+    lr_decay_epochs: int = 0
     beta1: float = 0.5
     beta2: float = 0.999
     eps: float = 1e-7
@@ -108,6 +111,12 @@ class TrainConfig:
     bn_recalibrate: int = 50
     amp: bool = True
     channels_last: bool = True
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of the 0-based ``epoch``: ``lr`` throughout, or with ``lr_decay_epochs`` N, lr·(1 − k/(N+1))
+        in the k-th of the last N epochs, as the pix2pix/CycleGAN reference's linear policy (never 0)."""
+        k = epoch + 1 - (self.epochs - self.lr_decay_epochs)
+        return self.lr * (1 - max(0, k) / (self.lr_decay_epochs + 1))
 
 
 @dataclass
@@ -151,6 +160,9 @@ class RunConfig:
             problems.append(f"batch size must be at least 1 (got {t.batch_size})")
         if not (0 < t.lr < math.inf):
             problems.append(f"learning rate must be positive and finite (got {t.lr})")
+        if not 0 <= t.lr_decay_epochs <= t.epochs:
+            problems.append(f"learning-rate decay must last 0 to {t.epochs} epochs, the run's length "
+                            f"(got {t.lr_decay_epochs})")
         if t.log_every < 1:
             problems.append(f"log interval must be at least 1 step (got {t.log_every})")
         if t.keep_every < 0 or t.save_every_steps < 0:

@@ -408,6 +408,10 @@ class Trainer:
             stop_now = False  # the stop decision: the local flag, or under DDP the flag agreed by all
             out_of_time = False  # --time-limit reached (agreed under DDP): save and stop, not an interruption
             while self.epoch < t.epochs:
+                lr = t.lr_at(self.epoch)  # a function of the epoch alone: a resumed run gets the same rate
+                for opt in self.method.optimizers.values():
+                    for group in opt.param_groups:
+                        group["lr"] = lr
                 sums: dict[str, torch.Tensor] = {}
                 n_in_interval, t0 = 0, time.perf_counter()
                 epoch_sums: dict[str, float] = {}
@@ -440,7 +444,8 @@ class Trainer:
                         epoch_steps += n_in_interval
                         bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()}, "img/s": f"{ips:.1f}"}, refresh=tty)
                         self.log({"kind": "step", "epoch": self.epoch + 1, "step": self.step,
-                                  "global_step": self.global_step, "img_s": round(ips, 2), "time": time.time(), **means})
+                                  "global_step": self.global_step, "img_s": round(ips, 2), "time": time.time(),
+                                  "lr": lr, **means})
                         result.last_losses, result.images_per_second = means, ips
                         sums, n_in_interval, t0 = {}, 0, time.perf_counter()
                     if (t.save_every_steps and self.global_step % t.save_every_steps == 0 and not last_of_epoch

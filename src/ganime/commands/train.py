@@ -19,6 +19,9 @@ def add_common(p) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-decay-epochs", type=int, metavar="N",
+                   help="decay the learning rate linearly over the last N epochs (the pix2pix/CycleGAN reference's "
+                        "n_epochs_decay; default 0: constant, as the paper)")
     p.add_argument("--size", type=int, help="training image side (must match the cache; default 256)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -98,9 +101,9 @@ def build_config(args, options: dict, net: dict | None = None):
             raise InputError(f"{args.out}: --resume continues the run with the settings in {saved}, and "
                              f"{', '.join(changed)} would change them; drop {'it' if len(changed) == 1 else 'them'}, "
                              "or start a new run with another --out")
-        # Only the length of a run, its log and checkpoint intervals and its evaluation (none of which
-        # changes the training) may change on resume.
-        for k in ("epochs", "log_every", "keep_every", "save_every_steps"):
+        # Only the length of a run (and of its closing learning-rate decay, from the resumed epoch on), its log
+        # and checkpoint intervals and its evaluation (none of which changes what was trained) may change on resume.
+        for k in ("epochs", "lr_decay_epochs", "log_every", "keep_every", "save_every_steps"):
             if getattr(args, k) is not None:
                 setattr(cfg.train, k, getattr(args, k))
         for k, v in evaluation.items():
@@ -112,6 +115,7 @@ def build_config(args, options: dict, net: dict | None = None):
         evaluation["eval_every"] = 1
     cfg = make_config(
         args.method, args.preset or "paper", options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        lr_decay_epochs=args.lr_decay_epochs,
         size=args.size, seed=args.seed, sketch_augment=args.sketch_augment, log_every=args.log_every,
         keep_every=args.keep_every, save_every_steps=args.save_every_steps, **evaluation,
         amp=False if args.no_amp else None, bn_recalibrate=args.bn_recalibrate, zoom_out=getattr(args, "zoom_out", None),
