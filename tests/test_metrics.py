@@ -114,6 +114,18 @@ def test_paired_metrics_refuse_bad_inputs():
         M.psnr([1, 2], [1, 2])
 
 
+def test_float_images_of_another_range_are_refused_not_clamped():
+    # 0..255 as float used to be clamped to [-1, 1], i.e. nearly white: SSIM 0.64 for two noise images
+    rng = np.random.default_rng(0)
+    a, b = (torch.from_numpy(rng.integers(0, 256, (2, 3, 40, 40))).float() for _ in range(2))
+    for metric in (M.ssim, M.psnr):
+        with pytest.raises(InputError, match=r"outputs: float images must be in \[-1, 1\], got values in \[0, 255\]"):
+            metric(a, b)
+    # a generator's overshoot is still clamped, as tensor_to_uint8 does
+    x = a / 127.5 - 1
+    assert torch.equal(M.as_uint8_nchw(x * 1.2), M.as_uint8_nchw((x * 1.2).clamp(-1, 1)))
+
+
 # ---------------------------------------------------------------- FID
 
 
