@@ -383,6 +383,8 @@ def test_lpips_mechanics_with_random_weights():
         assert torch.allclose(M.lpips(a, b, model=model, batch_size=1), d, atol=1e-6)
     with pytest.raises(InputError, match="LPIPS network"):
         M.LPIPSNet("squeeze")
+    with pytest.raises(InputError, match="batch_size must be at least 1, got -1"):  # was torch.cat's "non-empty list"
+        M.lpips(a, b, model=model, batch_size=-1)
 
 
 def test_lpips_refuses_images_too_small_for_its_backbone_and_compute_all_says_why(monkeypatch):
