@@ -335,6 +335,8 @@ def test_kid_is_seeded_and_clips_subset_size():
         M.kid_from_features(x, y[:, :4])
     with pytest.raises(InputError, match="KID method"):
         M.kid_from_features(x, y, method="fast")
+    with pytest.raises(InputError, match="subset_size must be at least 2, got 1"):  # not "got 30 and 40" vectors
+        M.kid_from_features(x, y, subset_size=1)
 
 
 def test_kid_from_full_kernels_equals_per_subset_kernels(monkeypatch):
