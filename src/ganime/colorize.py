@@ -280,9 +280,13 @@ def as_image(x, name: str, hints: bool = False) -> Image.Image:
         if x.dtype != np.uint8 or channels not in ((4,) if hints else (1, 3, 4)):
             want = "H x W x 4 (RGBA)" if hints else "H x W, H x W x 3 or H x W x 4"
             raise InputError(f"{name}: an array must be uint8 {want}, not {x.dtype} of shape {x.shape}")
+        if 0 in x.shape:
+            raise InputError(f"{name}: an empty image ({x.shape[1]}x{x.shape[0]} pixels)")
         x = Image.fromarray(np.ascontiguousarray(x[..., 0] if x.ndim == 3 and channels == 1 else x))
     if not isinstance(x, Image.Image):
         raise InputError(f"{name}: expected a PIL image, a uint8 array or a path, not {type(x).__name__}")
+    if 0 in x.size:
+        raise InputError(f"{name}: an empty image ({x.width}x{x.height} pixels)")
     if hints:
         check_transparent(x, name)
         return x.convert("RGBA")
