@@ -303,6 +303,20 @@ def test_clean_resize_on_the_device_equals_pil():
         assert (ours - pil).abs().max() < 1e-2 and (ours - pil).abs().mean() < 1e-3
 
 
+def test_fid_and_kid_refuse_non_finite_features():
+    # were numpy's "SVD did not converge", scipy's "Internal error in scipy.linalg.sqrtm" and a silent (nan, nan)
+    x = np.random.default_rng(6).normal(size=(10, 4))
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    for method in ("auto", "eigh", "sqrtm"):
+        with pytest.raises(InputError, match="FID features contain NaN or infinite values"):
+            M.fid_from_features(bad, x, method=method)
+    with pytest.raises(InputError, match="FID statistics contain NaN or infinite values"):
+        M.fid_from_stats(*M.feature_stats(bad), *M.feature_stats(x))
+    with pytest.raises(InputError, match="KID features contain NaN or infinite values"):
+        M.kid_from_features(x, bad * np.inf)
+
+
 # ---------------------------------------------------------------- KID
 
 
