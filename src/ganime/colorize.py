@@ -8,6 +8,7 @@ size; they are mapped through the same geometry.
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import threading
@@ -136,6 +137,8 @@ class Colorizer:
         if flatten is not None:
             if not self._heads:
                 raise InputError(f"this model ({self.method}) has no colour layer to flatten")
+            if not isinstance(flatten, numbers.Real):
+                raise InputError(f"flatten {flatten!r}: must be a number of pixels, not {type(flatten).__name__}")
             if not 0 <= flatten <= MAX_SMOOTHING_SIGMA:
                 raise InputError(f"flatten {flatten:g}: must be between 0 and {MAX_SMOOTHING_SIGMA} pixels")
 
