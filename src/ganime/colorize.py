@@ -8,6 +8,7 @@ size; they are mapped through the same geometry.
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import threading
@@ -136,6 +137,8 @@ class Colorizer:
         if flatten is not None:
             if not self._heads:
                 raise InputError(f"this model ({self.method}) has no colour layer to flatten")
+            if not isinstance(flatten, numbers.Real):
+                raise InputError(f"flatten {flatten!r}: must be a number of pixels, not {type(flatten).__name__}")
             if not 0 <= flatten <= MAX_SMOOTHING_SIGMA:
                 raise InputError(f"flatten {flatten:g}: must be between 0 and {MAX_SMOOTHING_SIGMA} pixels")
 
@@ -280,9 +283,13 @@ def as_image(x, name: str, hints: bool = False) -> Image.Image:
         if x.dtype != np.uint8 or channels not in ((4,) if hints else (1, 3, 4)):
             want = "H x W x 4 (RGBA)" if hints else "H x W, H x W x 3 or H x W x 4"
             raise InputError(f"{name}: an array must be uint8 {want}, not {x.dtype} of shape {x.shape}")
+        if 0 in x.shape:
+            raise InputError(f"{name}: an empty image ({x.shape[1]}x{x.shape[0]} pixels)")
         x = Image.fromarray(np.ascontiguousarray(x[..., 0] if x.ndim == 3 and channels == 1 else x))
     if not isinstance(x, Image.Image):
         raise InputError(f"{name}: expected a PIL image, a uint8 array or a path, not {type(x).__name__}")
+    if 0 in x.size:
+        raise InputError(f"{name}: an empty image ({x.width}x{x.height} pixels)")
     if hints:
         check_transparent(x, name)
         return to_rgba(x)

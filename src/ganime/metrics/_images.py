@@ -7,7 +7,9 @@ Metrics accept a batch of images in either of the two forms the rest of GANime u
 
 Float batches are quantised to 8 bits exactly as :func:`ganime.imageio.tensor_to_uint8` does
 (clamp, ``(x + 1) * 127.5``, round half to even), because the paper's figures and every saved PNG are
-8-bit: a metric measured on the floats would not be the metric of the images users see.
+8-bit: a metric measured on the floats would not be the metric of the images users see. The clamp is
+for a generator's slight overshoot: floats further than :data:`FLOAT_SLACK` outside [-1, 1] (a 0..255
+image passed as float) are refused, since clamping them would score a white page.
 A single image (HWC uint8 or CHW float) is treated as a batch of one.
 """
 
@@ -17,6 +19,9 @@ import numpy as np
 import torch
 
 from ganime.errors import InputError
+
+#: How far outside [-1, 1] float pixels may lie and still be clamped (overshoot, not another range).
+FLOAT_SLACK = 0.5
 
 
 def as_uint8_nchw(images, name: str = "images") -> torch.Tensor:
@@ -40,6 +45,9 @@ def as_uint8_nchw(images, name: str = "images") -> torch.Tensor:
             raise InputError(f"{name}: float images must be NCHW with 3 channels in [-1, 1], got shape {tuple(t.shape)}")
         if not torch.isfinite(t).all():
             raise InputError(f"{name}: contains NaN or infinite values")
+        if t.numel() and t.abs().max() > 1 + FLOAT_SLACK:
+            raise InputError(f"{name}: float images must be in [-1, 1], got values in [{float(t.min()):g}, "
+                             f"{float(t.max()):g}]; pass 0..255 images as uint8 NHWC")
         return t.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).contiguous()
     raise InputError(f"{name}: expected uint8 (NHWC, 0..255) or float (NCHW, [-1, 1]) images, got dtype {t.dtype}")
 

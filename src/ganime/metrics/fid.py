@@ -209,6 +209,8 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise InputError(f"FID statistics disagree in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
+        raise InputError("FID statistics contain NaN or infinite values")
     diff = mu1 - mu2
     covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
@@ -256,6 +258,8 @@ def fid_from_features(features1, features2, method: str = "auto", device: str | 
             raise InputError(f"FID needs at least 2 feature vectors (N, D), got shape {f.shape}")
     if f1.shape[1] != f2.shape[1]:
         raise InputError(f"FID feature sets differ in width: {f1.shape} vs {f2.shape}")
+    if not (np.isfinite(f1).all() and np.isfinite(f2).all()):
+        raise InputError("FID features contain NaN or infinite values")
     if method == "auto":
         method = "svd" if min(f1.shape[0], f2.shape[0]) <= f1.shape[1] else "eigh"
     if method == "sqrtm":

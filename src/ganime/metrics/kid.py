@@ -44,6 +44,10 @@ def kid_from_features(features1, features2, subset_size: int = 1000, num_subsets
     f2 = np.asarray(features2, dtype=np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise InputError(f"KID needs two feature sets (N, D) of one width, got shapes {f1.shape} and {f2.shape}")
+    if not (np.isfinite(f1).all() and np.isfinite(f2).all()):
+        raise InputError("KID features contain NaN or infinite values")
+    if subset_size < 2:
+        raise InputError(f"KID's subset_size must be at least 2, got {subset_size}")
     m = min(subset_size, f1.shape[0], f2.shape[0])
     if m < 2:
         raise InputError(f"KID needs at least 2 feature vectors in each set, got {f1.shape[0]} and {f2.shape[0]}")

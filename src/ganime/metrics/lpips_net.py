@@ -215,6 +215,8 @@ def lpips(fake, real, net: str = "alex", device: str | torch.device = "cpu", bat
     check_pair(x, y)
     device = str(torch.device(device))
     batch_size = batch_size or (16 if device == "cpu" else 128)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     model = model if model is not None else load_lpips(net, device)
     side = MIN_SIDE[model.net]
     if min(x.shape[2], x.shape[3]) < side:
