@@ -157,3 +157,6 @@ def test_library_inputs_are_read_as_the_cli_reads_them(colorizer, tmp_path):
         colorizer(sketch, Image.new("RGB", sketch.size, "red"))
     with pytest.raises(InputError, match="hints: image has no transparency"):
         colorizer(sketch, Image.new("RGBA", sketch.size, "red"))  # alpha, but every pixel opaque
+    for bad in (0, -256, "1024", 512.0, True):  # 0 and below meant the training size without a word; a string a TypeError
+        with pytest.raises(InputError, match="max_size"):
+            Colorizer.from_checkpoint(DEFAULT_WEIGHTS, "cpu", max_size=bad)

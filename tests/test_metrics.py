@@ -260,6 +260,8 @@ def test_inception_features_on_real_images():
     assert np.abs(ref.double().numpy() - f).max() < 1e-3 * max(1.0, np.abs(f).max())
     # cache: a named set is computed once
     assert feats(imgs[:1], cache_key="real") is feats(imgs, cache_key="real")
+    with pytest.raises(ValueError, match="read-only"):  # a caller's in-place change would alter every later FID
+        feats(imgs, cache_key="real")[0] += 1
 
 
 @needs_data

@@ -106,6 +106,10 @@ class Colorizer:
         #: model was trained on instead of fading when shrunk to the training size. None: always ``size``.
         #: Rounded down to that multiple: the U-Net takes no other side.
         self.multiple = cfg.net.size_multiple
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, numbers.Integral)
+                                     or max_size < 1):
+            raise InputError(f"max_size {max_size!r}: must be a whole number of pixels of at least 1, "
+                             "or None for the training size")
         self.max_size = max(self.size, max_size // self.multiple * self.multiple) if max_size else self.size
         self.hint_channels = cfg.net.hint_channels
         if fast and fast != "off":

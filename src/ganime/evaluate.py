@@ -145,6 +145,7 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
                 try:
                     f = np.load(path)
                     if f.shape == (n, FEATURE_DIM):
+                        f.setflags(write=False)  # as InceptionFeatures' cache: shared with later calls
                         self._cache[cache_key] = f
                         return f
                 except (OSError, ValueError):
@@ -156,6 +157,7 @@ def make_inception(device: str = "cpu", progress: bool = True, disk_cache: bool 
                 parts.append(super().__call__(images[i : i + bs]))
             f = np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM))
             if cache_key is not None:
+                f.setflags(write=False)
                 self._cache[cache_key] = f
                 if path is not None:
                     try:

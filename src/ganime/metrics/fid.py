@@ -167,7 +167,7 @@ class InceptionFeatures:
 
     def __call__(self, images, cache_key: str | None = None) -> np.ndarray:
         """Features of ``images``: float64 array (N, 2048). With ``cache_key``, a second call with the same
-        key returns the stored features without looking at ``images``."""
+        key returns the stored features without looking at ``images`` (read-only: the cache's own array)."""
         if cache_key is not None and cache_key in self._cache:
             return self._cache[cache_key]
         x = as_uint8_nchw(images)
@@ -178,6 +178,7 @@ class InceptionFeatures:
                 f = net(_prepare(x[i : i + self.batch_size], self.resize, self.device))
                 out[i : i + f.shape[0]] = f.reshape(f.shape[0], -1).double().cpu().numpy()
         if cache_key is not None:
+            out.setflags(write=False)  # shared with every later call under the key: not to be changed in place
             self._cache[cache_key] = out
         return out
 
