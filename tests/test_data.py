@@ -598,3 +598,15 @@ def test_download_skips_the_macos_resource_forks_of_a_zip(tmp_path, make_pairs):
         (fake_cache / "__MACOSX" / "data" / split / "._pair_000.png").write_bytes(b"\0\5\26\7")
     root = download(tmp_path / "out", downloader=lambda: fake_cache)
     assert discover(root)[0] == "kaggle" and [len(v) for v in discover(root)[1].values()] == [2, 1]
+
+
+def test_training_on_the_pairs_folder_itself_says_to_prepare_it_into_another_folder(tmp_path, make_pairs, capsys):
+    """--data KAGGLE/ (the pairs, not a cache) advised 'ganime data prepare SRC KAGGLE', which prepare refuses
+    (a folder of images is not a cache to write into)."""
+    pairs = make_pairs(2, size=64, folder=tmp_path / "kaggle" / "train")
+    assert main(["train", "pix2pix", "--data", str(pairs.parent), "--out", str(tmp_path / "run"), "--dry-run"]) != 0
+    err = one_line_error(capsys)
+    assert f"is a folder of pairs, not a prepared cache; run 'ganime data prepare {pairs.parent} CACHE'" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "pix2pix", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r2"), "--dry-run"]) != 0
+    assert "run 'ganime data prepare SRC" in one_line_error(capsys)  # no pairs there: prepare into it

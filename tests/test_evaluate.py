@@ -730,3 +730,19 @@ def test_eval_hook_checks_its_data_and_metric_before_training(make_pairs, tmp_pa
             training_eval_hook(folder, every=1, size=64, keep_best="lpips")
     finally:
         ln.load_lpips.cache_clear()
+
+
+def test_eval_hook_validates_on_the_val_split_of_a_kaggle_folder(tmp_path):
+    """--val-data KAGGLE/ (train/ and val/, as downloaded) validated on both splits, its training pairs
+    included (and --keep-best chose on them, without the training-pairs warning); a cache's val split was used."""
+    from ganime.evaluate import training_eval_hook
+
+    src = tmp_path / "kaggle"
+    for split, n, start in (("train", 4, 0), ("val", 2, 100)):
+        (src / split).mkdir(parents=True)
+        for i, p in enumerate(tiny_pairs(n, 64)):
+            Image.fromarray(np.concatenate([p[1], p[0]], axis=1)).save(src / split / f"{start + i}.png")
+    tr = fake_trainer(tmp_path)
+    training_eval_hook(src, every=1, with_inception=False, size=64, training_data=False)(tr, 1)
+    rec = json.loads((tr.out / "metrics.jsonl").read_text())
+    assert rec["n"] == 2 and "2 of 2 pairs of the folder's val split" in rec["validation"]

@@ -122,6 +122,20 @@ def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_colorize_with_an_onnx_export_names_it_as_one(checkpoint, tmp_path, capsys):
+    """colorize/evaluate --checkpoint MODEL.onnx (just written by ganime export onnx) said 'not a readable
+    checkpoint (not a PyTorch checkpoint file)', as of a damaged file."""
+    pytest.importorskip("onnx")
+    from tests.conftest import one_line_error
+
+    out = tmp_path / "g.onnx"
+    assert main(["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    capsys.readouterr()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "s.png")
+    assert main(["colorize", str(tmp_path / "s.png"), "--checkpoint", str(out), "--out", str(tmp_path / "c")]) != 0
+    assert "g.onnx: an ONNX export (for onnxruntime and other runtimes); give the run's last.pt" in one_line_error(capsys)
+
+
 def test_onnx_export_of_a_line_multiply_generator(tmp_path):
     pytest.importorskip("onnxruntime")
     from ganime.export import OnnxGenerator, export_onnx

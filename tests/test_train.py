@@ -81,6 +81,44 @@ def test_lr_decays_over_the_last_epochs_as_the_reference_and_resumes_exactly(tmp
         tiny_config(epochs=3, lr_decay_epochs=4).validate()
 
 
+def _epoch_records(run):
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in log if r["kind"] == "epoch"]
+
+
+def _same_records(got, expected):
+    """Equal but for float32 losses summed in other groupings after a resume."""
+    assert [r.keys() for r in got] == [r.keys() for r in expected]
+    for g, e in zip(got, expected):
+        assert {k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for k, v in e.items()} == g
+
+
+def test_an_epoch_record_after_a_resume_averages_all_the_epochs_steps(tmp_path, monkeypatch):
+    """The epoch's mean losses in log.jsonl covered only the steps trained since a --resume inside it (after a
+    stop, and after a kill following a --save-every-steps checkpoint that held steps not yet logged)."""
+    import shutil
+
+    cfg = tiny_config(epochs=2, log_every=2, save_every_steps=3)
+    pairs = tiny_pairs(8)  # 4 steps an epoch
+    Trainer(cfg, pairs, tmp_path / "a", device="cpu", progress=False).fit()
+    expected = _epoch_records(tmp_path / "a")
+    Trainer(cfg, pairs, tmp_path / "b", device="cpu", progress=False, max_steps=1).fit()  # stopped at step 1
+    Trainer(cfg, pairs, tmp_path / "b", device="cpu", progress=False, resume=True).fit()
+    _same_records(_epoch_records(tmp_path / "b"), expected)
+    save = Trainer.save
+
+    def save_and_keep(self, name="last.pt"):  # the checkpoint a kill -9 after step 3 would leave
+        save(self, name)
+        if self.global_step == 3:
+            shutil.copytree(self.out, tmp_path / "killed")
+
+    monkeypatch.setattr(Trainer, "save", save_and_keep)
+    Trainer(cfg, pairs, tmp_path / "c", device="cpu", progress=False).fit()
+    monkeypatch.setattr(Trainer, "save", save)
+    Trainer(cfg, pairs, tmp_path / "killed", device="cpu", progress=False, resume=True).fit()
+    _same_records(_epoch_records(tmp_path / "killed"), expected)
+
+
 def test_resume_by_another_number_of_processes_continues_the_epoch_where_its_images_stopped(tmp_path, capsys):
     """A run saved mid-epoch by 2 processes and resumed by 1 skipped half the epoch's remaining images (its
     step counted batches of the old layout)."""

@@ -522,11 +522,14 @@ def format_paper_reference() -> str:
 
 
 def has_val_split(data_path: str | os.PathLike) -> bool:
-    """Whether ``data_path`` is a prepared cache with a non-empty ``val`` split."""
-    from ganime.data.pairs import PairCache
+    """Whether ``data_path`` is a prepared cache or a Kaggle-layout folder (``train/``, ``val/``) with a
+    non-empty ``val`` split (a folder's ``train/`` pairs are no validation set)."""
+    from ganime.data.pairs import PairCache, discover
 
     p = Path(data_path)
-    return (p / "index.json").exists() and bool(PairCache(p).count("val"))
+    if (p / "index.json").exists():
+        return bool(PairCache(p).count("val"))
+    return p.is_dir() and bool(discover(p)[1].get("val"))
 
 
 def validation_pairs(data_path: str | os.PathLike, size: int, n: int = 100, seed: int = 0,
@@ -538,7 +541,7 @@ def validation_pairs(data_path: str | os.PathLike, size: int, n: int = 100, seed
     split = "val" if has_val_split(p) else None
     pairs, names, total = load_pairs(p, size, n, seed, split)
     if split:
-        where = "the cache's val split"
+        where = f"the {'cache' if (p / 'index.json').exists() else 'folder'}'s val split"
     elif training_data:
         where = "all pairs (the training data: no val split in the cache)"
     else:

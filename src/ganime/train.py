@@ -228,6 +228,9 @@ class Trainer:
         if dist is not None:
             dist.wrap(self.method)
         self.epoch, self.step, self.global_step = 0, 0, 0
+        #: The current epoch's loss sums and step count so far, saved with a checkpoint inside an epoch so that the
+        #: epoch's record after a resume averages all its steps, not only those since the resume.
+        self.epoch_losses: tuple[dict[str, float], int] = ({}, 0)
         if resume and (self.out / "last.pt").exists():
             self._load(self.out / "last.pt")
         if loader is None:
@@ -304,6 +307,9 @@ class Trainer:
         self.method.load_state(ckpt)
         p = ckpt["progress"]
         self.epoch, self.step, self.global_step = p["epoch"], p["step"], p["global_step"]
+        losses = ckpt.get("epoch_losses")  # saved inside an epoch (a hand-edited entry costs only its averages)
+        if self.step and isinstance(losses, dict) and isinstance(losses.get("sums"), dict) and isinstance(losses.get("steps"), int):
+            self.epoch_losses = (dict(losses["sums"]), losses["steps"])
         saved_world = p.get("world_size", self.world_size)  # checkpoints before it was recorded: assume the same
         if saved_world != self.world_size and self.step:
             # Step s of an epoch has used the first s x batch x processes images of its shuffled order whatever
@@ -318,8 +324,11 @@ class Trainer:
     def save(self, name: str = "last.pt") -> None:
         if not self.main:
             return
+        state = self.method.state()
+        if self.step:  # inside an epoch
+            state["epoch_losses"] = {"sums": self.epoch_losses[0], "steps": self.epoch_losses[1]}
         save_checkpoint(
-            self.out / name, method=self.cfg.method, config=self.cfg.to_dict(), state=self.method.state(),
+            self.out / name, method=self.cfg.method, config=self.cfg.to_dict(), state=state,
             progress={"epoch": self.epoch, "step": self.step, "global_step": self.global_step,
                       "world_size": self.world_size},
         )
@@ -414,8 +423,7 @@ class Trainer:
                         group["lr"] = lr
                 sums: dict[str, torch.Tensor] = {}
                 n_in_interval, t0 = 0, time.perf_counter()
-                epoch_sums: dict[str, float] = {}
-                epoch_steps = 0
+                epoch_sums, epoch_steps = (dict(self.epoch_losses[0]), self.epoch_losses[1]) if self.step else ({}, 0)
                 for step, batch in self.loader.epoch(self.epoch, self.step, self.epoch * spe):
                     torch.manual_seed(step_seed(t.seed, 3, self.rank, self.global_step))
                     losses = self.method.train_step(batch)
@@ -450,12 +458,14 @@ class Trainer:
                         sums, n_in_interval, t0 = {}, 0, time.perf_counter()
                     if (t.save_every_steps and self.global_step % t.save_every_steps == 0 and not last_of_epoch
                             and not stopping):  # those save below
-                        if sums:  # never save past a non-finite loss, whatever the log interval
-                            self._check_finite(sums)
+                        pending = self._check_finite(sums) if sums else {}  # never save past a non-finite loss
+                        self.epoch_losses = ({k: epoch_sums.get(k, 0.0) + pending.get(k, 0.0) for k in {*epoch_sums, *pending}},
+                                             epoch_steps + n_in_interval)
                         self.save()
                     if stopping and not last_of_epoch:
                         if not stop_now:  # a planned stop (time or step limit), not Ctrl-C: worth the forward passes
                             self.recalibrate_bn()
+                        self.epoch_losses = (epoch_sums, epoch_steps)  # the interval was just logged
                         self.save()
                         result.interrupted, result.stop_signal = stop_now, stop.signum
                         result.epochs_done, result.global_step = self.epoch, self.global_step

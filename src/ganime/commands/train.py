@@ -34,8 +34,8 @@ def add_common(p) -> None:
     p.add_argument("--eval-every", type=int, metavar="K",
                    help="evaluate on a fixed validation set every K epochs (RUN/metrics.jsonl, RUN/metrics.png)")
     p.add_argument("--val-data", metavar="PAIRS",
-                   help="that validation set: a prepared cache or a folder of side-by-side pairs (default: the "
-                        "training cache's val split, else a fixed subset of the training pairs)")
+                   help="that validation set: a prepared cache or a folder of side-by-side pairs, its val split if it "
+                        "has one (default: the training cache's val split, else a fixed subset of the training pairs)")
     p.add_argument("--keep-best", metavar="METRIC", choices=sorted(KEEP_BEST_METRICS),
                    help="also keep RUN/best.pt, the checkpoint with the best validation METRIC so far "
                         f"({', '.join(KEEP_BEST_METRICS)}; implies --eval-every 1 unless given)")

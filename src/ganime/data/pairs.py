@@ -276,6 +276,10 @@ class PairCache:
         if not self.path.exists():
             raise InputError(f"{self.path}: no such data folder")
         if not idx.exists():
+            if self.path.is_dir() and any(discover(self.path)[1].values()):  # the pairs themselves: prepare into
+                # another folder (prepare refuses to write a cache into a folder of images)
+                raise InputError(f"{self.path}: is a folder of pairs, not a prepared cache; run 'ganime data prepare "
+                                 f"{self.path} CACHE' and give CACHE instead")
             raise InputError(
                 f"{self.path}: not a prepared cache (no index.json); run 'ganime data prepare SRC {self.path}' first"
             )
