@@ -652,6 +652,23 @@ def test_one_log_line_per_request(models):
     assert '"POST /api/colorize" 400' in log[2] and "not a readable image" in log[2]
 
 
+def test_log_lines_escape_control_characters(models):
+    """A request line is the client's text: an escape sequence in it must not reach the server's terminal
+    (it could retitle it, rewrite earlier lines or hide this one), as http.server's own logging ensures."""
+    s = Running(models)
+    try:
+        raw_request(s, b"GET /\x1b]0;pwned\x07\x1b[2K HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        raw_request(s, b"GET / HTTP/1.1\x1b[2J\r\nHost: localhost\r\n\r\n")  # logged by http.server's send_error
+        deadline = time.time() + 5
+        while len(s.log) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        s.close()
+    assert len(s.log) == 2, s.log
+    assert not any(c in line for line in s.log for c in "\x1b\x07"), s.log
+    assert any('"GET /\\x1b]0;pwned\\x07\\x1b[2K" 404' in line for line in s.log), s.log
+
+
 def test_binds_localhost_by_default(models):
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 20

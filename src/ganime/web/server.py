@@ -70,6 +70,9 @@ SECURITY_HEADERS = {
 }
 #: Sent with every answer, the server's own 503s included: never cached, and the security headers.
 ALWAYS_HEADERS = {"Cache-Control": "no-store", **SECURITY_HEADERS}
+#: Control characters (and the backslash) in a log line as escapes, as http.server's own log_message
+#: writes them: a request line is the client's text, and an escape sequence in it would reach the terminal.
+LOG_ESCAPES = str.maketrans({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]} | {ord("\\"): "\\\\"})
 
 
 class HTTPError(Exception):
@@ -376,7 +379,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ---------------------------------------------------------------------------------
     def log_message(self, format, *args):  # http.server's own messages (malformed request lines ...)
-        self.server.log_line(f"{self.client_address[0]} - {format % args}")
+        self.server.log_line(f"{self.client_address[0]} - {format % args}".translate(LOG_ESCAPES))
 
     def log_request(self, code="-", size="-"):  # we log once per request in _finish instead
         pass
@@ -439,7 +442,7 @@ class Handler(BaseHTTPRequestHandler):
         dt = time.perf_counter() - t0
         note = f" - {self._note}" if self._note and self._status >= 400 else ""
         self.server.log_line(f'{self.client_address[0]} "{self.command} {self.path}" '
-                             f"{self._status or '-'} {self._size}B {dt:.2f}s{note}")
+                             f"{self._status or '-'} {self._size}B {dt:.2f}s{note}".translate(LOG_ESCAPES))
 
     def _unread_body_guard(self) -> None:
         """Answering before a request body was read: close the connection after the answer."""
