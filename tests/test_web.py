@@ -559,32 +559,46 @@ def test_concurrent_requests_match_sequential(srv):
         assert body == expected[i % 2], f"request {i} differs from the sequential result"
 
 
+def send_slowly(s, body: bytes, ctype: str, chunk: int, every: float, for_at_most: float) -> tuple[bytes, float]:
+    """POST ``body`` ``chunk`` bytes at a time, one chunk each ``every`` s: the answer once there is one (or
+    b"" after ``for_at_most`` s), and the seconds it took."""
+    t0 = time.monotonic()
+    with socket.create_connection((s.host, s.port), timeout=30) as c:
+        c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        answer, sent = b"", 0
+        while time.monotonic() - t0 < for_at_most:
+            if sent < len(body):
+                try:
+                    c.sendall(body[sent : sent + chunk])
+                except OSError:
+                    pass
+                sent += chunk
+            if select.select([c], [], [], every)[0]:  # the answer, then the server closes
+                while part := c.recv(65536):
+                    answer += part
+                break
+        return answer, time.monotonic() - t0
+
+
 def test_a_trickling_upload_gets_408_and_frees_its_slot(models):
     """A client sending a byte now and then (never silent for socket_timeout) held an active slot for as
-    long as it liked; a body must now arrive at min_upload_rate on average."""
+    long as it liked, and then, announcing a large body, for socket_timeout plus the body's length at
+    min_upload_rate (20 MB: 11 minutes; two such clients stopped all colouring). The body must keep up with
+    min_upload_rate once socket_timeout has passed, so it is cut off then; an upload at that rate is not."""
     s = Running(models, Limits(max_active=1, max_queue=1, socket_timeout=1.0, min_upload_rate=1000.0))
     try:
         body, ctype = multipart({"image": png(sketch(32, 32))})
-        t0 = time.monotonic()
-        with socket.create_connection((s.host, s.port), timeout=30) as c:
-            c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode())
-            allowed = 1.0 + len(body) / 1000.0
-            answer = b""
-            for i in range(len(body)):  # one byte each 0.5 s: never silent for 1 s, far below 1000 B/s
-                try:
-                    c.sendall(body[i : i + 1])
-                except OSError:
-                    break
-                ready = select.select([c], [], [], 0.5)[0]
-                if ready:  # the answer, then the server closes
-                    while chunk := c.recv(65536):
-                        answer += chunk
-                    break
-            elapsed = time.monotonic() - t0
+        body += b"\0" * 100_000  # (an epilogue, after the closing boundary): 101 s at 1000 B/s
+        answer, elapsed = send_slowly(s, body, ctype, chunk=1, every=0.5, for_at_most=10)  # 2 B/s
         assert answer.startswith(b"HTTP/1.1 408") and b"upload too slow" in answer, answer[:200]
-        assert allowed - 0.1 < elapsed < allowed + 2.0, (elapsed, allowed)
+        assert elapsed < 1.0 + 1.0, elapsed
         result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))  # the slot is free again
+        # An upload at twice the rate, longer than socket_timeout, is coloured.
+        body, ctype = multipart({"image": png(sketch(32, 32))})
+        answer, elapsed = send_slowly(s, body + b"\0" * (4000 - len(body)), ctype, chunk=200, every=0.1,
+                                      for_at_most=30)
+        assert answer.startswith(b"HTTP/1.1 200") and elapsed > 1.5, (answer[:200], elapsed)
     finally:
         s.close()
 

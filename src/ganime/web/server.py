@@ -97,9 +97,10 @@ class Limits:
     max_queue: int = 16
     #: Seconds a socket may stay silent before the connection is dropped (slow or stalled clients).
     socket_timeout: float = 30.0
-    #: Slowest average upload accepted, in bytes/s: a body must arrive within ``socket_timeout`` plus its
-    #: length at this rate (20 MB: 10 minutes), or 408. Without it a client trickling a byte now and then
-    #: would hold one of the ``max_active`` slots for as long as it liked.
+    #: Slowest average upload accepted, in bytes/s: after ``socket_timeout`` s a body must have arrived at
+    #: this rate (so all of it within ``socket_timeout`` plus its length at this rate; 20 MB: 10 minutes), or
+    #: 408. Without it a client trickling a byte now and then would hold one of the ``max_active`` slots for
+    #: as long as it liked.
     min_upload_rate: float = 32 * 1024
     #: Open connections at once (each has a thread until it closes or stays silent for socket_timeout);
     #: more are answered 503 and closed at once.
@@ -593,9 +594,12 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self, length: int) -> bytes:
         limits = self.server.limits
         limit = limits.max_upload_bytes
-        deadline = time.monotonic() + limits.socket_timeout + length / limits.min_upload_rate
+        start = time.monotonic()
         buf = bytearray()
         while len(buf) < length:
+            # After socket_timeout's grace the body must keep up with min_upload_rate: a deadline from the
+            # announced length alone let a trickle hold its slot for that long (20 MB: 11 minutes).
+            deadline = start + limits.socket_timeout + len(buf) / limits.min_upload_rate
             left = deadline - time.monotonic()
             try:
                 if left <= 0:
@@ -608,7 +612,8 @@ class Handler(BaseHTTPRequestHandler):
                     raise  # silent for socket_timeout: dropped as before
                 self.close_connection = True
                 raise HTTPError(408, f"upload too slow: {len(buf):,} of {length:,} bytes in "
-                                     f"{limits.socket_timeout + length / limits.min_upload_rate:.0f} s") from None
+                                     f"{time.monotonic() - start:.0f} s (this server needs "
+                                     f"{limits.min_upload_rate / 1024:.3g} KB/s)") from None
             if not chunk:
                 self.close_connection = True
                 raise HTTPError(400, f"upload ended after {len(buf):,} of {length:,} bytes")
