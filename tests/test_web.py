@@ -628,6 +628,42 @@ def test_open_connections_are_capped_and_the_cap_frees_up(models):
         s.close()
 
 
+def test_a_request_head_trickled_byte_by_byte_is_dropped(models):
+    """Headers sent a byte now and then (never silent for socket_timeout) held their connection and thread
+    for ever, so max_connections such clients (64 sockets, no bandwidth) shut everyone else out with 503
+    (slowloris). A request's head must arrive whole within socket_timeout."""
+    s = Running(models, Limits(socket_timeout=1.0, max_connections=2))
+    slow = [socket.create_connection((s.host, s.port), timeout=10) for _ in range(2)]
+    stop = threading.Event()
+
+    def trickle():
+        for c in slow:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        while not stop.wait(0.25):
+            for c in slow:
+                try:
+                    c.sendall(b"a")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        assert s.request("GET", "/api/health")[0] == 503  # both connections taken
+        deadline, status = time.monotonic() + 4.0, None
+        while status != 200 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            status = s.request("GET", "/api/health")[0]
+        assert status == 200, "trickled request heads still hold every connection"
+    finally:
+        stop.set()
+        t.join()
+        for c in slow:
+            c.close()
+        s.close()
+
+
 def test_client_leaving_mid_upload_is_one_log_line_not_a_traceback(models, capsys):
     s = Running(models)
     try:

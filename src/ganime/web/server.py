@@ -95,7 +95,8 @@ class Limits:
     max_active: int = 2
     #: Requests waiting for a turn (they have not sent their bodies yet); more get 503.
     max_queue: int = 16
-    #: Seconds a socket may stay silent before the connection is dropped (slow or stalled clients).
+    #: Seconds a socket may stay silent before the connection is dropped (slow or stalled clients), and
+    #: that a request's head (request line and headers) may take to arrive whole.
     socket_timeout: float = 30.0
     #: Slowest average upload accepted, in bytes/s: after ``socket_timeout`` s a body must have arrived at
     #: this rate (so all of it within ``socket_timeout`` plus its length at this rate; 20 MB: 10 minutes), or
@@ -362,6 +363,24 @@ class GanimeServer(ThreadingHTTPServer):
             return False
 
 
+class HeadReader(socket.SocketIO):
+    """The handler's socket reader: while ``deadline`` is set (a request head is being read) no recv waits
+    past it, so a head trickled a byte now and then, never silent for the socket timeout, cannot hold its
+    connection and thread for ever (slowloris: ``max_connections`` of them would shut everyone out)."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
+        super().__init__(sock, "rb")
+        self.timeout, self.deadline = timeout, None
+
+    def readinto(self, b):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request head not complete in time")
+            self._sock.settimeout(min(self.timeout, left))
+        return super().readinto(b)
+
+
 def make_server(models: dict[str, WebModel], host: str = "127.0.0.1", port: int = 8000,
                 limits: Limits | None = None, device: str = "cpu",
                 log_line: Callable[[str], None] | None = None) -> GanimeServer:
@@ -377,6 +396,21 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.limits.socket_timeout
         super().setup()
+        self.rfile.close()  # read through a HeadReader instead (the socket stays open)
+        self._head = HeadReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._head)
+
+    def handle_one_request(self):
+        """A request's head (request line and headers) must arrive whole within the socket timeout."""
+        self._head.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
+
+    def parse_request(self):  # (called once the request line is in; reads the headers)
+        try:
+            return super().parse_request()
+        finally:
+            self._head.deadline = None
+            self.connection.settimeout(self.timeout)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def log_message(self, format, *args):  # http.server's own messages (malformed request lines ...)
