@@ -432,6 +432,30 @@ def raw_request(srv, data: bytes):
         return resp.status, dict(resp.getheaders()), resp.read()
 
 
+@pytest.mark.parametrize("method,path,host,status", [
+    ("GET", "/api/health", "127.0.0.1", 200),
+    ("HEAD", "/", "127.0.0.1", 200),
+    ("GET", "/nope", "127.0.0.1", 404),
+    ("GET", "/api/health", "example.com", 403),
+])
+def test_a_body_sent_with_get_is_not_read_as_the_next_request(srv, method, path, host, status):
+    """GET and HEAD bodies are not read: the connection was kept open and the body read as the next
+    request, so a body could carry a request of its own past a proxy in front (request smuggling)."""
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection((srv.host, srv.port), timeout=5) as c:
+        c.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(inner)}\r\n\r\n".encode()
+                  + inner)
+        answer = b""
+        try:
+            while chunk := c.recv(65536):
+                answer += chunk
+        except socket.timeout:
+            pass
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"smuggled" not in answer, answer
+    assert b"Connection: close" in answer
+
+
 @pytest.mark.parametrize("method,path,status,allow", [
     ("GET", "/nope", 404, None),
     ("POST", "/nope", 404, None),

@@ -480,15 +480,20 @@ class Handler(BaseHTTPRequestHandler):
                              f"{self._status or '-'} {self._size}B {dt:.2f}s{note}".translate(LOG_ESCAPES))
 
     def _unread_body_guard(self) -> None:
-        """Answering before a request body was read: close the connection after the answer."""
-        if not self._body_read and self.command not in ("GET", "HEAD"):
-            try:
-                length = max(0, int(self.headers.get("Content-Length") or 0))
-            except ValueError:
-                length = 0
-            if self.headers.get("Transfer-Encoding"):  # chunked: length unknown, drain up to the limit
-                length = self.server.limits.max_upload_bytes
-            self._refuse_body(length)
+        """Answering before a request body was read: close the connection after the answer (the body would
+        be read as the next request). A GET or HEAD has none unless it announces one."""
+        if self._body_read:
+            return
+        raw = (self.headers.get("Content-Length") or "").strip()
+        if self.command in ("GET", "HEAD") and raw in ("", "0") and not self.headers.get("Transfer-Encoding"):
+            return
+        try:
+            length = max(0, int(raw or 0))
+        except ValueError:
+            length = 0
+        if self.headers.get("Transfer-Encoding"):  # chunked: length unknown, drain up to the limit
+            length = self.server.limits.max_upload_bytes
+        self._refuse_body(length)
 
     def handle_expect_100(self):
         """Say "100 Continue" only to uploads we mean to read; others get their 4xx straight away."""
@@ -546,6 +551,7 @@ class Handler(BaseHTTPRequestHandler):
         raise HTTPError(404, f"no such path: {route}")
 
     def _get(self):
+        self._unread_body_guard()  # (a GET or HEAD with a body, which we do not read)
         route = self._route()
         if route == "/api/health":
             s = self.server
