@@ -423,6 +423,14 @@ def test_content_length_is_digits_and_only_one(srv, lengths):
                                    f"{ok}Connection: close\r\n\r\n".encode() + body), (32, 32))
 
 
+def test_a_content_length_of_thousands_of_digits_is_413_not_500(srv):
+    """int() refuses a string of over 4300 digits (Python's guard against quadratic conversions), so such a
+    Content-Length was answered 500 with a traceback in the log: it is over any limit, and said so."""
+    r = raw_request(srv, b"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    assert "over this server's limit" in error_of(*r, 413)
+
+
 def raw_request(srv, data: bytes):
     """Send raw bytes; parse the answer with http.client."""
     with socket.create_connection((srv.host, srv.port), timeout=30) as s:

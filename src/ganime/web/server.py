@@ -600,6 +600,11 @@ class Handler(BaseHTTPRequestHandler):
         if not (raw.isascii() and raw.isdigit()):  # not int()'s '+12' or '1_2', nor two lengths that differ
             self.close_connection = True
             raise HTTPError(400, f"bad Content-Length {raw!r}")
+        digits = raw.lstrip("0")
+        if len(digits) > 18:  # over any limit; and int() refuses over 4300 digits (a ValueError: a 500)
+            self._refuse_body(limit)
+            raise HTTPError(413, f"upload is a {len(digits):,}-digit number of bytes, over this server's limit "
+                                 f"of {limit:,} bytes")
         length = int(raw)
         if length > limit:
             self._refuse_body(length)
