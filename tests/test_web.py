@@ -423,6 +423,14 @@ def test_content_length_is_digits_and_only_one(srv, lengths):
                                    f"{ok}Connection: close\r\n\r\n".encode() + body), (32, 32))
 
 
+def test_a_content_length_of_thousands_of_digits_is_413_not_500(srv):
+    """int() refuses a string of over 4300 digits (Python's guard against quadratic conversions), so such a
+    Content-Length was answered 500 with a traceback in the log: it is over any limit, and said so."""
+    r = raw_request(srv, b"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    assert "over this server's limit" in error_of(*r, 413)
+
+
 def raw_request(srv, data: bytes):
     """Send raw bytes; parse the answer with http.client."""
     with socket.create_connection((srv.host, srv.port), timeout=30) as s:
@@ -430,6 +438,30 @@ def raw_request(srv, data: bytes):
         resp = http.client.HTTPResponse(s)
         resp.begin()
         return resp.status, dict(resp.getheaders()), resp.read()
+
+
+@pytest.mark.parametrize("method,path,host,status", [
+    ("GET", "/api/health", "127.0.0.1", 200),
+    ("HEAD", "/", "127.0.0.1", 200),
+    ("GET", "/nope", "127.0.0.1", 404),
+    ("GET", "/api/health", "example.com", 403),
+])
+def test_a_body_sent_with_get_is_not_read_as_the_next_request(srv, method, path, host, status):
+    """GET and HEAD bodies are not read: the connection was kept open and the body read as the next
+    request, so a body could carry a request of its own past a proxy in front (request smuggling)."""
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection((srv.host, srv.port), timeout=5) as c:
+        c.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(inner)}\r\n\r\n".encode()
+                  + inner)
+        answer = b""
+        try:
+            while chunk := c.recv(65536):
+                answer += chunk
+        except socket.timeout:
+            pass
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"smuggled" not in answer, answer
+    assert b"Connection: close" in answer
 
 
 @pytest.mark.parametrize("method,path,status,allow", [
@@ -559,32 +591,46 @@ def test_concurrent_requests_match_sequential(srv):
         assert body == expected[i % 2], f"request {i} differs from the sequential result"
 
 
+def send_slowly(s, body: bytes, ctype: str, chunk: int, every: float, for_at_most: float) -> tuple[bytes, float]:
+    """POST ``body`` ``chunk`` bytes at a time, one chunk each ``every`` s: the answer once there is one (or
+    b"" after ``for_at_most`` s), and the seconds it took."""
+    t0 = time.monotonic()
+    with socket.create_connection((s.host, s.port), timeout=30) as c:
+        c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        answer, sent = b"", 0
+        while time.monotonic() - t0 < for_at_most:
+            if sent < len(body):
+                try:
+                    c.sendall(body[sent : sent + chunk])
+                except OSError:
+                    pass
+                sent += chunk
+            if select.select([c], [], [], every)[0]:  # the answer, then the server closes
+                while part := c.recv(65536):
+                    answer += part
+                break
+        return answer, time.monotonic() - t0
+
+
 def test_a_trickling_upload_gets_408_and_frees_its_slot(models):
     """A client sending a byte now and then (never silent for socket_timeout) held an active slot for as
-    long as it liked; a body must now arrive at min_upload_rate on average."""
+    long as it liked, and then, announcing a large body, for socket_timeout plus the body's length at
+    min_upload_rate (20 MB: 11 minutes; two such clients stopped all colouring). The body must keep up with
+    min_upload_rate once socket_timeout has passed, so it is cut off then; an upload at that rate is not."""
     s = Running(models, Limits(max_active=1, max_queue=1, socket_timeout=1.0, min_upload_rate=1000.0))
     try:
         body, ctype = multipart({"image": png(sketch(32, 32))})
-        t0 = time.monotonic()
-        with socket.create_connection((s.host, s.port), timeout=30) as c:
-            c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode())
-            allowed = 1.0 + len(body) / 1000.0
-            answer = b""
-            for i in range(len(body)):  # one byte each 0.5 s: never silent for 1 s, far below 1000 B/s
-                try:
-                    c.sendall(body[i : i + 1])
-                except OSError:
-                    break
-                ready = select.select([c], [], [], 0.5)[0]
-                if ready:  # the answer, then the server closes
-                    while chunk := c.recv(65536):
-                        answer += chunk
-                    break
-            elapsed = time.monotonic() - t0
+        body += b"\0" * 100_000  # (an epilogue, after the closing boundary): 101 s at 1000 B/s
+        answer, elapsed = send_slowly(s, body, ctype, chunk=1, every=0.5, for_at_most=10)  # 2 B/s
         assert answer.startswith(b"HTTP/1.1 408") and b"upload too slow" in answer, answer[:200]
-        assert allowed - 0.1 < elapsed < allowed + 2.0, (elapsed, allowed)
+        assert elapsed < 1.0 + 1.0, elapsed
         result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))  # the slot is free again
+        # An upload at twice the rate, longer than socket_timeout, is coloured.
+        body, ctype = multipart({"image": png(sketch(32, 32))})
+        answer, elapsed = send_slowly(s, body + b"\0" * (4000 - len(body)), ctype, chunk=200, every=0.1,
+                                      for_at_most=30)
+        assert answer.startswith(b"HTTP/1.1 200") and elapsed > 1.5, (answer[:200], elapsed)
     finally:
         s.close()
 
@@ -610,6 +656,42 @@ def test_open_connections_are_capped_and_the_cap_frees_up(models):
         assert s.request("GET", "/api/health")[0] == 200
     finally:
         for c in idle:
+            c.close()
+        s.close()
+
+
+def test_a_request_head_trickled_byte_by_byte_is_dropped(models):
+    """Headers sent a byte now and then (never silent for socket_timeout) held their connection and thread
+    for ever, so max_connections such clients (64 sockets, no bandwidth) shut everyone else out with 503
+    (slowloris). A request's head must arrive whole within socket_timeout."""
+    s = Running(models, Limits(socket_timeout=1.0, max_connections=2))
+    slow = [socket.create_connection((s.host, s.port), timeout=10) for _ in range(2)]
+    stop = threading.Event()
+
+    def trickle():
+        for c in slow:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        while not stop.wait(0.25):
+            for c in slow:
+                try:
+                    c.sendall(b"a")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        assert s.request("GET", "/api/health")[0] == 503  # both connections taken
+        deadline, status = time.monotonic() + 4.0, None
+        while status != 200 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            status = s.request("GET", "/api/health")[0]
+        assert status == 200, "trickled request heads still hold every connection"
+    finally:
+        stop.set()
+        t.join()
+        for c in slow:
             c.close()
         s.close()
 
@@ -650,6 +732,23 @@ def test_one_log_line_per_request(models):
     assert '"GET /api/health" 200' in log[0]
     assert '"GET /missing" 404' in log[1]
     assert '"POST /api/colorize" 400' in log[2] and "not a readable image" in log[2]
+
+
+def test_log_lines_escape_control_characters(models):
+    """A request line is the client's text: an escape sequence in it must not reach the server's terminal
+    (it could retitle it, rewrite earlier lines or hide this one), as http.server's own logging ensures."""
+    s = Running(models)
+    try:
+        raw_request(s, b"GET /\x1b]0;pwned\x07\x1b[2K HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        raw_request(s, b"GET / HTTP/1.1\x1b[2J\r\nHost: localhost\r\n\r\n")  # logged by http.server's send_error
+        deadline = time.time() + 5
+        while len(s.log) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        s.close()
+    assert len(s.log) == 2, s.log
+    assert not any(c in line for line in s.log for c in "\x1b\x07"), s.log
+    assert any('"GET /\\x1b]0;pwned\\x07\\x1b[2K" 404' in line for line in s.log), s.log
 
 
 def test_binds_localhost_by_default(models):

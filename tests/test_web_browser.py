@@ -489,3 +489,23 @@ def test_a_pasted_image_becomes_the_sketch(browser, page):
     assert wait_state(d, ("ready", "error"), 30) == "ready", d.find_element("id", "error").text
     view = sketch_view(d)
     assert view["shown"] == view["canvas"] == [90, 70] and view["name"].startswith("pasted-")
+
+
+def test_ctrl_z_undoes_a_stroke_whatever_control_had_the_focus(browser, page, tmp_path):
+    """Painting leaves the focus where it was (the canvas takes no focus), typically on the brush slider or
+    the colour picker just used: Ctrl+Z did nothing there, as if the page had no undo. Only editable text
+    keeps Ctrl+Z for itself."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser
+    canvas = pick_resized_sketch(d, page, tmp_path / "undo.png", 200, 30)
+    brush = d.find_element(By.ID, "brush")
+    brush.click()
+    brush.send_keys(Keys.ARROW_RIGHT)  # the artist sets the brush size
+    ActionChains(d).move_to_element_with_offset(canvas, 0, 0).click().perform()
+    assert d.execute_script("return document.activeElement.id") == "brush"
+    assert sketch_view(d)["painted"] > 0
+    ActionChains(d).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    assert sketch_view(d)["painted"] == 0, "Ctrl+Z with the focus on the brush slider did not undo"

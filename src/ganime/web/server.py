@@ -70,6 +70,9 @@ SECURITY_HEADERS = {
 }
 #: Sent with every answer, the server's own 503s included: never cached, and the security headers.
 ALWAYS_HEADERS = {"Cache-Control": "no-store", **SECURITY_HEADERS}
+#: Control characters (and the backslash) in a log line as escapes, as http.server's own log_message
+#: writes them: a request line is the client's text, and an escape sequence in it would reach the terminal.
+LOG_ESCAPES = str.maketrans({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]} | {ord("\\"): "\\\\"})
 
 
 class HTTPError(Exception):
@@ -92,11 +95,13 @@ class Limits:
     max_active: int = 2
     #: Requests waiting for a turn (they have not sent their bodies yet); more get 503.
     max_queue: int = 16
-    #: Seconds a socket may stay silent before the connection is dropped (slow or stalled clients).
+    #: Seconds a socket may stay silent before the connection is dropped (slow or stalled clients), and
+    #: that a request's head (request line and headers) may take to arrive whole.
     socket_timeout: float = 30.0
-    #: Slowest average upload accepted, in bytes/s: a body must arrive within ``socket_timeout`` plus its
-    #: length at this rate (20 MB: 10 minutes), or 408. Without it a client trickling a byte now and then
-    #: would hold one of the ``max_active`` slots for as long as it liked.
+    #: Slowest average upload accepted, in bytes/s: after ``socket_timeout`` s a body must have arrived at
+    #: this rate (so all of it within ``socket_timeout`` plus its length at this rate; 20 MB: 10 minutes), or
+    #: 408. Without it a client trickling a byte now and then would hold one of the ``max_active`` slots for
+    #: as long as it liked.
     min_upload_rate: float = 32 * 1024
     #: Open connections at once (each has a thread until it closes or stays silent for socket_timeout);
     #: more are answered 503 and closed at once.
@@ -358,6 +363,24 @@ class GanimeServer(ThreadingHTTPServer):
             return False
 
 
+class HeadReader(socket.SocketIO):
+    """The handler's socket reader: while ``deadline`` is set (a request head is being read) no recv waits
+    past it, so a head trickled a byte now and then, never silent for the socket timeout, cannot hold its
+    connection and thread for ever (slowloris: ``max_connections`` of them would shut everyone out)."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
+        super().__init__(sock, "rb")
+        self.timeout, self.deadline = timeout, None
+
+    def readinto(self, b):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request head not complete in time")
+            self._sock.settimeout(min(self.timeout, left))
+        return super().readinto(b)
+
+
 def make_server(models: dict[str, WebModel], host: str = "127.0.0.1", port: int = 8000,
                 limits: Limits | None = None, device: str = "cpu",
                 log_line: Callable[[str], None] | None = None) -> GanimeServer:
@@ -373,10 +396,25 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.limits.socket_timeout
         super().setup()
+        self.rfile.close()  # read through a HeadReader instead (the socket stays open)
+        self._head = HeadReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._head)
+
+    def handle_one_request(self):
+        """A request's head (request line and headers) must arrive whole within the socket timeout."""
+        self._head.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
+
+    def parse_request(self):  # (called once the request line is in; reads the headers)
+        try:
+            return super().parse_request()
+        finally:
+            self._head.deadline = None
+            self.connection.settimeout(self.timeout)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def log_message(self, format, *args):  # http.server's own messages (malformed request lines ...)
-        self.server.log_line(f"{self.client_address[0]} - {format % args}")
+        self.server.log_line(f"{self.client_address[0]} - {format % args}".translate(LOG_ESCAPES))
 
     def log_request(self, code="-", size="-"):  # we log once per request in _finish instead
         pass
@@ -439,18 +477,23 @@ class Handler(BaseHTTPRequestHandler):
         dt = time.perf_counter() - t0
         note = f" - {self._note}" if self._note and self._status >= 400 else ""
         self.server.log_line(f'{self.client_address[0]} "{self.command} {self.path}" '
-                             f"{self._status or '-'} {self._size}B {dt:.2f}s{note}")
+                             f"{self._status or '-'} {self._size}B {dt:.2f}s{note}".translate(LOG_ESCAPES))
 
     def _unread_body_guard(self) -> None:
-        """Answering before a request body was read: close the connection after the answer."""
-        if not self._body_read and self.command not in ("GET", "HEAD"):
-            try:
-                length = max(0, int(self.headers.get("Content-Length") or 0))
-            except ValueError:
-                length = 0
-            if self.headers.get("Transfer-Encoding"):  # chunked: length unknown, drain up to the limit
-                length = self.server.limits.max_upload_bytes
-            self._refuse_body(length)
+        """Answering before a request body was read: close the connection after the answer (the body would
+        be read as the next request). A GET or HEAD has none unless it announces one."""
+        if self._body_read:
+            return
+        raw = (self.headers.get("Content-Length") or "").strip()
+        if self.command in ("GET", "HEAD") and raw in ("", "0") and not self.headers.get("Transfer-Encoding"):
+            return
+        try:
+            length = max(0, int(raw or 0))
+        except ValueError:
+            length = 0
+        if self.headers.get("Transfer-Encoding"):  # chunked: length unknown, drain up to the limit
+            length = self.server.limits.max_upload_bytes
+        self._refuse_body(length)
 
     def handle_expect_100(self):
         """Say "100 Continue" only to uploads we mean to read; others get their 4xx straight away."""
@@ -508,6 +551,7 @@ class Handler(BaseHTTPRequestHandler):
         raise HTTPError(404, f"no such path: {route}")
 
     def _get(self):
+        self._unread_body_guard()  # (a GET or HEAD with a body, which we do not read)
         route = self._route()
         if route == "/api/health":
             s = self.server
@@ -556,6 +600,11 @@ class Handler(BaseHTTPRequestHandler):
         if not (raw.isascii() and raw.isdigit()):  # not int()'s '+12' or '1_2', nor two lengths that differ
             self.close_connection = True
             raise HTTPError(400, f"bad Content-Length {raw!r}")
+        digits = raw.lstrip("0")
+        if len(digits) > 18:  # over any limit; and int() refuses over 4300 digits (a ValueError: a 500)
+            self._refuse_body(limit)
+            raise HTTPError(413, f"upload is a {len(digits):,}-digit number of bytes, over this server's limit "
+                                 f"of {limit:,} bytes")
         length = int(raw)
         if length > limit:
             self._refuse_body(length)
@@ -590,9 +639,12 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self, length: int) -> bytes:
         limits = self.server.limits
         limit = limits.max_upload_bytes
-        deadline = time.monotonic() + limits.socket_timeout + length / limits.min_upload_rate
+        start = time.monotonic()
         buf = bytearray()
         while len(buf) < length:
+            # After socket_timeout's grace the body must keep up with min_upload_rate: a deadline from the
+            # announced length alone let a trickle hold its slot for that long (20 MB: 11 minutes).
+            deadline = start + limits.socket_timeout + len(buf) / limits.min_upload_rate
             left = deadline - time.monotonic()
             try:
                 if left <= 0:
@@ -605,7 +657,8 @@ class Handler(BaseHTTPRequestHandler):
                     raise  # silent for socket_timeout: dropped as before
                 self.close_connection = True
                 raise HTTPError(408, f"upload too slow: {len(buf):,} of {length:,} bytes in "
-                                     f"{limits.socket_timeout + length / limits.min_upload_rate:.0f} s") from None
+                                     f"{time.monotonic() - start:.0f} s (this server needs "
+                                     f"{limits.min_upload_rate / 1024:.3g} KB/s)") from None
             if not chunk:
                 self.close_connection = True
                 raise HTTPError(400, f"upload ended after {len(buf):,} of {length:,} bytes")

@@ -47,6 +47,12 @@ function showError(msg) {
   if (msg) setState("error");
 }
 
+// Controls that edit text keep Ctrl+Z and Ctrl+V for themselves; the page's own inputs (sliders, the colour
+// picker, the model menu) have no use for them.
+const TEXT_INPUTS = "textarea, input:not([type]), input[type=text], input[type=search], input[type=number], "
+                    + "input[type=url], input[type=email], input[type=password], input[type=tel]";
+const editsText = (el) => el.isContentEditable || el.matches(TEXT_INPUTS);
+
 function currentModel() {
   return state.models.find((m) => m.name === $("method").value) || null;
 }
@@ -391,8 +397,10 @@ function init() {
   $("undo").addEventListener("click", undo);
   $("clear").addEventListener("click", clearHints);
   $("colorize").addEventListener("click", colorize);
+  // Ctrl+Z undoes a stroke whichever control has the focus: painting leaves it where it was, often on the
+  // brush slider or the colour picker just used.
   document.addEventListener("keydown", (e) => {
-    if ((e.ctrlKey || e.metaKey) && e.key === "z" && !e.target.matches("input, select")) { e.preventDefault(); undo(); }
+    if ((e.ctrlKey || e.metaKey) && e.key === "z" && !editsText(e.target)) { e.preventDefault(); undo(); }
   });
   const drop = $("drop");
   drop.addEventListener("keydown", (e) => {
@@ -416,10 +424,8 @@ function init() {
   }
   // An image pasted from the clipboard (copied in a drawing program or a browser) is taken as the sketch,
   // whichever control has the focus (sliders, the colour picker); a paste into editable text stays text.
-  const TEXT_INPUTS = "textarea, input:not([type]), input[type=text], input[type=search], input[type=number], "
-                      + "input[type=url], input[type=email], input[type=password], input[type=tel]";
   document.addEventListener("paste", (e) => {
-    if (e.target.isContentEditable || e.target.matches(TEXT_INPUTS)) return;
+    if (editsText(e.target)) return;
     const items = e.clipboardData ? [...e.clipboardData.items] : [];
     const item = items.find((i) => i.kind === "file" && i.type.startsWith("image/"));
     const blob = item && item.getAsFile();
