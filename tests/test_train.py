@@ -58,6 +58,9 @@ def test_resume_continues_exactly(tmp_path, stop_at):
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     marks = [i for i, r in enumerate(log) if r["kind"] == "resume"]  # where the resume continued
     assert len(marks) == 1 and log[marks[0]]["global_step"] == stop_at
+    # counted as the step records (and the console): it logged completed epochs, "epoch": 0 beside "epoch": 1
+    stopped_at = [r for r in log[: marks[0]] if r["kind"] == "step"][-1]
+    assert (log[marks[0]]["epoch"], log[marks[0]]["step"]) == (stopped_at["epoch"], stopped_at["step"])
     assert [r["global_step"] for r in log if r["kind"] == "step"] == [1, 2, 3, 4]
 
 

@@ -9,7 +9,9 @@ Run folder layout::
     RUN/config.json          the resolved configuration (written at the start; a --resume that extends the
                              run, e.g. with more epochs, updates it)
     RUN/log.jsonl            one JSON object per log interval and per epoch (``kind`` step / epoch; init and
-                             resume records mark an --init-from and where each --resume continued)
+                             resume records mark an --init-from and where each --resume continued). Step and
+                             resume records count ``epoch`` from 1 as the epoch in progress and ``step`` as
+                             the steps done in it; an epoch record's ``epoch`` is the epoch it closes
     RUN/samples/epoch_0001.png   sketch | truth | output rows for fixed samples
     RUN/last.pt              the latest checkpoint (atomic; resume point)
     RUN/epoch_0010.pt        kept every ``keep_every`` epochs, if asked
@@ -248,8 +250,9 @@ class Trainer:
             self.log(init_record)
         if resume:
             # after a kill, the steps logged since the checkpoint are trained (and logged) again: records
-            # before this one with a larger global_step were superseded
-            self.log({"kind": "resume", "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
+            # before this one with a larger global_step were superseded. Counted as the step records and the
+            # console count: the epoch in progress (1-based) and the steps done in it.
+            self.log({"kind": "resume", "epoch": self.epoch + 1, "step": self.step, "global_step": self.global_step,
                       "time": time.time()})
             saved = self.out / "config.json"
             if self.main and (not saved.exists() or saved.read_text() != self.cfg.to_json()):
