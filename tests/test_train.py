@@ -537,6 +537,50 @@ def test_cli_resume_refuses_changed_settings_and_another_method(cache256, tmp_pa
     (out / "config.json").write_text(saved)
 
 
+def test_cli_resume_refuses_other_pairs_but_not_a_moved_cache(cache256, tmp_path, capsys):
+    """--resume trained on whatever --data it was given, without a word, when its size and count fitted."""
+    import shutil
+
+    from ganime.data.pairs import prepare
+    from tests.conftest import side_by_side, synthetic_color, synthetic_sketch
+
+    src = tmp_path / "other-src"
+    src.mkdir()
+    for i in range(10, 14):  # as many pairs, at the same size, but others
+        c = synthetic_color(i, 256)
+        side_by_side(c, synthetic_sketch(c)).save(src / f"{i}.png")
+    other = tmp_path / "other"
+    prepare(src, other, size=256, workers=1, progress=False)
+    out = tmp_path / "run"
+    args = ["train", "pix2pix", "--out", str(out), "--preset", "small", "--batch-size", "2", "--no-progress",
+            "--device", "cpu", "--bn-recalibrate", "0"]
+    assert main(args + ["--data", str(cache256), "--max-steps", "1"]) == 0
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert saved["data"] == str(cache256.absolute()) and saved["data_fingerprint"].startswith("4 pairs, names sha1 ")
+    before = (out / "last.pt").read_bytes()
+    for dry in ([], ["--dry-run"]):
+        assert main(args + ["--data", str(other), "--resume", *dry]) == 2
+        line = one_line_error(capsys)
+        assert f"was trained on the pairs of {cache256.absolute()}" in line and "--new-data" in line, line
+    assert (out / "last.pt").read_bytes() == before
+    moved = tmp_path / "moved"  # the same pairs elsewhere: resumed without fuss, and recorded there
+    shutil.copytree(cache256, moved)
+    capsys.readouterr()
+    assert main(args + ["--data", str(moved), "--resume", "--max-steps", "2"]) == 0
+    assert "pairs" not in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["data"] == str(moved.absolute())
+    assert main(args + ["--data", str(other), "--resume", "--new-data", "--max-steps", "3"]) == 0
+    assert "--new-data: continuing on" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["data"] == str(other.absolute())
+    # a run saved before the pairs were recorded resumes on what it is given, which is then recorded
+    config = json.loads((out / "config.json").read_text())
+    for k in ("data", "data_fingerprint"):
+        del config["train"][k]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(args + ["--data", str(cache256), "--resume", "--max-steps", "4"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["data"] == str(cache256.absolute())
+
+
 def test_cli_resume_keeps_what_a_resume_changed_for_the_next_one(cache256, tmp_path, capsys):
     # config.json kept the first --epochs: the next --resume read 1 epoch, trained nothing and said "finished"
     out = tmp_path / "run"

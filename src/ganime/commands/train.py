@@ -26,6 +26,9 @@ def add_common(p) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--new-data", action="store_true",
+                   help="with --resume: continue on --data pairs other than those the run was trained on (refused "
+                        "without it; a cache moved or prepared again from the same files is the same pairs)")
     p.add_argument("--sketch-augment", type=float, metavar="P",
                    help="re-extract each sketch from its colour image with a random extractor, with probability P")
     p.add_argument("--log-every", type=int, help="steps between log lines")
@@ -156,6 +159,26 @@ def check_cache(cache, cfg) -> None:
     check_batches(cache.count("train" if "train" in cache.splits else None), cfg.train.batch_size)
 
 
+def record_training_data(args, cfg, cache) -> None:
+    """Record the pairs the run trains on (``cache``; None for CycleGAN's folders) in its configuration. On
+    --resume, pairs other than those recorded are refused unless --new-data: their count and names, not the
+    cache's path, tell (a run recorded before this, or on folders, has no record and resumes as it is)."""
+    from ganime.errors import InputError
+
+    t = cfg.train
+    split = None if cache is None else "train" if "train" in cache.splits else None
+    data, fingerprint = ("", "") if cache is None else (str(cache.path.absolute()), cache.fingerprint(split))
+    if args.resume and t.data_fingerprint and fingerprint != t.data_fingerprint:
+        given = f"--data {args.data} holds others ({fingerprint})" if cache is not None else "--sketches/--colors are others"
+        if not args.new_data:
+            raise InputError(f"{args.out}: was trained on the pairs of {t.data} ({t.data_fingerprint}), and {given}; "
+                             "give its own, pass --new-data to continue on these (the rest of the run then differs "
+                             "from an uninterrupted one), or start a new run with another --out")
+        print(f"ganime: {args.out}: was trained on the pairs of {t.data} ({t.data_fingerprint}); --new-data: "
+              f"continuing on {args.data or 'the folders given'}", file=sys.stderr)
+    t.data, t.data_fingerprint = data, fingerprint
+
+
 def load_training_pairs(data: str, size: int | None):
     from ganime.data.pairs import PairCache
 
@@ -212,6 +235,7 @@ def run(args) -> int:
         cfg.train.size = cache.size  # train at the cache's resolution unless told otherwise
     validate(cfg, args)
     check_cache(cache, cfg)
+    record_training_data(args, cfg, cache)
     if args.dry_run:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)  # before the (long) load of the training pairs: a bad --val-data fails now
@@ -337,6 +361,7 @@ def run_cyclegan(args) -> int:
     validate(cfg, args)
     if args.data is not None:
         check_cache(cache, cfg)
+    record_training_data(args, cfg, cache if args.data is not None else None)
     if folders and Path(args.sketches).resolve() == Path(args.colors).resolve():
         print(f"ganime: warning: --sketches and --colors are the same folder ({args.sketches}): both domains hold "
               "the same images, so G learns to copy its input rather than to colour line art", file=sys.stderr)

@@ -303,6 +303,13 @@ class PairCache:
     def names(self, split: str) -> list[str]:
         return [n for sh in self._split(split)["shards"] for n in sh["names"]]
 
+    def fingerprint(self, split: str | None = None) -> str:
+        """What the pairs of ``split`` (default: every split) are, cheaply, from the index alone: their number
+        and a hash of their names in order. A cache moved, or prepared again from the same files, keeps it."""
+        names = [n for s in ([split] if split else self.splits) for n in self.names(s)]
+        digest = hashlib.sha1("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        return f"{len(names)} pairs, names sha1 {digest}"
+
     def _split(self, split: str) -> dict:
         if split not in self.index["splits"] or not self.index["splits"][split]["count"]:
             raise InputError(f"{self.path}: cache has no {split!r} split (has: {', '.join(self.splits)})")
