@@ -91,7 +91,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def one_line_error(capsys) -> str:
     """The captured stderr, asserted to be a single 'ganime: error:' line (no traceback)."""
     err = capsys.readouterr().err.strip()
-    lines = [l for l in err.splitlines() if l.strip() and not l.startswith(("colorize:", "prepare", "sketchify"))]
+    bars = ("colorize:", "prepare", "sketchify", "load cache")
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith(bars)]
     assert len(lines) == 1, err
     assert lines[0].startswith("ganime: error:"), err
     assert "Traceback" not in err

@@ -72,6 +72,15 @@ def test_prepare_writes_a_cache_matching_the_sources(tmp_path, make_pairs):
     assert np.abs(arr[0, 1].astype(int) - np.asarray(Image.fromarray(color).resize((32, 32), Image.BICUBIC))).max() <= 1
 
 
+def test_cache_load_reads_every_shard_in_order(tmp_path, make_pairs):
+    src = make_pairs(5, size=32)
+    prepare(src, tmp_path / "cache", size=16, workers=1, progress=False, shard_size=2)
+    cache = PairCache(tmp_path / "cache")
+    assert len(cache.arrays("train")) == 3
+    want = np.concatenate(cache.arrays("train"))
+    assert np.array_equal(cache.load("train", progress=True), want) and np.array_equal(cache.load(), want)
+
+
 def test_prepare_holds_about_one_shard_in_memory(tmp_path, make_pairs):
     """The pairs were gathered in a list, stacked into a shard, saved into a buffer and copied out of it: a
     peak of 3.5 shards (1.4 GB for 256 pairs at 512 px, 5 GB for a full shard). Now filled and written in place."""

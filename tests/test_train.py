@@ -504,6 +504,17 @@ def test_cli_train_small_preset_then_resume(cache256, tmp_path, capsys):
     assert "--time-limit" in one_line_error(capsys)
 
 
+def test_cli_train_shows_the_load_of_its_cache_unless_no_progress(cache256, tmp_path, capsys):
+    """The whole cache was read before anything was printed (tens of seconds for the Kaggle pairs)."""
+    args = ["train", "pix2pix", "--data", str(cache256), "--preset", "small", "--batch-size", "2", "--device", "cpu",
+            "--max-steps", "1", "--bn-recalibrate", "0"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "load cache" in err and err.index("load cache") < err.index("pix2pix"), err  # before the step bar
+    assert main(args + ["--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert "load cache" not in capsys.readouterr().err
+
+
 def test_cli_resume_refuses_changed_settings_and_another_method(cache256, tmp_path, capsys):
     # each was silently ignored (the run went on with its saved settings), and `train cyclegan --resume` of a
     # pix2pix run trained Pix2Pix on independently shuffled, unpaired data

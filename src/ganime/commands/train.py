@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -179,12 +180,14 @@ def record_training_data(args, cfg, cache) -> None:
     t.data, t.data_fingerprint = data, fingerprint
 
 
-def load_training_pairs(data: str, size: int | None):
+def load_training_pairs(data: str, size: int | None, progress: bool = False):
+    """The training pairs of the cache ``data``, read into memory (with a bar on the main process)."""
     from ganime.data.pairs import PairCache
 
     cache = PairCache(data)
     split = "train" if "train" in cache.splits else None
-    return cache.load(split), cache
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun every process reads the cache: one bar
+    return cache.load(split, progress=progress and main), cache
 
 
 def eval_hooks(args, cfg) -> list:
@@ -239,7 +242,7 @@ def run(args) -> int:
     if args.dry_run:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)  # before the (long) load of the training pairs: a bad --val-data fails now
-    pairs, _ = load_training_pairs(args.data, cfg.train.size)
+    pairs, _ = load_training_pairs(args.data, cfg.train.size, progress=not args.no_progress)
     # Under torchrun (RANK/WORLD_SIZE set): one process per device, --batch-size per process.
     from ganime.distributed import from_env
 
@@ -369,7 +372,7 @@ def run_cyclegan(args) -> int:
         return dry_run(cfg, args)
     hooks = eval_hooks(args, cfg)
     if args.data is not None:
-        pairs, _ = load_training_pairs(args.data, cfg.train.size)
+        pairs, _ = load_training_pairs(args.data, cfg.train.size, progress=not args.no_progress)
         sketches, colors = split_pairs(pairs)
         del pairs
     else:
