@@ -277,7 +277,7 @@ def test_fid_kid_path_and_real_features_cached_on_disk(make_pairs, tmp_path, mon
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     for m in (a, b):
-        assert m["fid"] > 0 and m["kid_mean"] is not None and m["kid_std"] is not None
+        assert m["fid"] > 0 and m["kid_mean"] is not None and m["kid_std"] is None  # 3 images: one KID subset
         assert any("strongly biased" in n for n in m["notes"])
     assert a["fid"] != b["fid"]
 
@@ -505,6 +505,40 @@ def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp
     bad = p.parse_args(["--data", str(folder), "--styles", "gatys,monet"])
     with pytest.raises(Exception, match="monet"):
         run_table1(bad)
+
+
+class _StubFeatures:
+    """Inception's stand-in: 16 features of the pixels, so that KID differs between rows, in milliseconds."""
+
+    def __call__(self, images, cache_key=None):
+        x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+        return x[:, :: max(1, x.shape[1] // 16)][:, :16] / 255
+
+
+def test_kid_std_of_one_whole_set_subset_is_not_reported_as_a_measured_zero(tiny_checkpoint, make_pairs, tmp_path,
+                                                                              monkeypatch, capsys):
+    """With n <= KID's subset size every subset is the whole set: its std is 0 by construction, and
+    metrics.json said 0 as if measured, the table and table1 with no word why."""
+    import ganime.evaluate as ev
+    from ganime.commands.evaluate import add_table1_args, run_table1
+    from ganime.metrics import compute_all
+
+    monkeypatch.setattr(ev, "make_inception", lambda *a, **k: _StubFeatures())
+    p = argparse.ArgumentParser()
+    add_table1_args(p)
+    folder = make_pairs(4, size=64)
+    run_table1(p.parse_args(["--data", str(folder), "--pix2pix", str(tiny_checkpoint), "--size", "64",
+                             "--out", str(tmp_path / "t1"), "--no-progress", "--device", "cpu"]))
+    assert ev.KID_ONE_SUBSET in capsys.readouterr().out
+    assert ev.KID_ONE_SUBSET in (tmp_path / "t1" / "table1.md").read_text()
+    row = json.loads((tmp_path / "t1" / "pix2pix" / "metrics.json").read_text())
+    assert row["kid_mean"] is not None and row["kid_std"] is None
+    assert "every subset is the whole set" in (tmp_path / "t1" / "pix2pix" / "metrics.md").read_text()
+    # subsets smaller than the set: a measured spread, shown with its ±
+    pairs = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.iterdir())])
+    m = compute_all(pairs[:, :, :64], pairs[:, :, 64:], inception=_StubFeatures(), kid_subset_size=2, kid_subsets=10)
+    assert m["kid_std"] > 0 and not any("KID std" in n for n in m["notes"])
+    assert f"± {m['kid_std']:.4f}" in ev.table_row({**m, "method": "x"})
 
 
 def test_table1_one_row_per_style_and_its_own_option_names(make_pairs, tmp_path, monkeypatch):

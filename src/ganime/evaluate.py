@@ -476,13 +476,18 @@ def _fmt(v, digits: int = 3) -> str:
 def table_row(r: dict, label: str | None = None) -> str:
     if r.get("kid_mean") is None:
         kid = "—"
-    elif r.get("kid_std") is None or r["kid_std"] < 1e-9:  # every KID subset was the whole set (n <= subset size): no spread to show
+    elif r.get("kid_std") is None or r["kid_std"] < 1e-9:  # every KID subset was the whole set (n <= subset size;
+        # None since compute_all says so in a note, 0 in older results): no spread to show
         kid = f"{r['kid_mean']:.4f}"
     else:
         kid = f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
     return (f"| {label or r['method']} | {r['n']} | {_fmt(r.get('fid'), 1)} | {_fmt(r['ssim_mean'])} | "
             f"{_fmt(r['ssim_std'])} | {kid} | {_fmt(r.get('lpips_mean'))} | {_fmt(r['psnr_mean'], 2)} |")
 
+
+#: Under a table whose KID has no std (n <= KID's subset size): why.
+KID_ONE_SUBSET = ("KID has no ± where n is no more than its subset size (1,000): every subset is then the whole "
+                  "set (one subset, no spread to measure).")
 
 TABLE_HEADER = ("| method | n | FID | SSIM mean | SSIM std | KID | LPIPS | PSNR (dB) |\n"
                 "|---|---|---|---|---|---|---|---|")

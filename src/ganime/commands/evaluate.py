@@ -96,7 +96,7 @@ def run_table1(args) -> dict:
     from ganime.errors import InputError
     from ganime.evaluate import (
         PAPER_FID_WARNING, PAPER_TABLE1, STYLE_METHODS, _json_ready, check_out_dir, evaluate, format_paper_reference,
-        format_table, load_pairs, make_generator, make_inception,
+        KID_ONE_SUBSET, format_table, load_pairs, make_generator, make_inception,
     )
     from ganime.imageio import atomic_write_bytes
     from ganime.train import resolve_device
@@ -132,8 +132,9 @@ def run_table1(args) -> dict:
         results.append(r)
     labels = [f"{r['method']} ({r['iterations']} it.)" if r["method"] == "gatys" else r["method"] for r in results]
     subset = f"{len(names)} of {total} pairs (seed {args.seed})" if len(names) < total else f"all {total} pairs"
+    one_subset = any(r.get("kid_mean") is not None and r.get("kid_std") is None for r in results)
     md = (f"Table 1 on {args.data}: {subset} at {args.size}x{args.size}, {device}\n\n"
-          + format_table(results, labels)
+          + format_table(results, labels) + (f"\n\n{KID_ONE_SUBSET}" if one_subset else "")
           + "\n\nKID is the number to read: FID over fewer than 2,000 images is strongly biased upward.\n\n"
           + format_paper_reference())
     print(md)

@@ -63,7 +63,8 @@ def compute_all(
     ``n, ssim_mean, ssim_std, psnr_mean, psnr_std, lpips_mean, lpips_std, fid, kid_mean, kid_std``, the
     floors ``white_ssim_mean, white_psnr_mean`` (a blank white page as output) and, when ``sketches`` (the
     inputs, same shape) are given, ``identity_ssim_mean, identity_psnr_mean`` (the sketch itself as output),
-    and ``notes``: a list of sentences (why LPIPS is None, why FID should not be read, ...).
+    and ``notes``: a list of sentences (why LPIPS is None, why FID should not be read, why KID's std is None
+    when ``n <= kid_subset_size``, ...).
 
     ``inception`` lets a caller reuse one :class:`InceptionFeatures` (and its cache) across checkpoints;
     with ``real_cache_key`` the real images' features are computed once under that name.
@@ -126,6 +127,10 @@ def compute_all(
             out["fid"] = fid_from_features(f_fake, f_real, device=device)
             out["kid_mean"], out["kid_std"] = kid_from_features(f_fake, f_real, kid_subset_size, kid_subsets, seed,
                                                                 device=device)
+            if n <= kid_subset_size:  # every subset is the whole set: a std of 0 by construction, not measured
+                out["kid_std"] = None
+                notes.append(f"KID std not reported: {n} images are no more than its subset size {kid_subset_size}, "
+                             "so every subset is the whole set (one subset, no spread to measure)")
         except GanimeError as e:
             notes.append(f"FID/KID not computed: {e}")
         if out["fid"] is not None and n < FID_RELIABLE_N:  # not beside "FID/KID not computed"

@@ -35,7 +35,9 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kid_from_features(features1, features2, subset_size: int = 1000, num_subsets: int = 100, seed: int = 0,
                       device: str | torch.device = "cpu", method: str = "auto") -> tuple[float, float]:
-    """(mean, std) of the unbiased MMD^2 over subsets; features are (N1, D) and (N2, D) arrays.
+    """(mean, std) of the unbiased MMD^2 over subsets; features are (N1, D) and (N2, D) arrays. When
+    ``subset_size`` is at least N1 and N2, every subset is the whole of both sets and the std is 0 by
+    construction (:func:`ganime.metrics.compute_all` then reports it as None, with a note).
 
     ``method``: "full" (kernels over all vectors once, on ``device``), "subsets" (kernels per subset, the
     reference recipe, NumPy) or "auto" ("full" up to :data:`FULL_KERNEL_MAX` vectors per set).
