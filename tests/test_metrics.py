@@ -351,8 +351,28 @@ def test_kid_is_seeded_and_clips_subset_size():
         M.kid_from_features(x, y[:, :4])
     with pytest.raises(InputError, match="KID method"):
         M.kid_from_features(x, y, method="fast")
-    with pytest.raises(InputError, match="subset_size must be at least 2, got 1"):  # not "got 30 and 40" vectors
+    with pytest.raises(InputError, match="subset_size must be a whole number of at least 2, got 1"):  # not "got 30 and 40" vectors
         M.kid_from_features(x, y, subset_size=1)
+
+
+def test_a_wrong_device_or_a_fractional_kid_argument_is_one_sentence():
+    """device="gpu" ended in torch's RuntimeError listing its 20 device types, subset_size=3.5 in a numpy
+    TypeError, num_subsets=2.5 in "'float' object cannot be interpreted as an integer"."""
+    x = np.zeros((2, 16, 16, 3), np.uint8)
+    f = np.random.default_rng(0).normal(size=(5, 4))
+    calls = [lambda d: M.ssim(x, x, device=d), lambda d: M.lpips(x, x, device=d), lambda d: M.load_lpips(device=d),
+             lambda d: M.InceptionFeatures(device=d), lambda d: M.load_inception(d),
+             lambda d: M.fid_from_features(f, f, method="eigh", device=d), lambda d: M.kid_from_features(f, f, device=d),
+             lambda d: M.compute_all(x, x, device=d, with_inception=False)]
+    devices = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for call in calls:
+        for device in devices:
+            with pytest.raises(InputError, match=f"device '{device}': (not a device|no CUDA GPU)"):
+                call(device)
+    for kw in ({"subset_size": 3.5}, {"num_subsets": 2.5}, {"subset_size": True}, {"num_subsets": 0}):
+        with pytest.raises(InputError, match=f"KID's {next(iter(kw))} must be a whole number"):
+            M.kid_from_features(f, f, **kw)
+    assert M.kid_from_features(f, f, subset_size=np.int64(3), num_subsets=2, device=torch.device("cpu"))[1] >= 0
 
 
 def test_kid_from_full_kernels_equals_per_subset_kernels(monkeypatch):

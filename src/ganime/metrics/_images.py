@@ -52,6 +52,18 @@ def as_uint8_nchw(images, name: str = "images") -> torch.Tensor:
     raise InputError(f"{name}: expected uint8 (NHWC, 0..255) or float (NCHW, [-1, 1]) images, got dtype {t.dtype}")
 
 
+def metric_device(device: str | torch.device) -> torch.device:
+    """The ``device`` a metric was asked to run on; a name torch does not know (``"gpu"``) or CUDA on a
+    machine without a GPU is one sentence, not torch's error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r}: not a device; use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: no CUDA GPU is available here; use 'cpu'")
+    return dev
+
+
 def check_pair(fake: torch.Tensor, real: torch.Tensor) -> None:
     """Paired metrics need equal shapes: same count, same size."""
     if fake.shape != real.shape:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ganime.errors import GanimeError, InputError
-from ganime.metrics._images import as_uint8_nchw
+from ganime.metrics._images import as_uint8_nchw, metric_device
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -92,6 +92,7 @@ def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
     """The TF-Inception feature network on ``device``, loaded once per process and device (eval mode,
     float32). The file must be the reference one (SHA-1 checked); a file named by
     ``$GANIME_INCEPTION_FILE`` that is not is loaded with a warning that its FID/KID are not comparable."""
+    metric_device(device)
     path = inception_path()
     digest = inception_sha1()
     if digest != INCEPTION_SHA1:
@@ -160,9 +161,9 @@ class InceptionFeatures:
             raise InputError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        self.device = str(torch.device(device))
+        self.device = str(metric_device(device))
         self.resize = resize
-        self.batch_size = batch_size or (32 if torch.device(device).type == "cpu" else 250)
+        self.batch_size = batch_size or (32 if torch.device(self.device).type == "cpu" else 250)
         self._cache: dict[str, np.ndarray] = {}
 
     def __call__(self, images, cache_key: str | None = None) -> np.ndarray:
@@ -252,6 +253,7 @@ def fid_from_features(features1, features2, method: str = "auto", device: str | 
     """
     if method not in ("auto", "sqrtm", "svd", "eigh"):
         raise InputError(f"unknown FID method {method!r}; choose auto, eigh, sqrtm or svd")
+    device = metric_device(device)
     f1 = np.asarray(features1, dtype=np.float64)
     f2 = np.asarray(features2, dtype=np.float64)
     for f in (f1, f2):

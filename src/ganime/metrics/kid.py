@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ganime.errors import InputError
+from ganime.metrics._images import metric_device
 
 #: Largest set for which the full kernels are built (3 x N^2 float64: 2.4 GB at 10,000).
 FULL_KERNEL_MAX = 10_000
@@ -48,13 +49,13 @@ def kid_from_features(features1, features2, subset_size: int = 1000, num_subsets
         raise InputError(f"KID needs two feature sets (N, D) of one width, got shapes {f1.shape} and {f2.shape}")
     if not (np.isfinite(f1).all() and np.isfinite(f2).all()):
         raise InputError("KID features contain NaN or infinite values")
-    if subset_size < 2:
-        raise InputError(f"KID's subset_size must be at least 2, got {subset_size}")
+    for name, value, least in (("subset_size", subset_size, 2), ("num_subsets", num_subsets, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise InputError(f"KID's {name} must be a whole number of at least {least}, got {value!r}")
+    device = metric_device(device)
     m = min(subset_size, f1.shape[0], f2.shape[0])
     if m < 2:
         raise InputError(f"KID needs at least 2 feature vectors in each set, got {f1.shape[0]} and {f2.shape[0]}")
-    if num_subsets < 1:
-        raise InputError(f"num_subsets must be at least 1, got {num_subsets}")
     if method not in ("auto", "full", "subsets"):
         raise InputError(f"unknown KID method {method!r}; choose auto, full or subsets")
     rng = np.random.default_rng(seed)
@@ -63,7 +64,7 @@ def kid_from_features(features1, features2, subset_size: int = 1000, num_subsets
     if method == "subsets" or (method == "auto" and max(f1.shape[0], f2.shape[0]) > FULL_KERNEL_MAX):
         vals = np.array([_mmd2_unbiased(f1[i], f2[j]) for i, j in draws])
     else:
-        vals = _mmd2_from_full_kernels(f1, f2, draws, torch.device(device))
+        vals = _mmd2_from_full_kernels(f1, f2, draws, device)
     return float(vals.mean()), float(vals.std())
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ganime.errors import GanimeError, InputError
-from ganime.metrics._images import as_uint8_nchw, check_pair
+from ganime.metrics._images import as_uint8_nchw, check_pair, metric_device
 
 NETS = ("alex", "vgg")
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -190,6 +190,7 @@ def load_lpips(net: str = "alex", device: str = "cpu") -> LPIPSNet:
     """The pretrained LPIPS network on ``device``, loaded once per process; never downloads."""
     if net not in NETS:
         raise InputError(f"unknown LPIPS network {net!r}; choose one of {', '.join(NETS)}")
+    metric_device(device)
     src = weights_source(net)
     if src is None:
         raise GanimeError(
@@ -213,7 +214,7 @@ def lpips(fake, real, net: str = "alex", device: str | torch.device = "cpu", bat
     x = as_uint8_nchw(fake, "outputs")
     y = as_uint8_nchw(real, "ground truth")
     check_pair(x, y)
-    device = str(torch.device(device))
+    device = str(metric_device(device))
     batch_size = batch_size or (16 if device == "cpu" else 128)
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")

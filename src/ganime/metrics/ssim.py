@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ganime.errors import InputError
-from ganime.metrics._images import as_uint8_nchw, check_pair
+from ganime.metrics._images import as_uint8_nchw, check_pair, metric_device
 
 WINDOW = 11
 SIGMA = 1.5
@@ -91,7 +91,7 @@ def ssim(fake, real, batch_size: int | None = None, device: str | torch.device =
     check_pair(x, y)
     if min(x.shape[2], x.shape[3]) < WINDOW:
         raise InputError(f"SSIM needs images of at least {WINDOW}x{WINDOW} pixels, got {x.shape[3]}x{x.shape[2]}")
-    device = torch.device(device)
+    device = metric_device(device)
     bs = batch_size or (16 if device.type == "cpu" else 128)
     if bs < 1:
         raise InputError(f"batch_size must be at least 1, got {bs}")
