@@ -556,3 +556,20 @@ def test_compute_all_with_inception_and_real_cache():
     assert any("strongly biased" in n for n in r["notes"])
     same = M.compute_all(b, b, inception=feats, real_cache_key="test-real", kid_subsets=5)
     assert abs(same["fid"]) < 1e-3 and same["ssim_mean"] == 1.0
+
+
+def test_read_only_features_give_no_torch_warning():
+    """Cached Inception features are read-only; KID and FID's eigh route handed them to torch.from_numpy, which
+    warned 'The given NumPy array is not writable' on every evaluation."""
+    import warnings
+
+    from ganime.metrics.fid import fid_from_features
+    from ganime.metrics.kid import kid_from_features
+
+    f, g = np.random.default_rng(0).random((40, 16)), np.random.default_rng(1).random((40, 16))
+    want = kid_from_features(f, g, subset_size=10), fid_from_features(f, g, method="eigh")
+    f.setflags(write=False)
+    g.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (kid_from_features(f, g, subset_size=10), fid_from_features(f, g, method="eigh")) == want

@@ -64,6 +64,12 @@ def metric_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def features_on(f: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Feature vectors as a tensor on ``device``, sharing the array's memory on the CPU; a read-only array
+    (cached Inception features) is copied first, which torch would otherwise warn about on every call."""
+    return torch.from_numpy(f if f.flags.writeable else f.copy()).to(device)
+
+
 def check_pair(fake: torch.Tensor, real: torch.Tensor) -> None:
     """Paired metrics need equal shapes: same count, same size."""
     if fake.shape != real.shape:

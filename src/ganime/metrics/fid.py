@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ganime.errors import GanimeError, InputError
-from ganime.metrics._images import as_uint8_nchw, metric_device
+from ganime.metrics._images import as_uint8_nchw, features_on, metric_device
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -270,7 +270,7 @@ def fid_from_features(features1, features2, method: str = "auto", device: str | 
         mu2, s2 = feature_stats(f2)
         return fid_from_stats(mu1, s1, mu2, s2)
     if method == "eigh":
-        t1, t2 = torch.from_numpy(f1).to(device), torch.from_numpy(f2).to(device)
+        t1, t2 = features_on(f1, device), features_on(f2, device)
         mu1, mu2 = t1.mean(0), t2.mean(0)
         c1, c2 = t1 - mu1, t2 - mu2
         s1, s2 = c1.T @ c1 / (t1.shape[0] - 1), c2.T @ c2 / (t2.shape[0] - 1)

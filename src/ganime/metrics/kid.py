@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ganime.errors import InputError
-from ganime.metrics._images import metric_device
+from ganime.metrics._images import features_on, metric_device
 
 #: Largest set for which the full kernels are built (3 x N^2 float64: 2.4 GB at 10,000).
 FULL_KERNEL_MAX = 10_000
@@ -72,7 +72,7 @@ def _mmd2_from_full_kernels(f1: np.ndarray, f2: np.ndarray, draws, device: torch
     """Every subset's MMD^2 from the full kernels: with c the 0/1 indicator of a subset (drawn without
     replacement), the sum of a kernel over the subset's pairs is c^T K c, so all subsets at once are
     ``((C K) * C).sum(1)`` for the indicator matrix C (subsets x N), and their diagonals ``C diag(K)``."""
-    x, y = torch.from_numpy(f1).to(device), torch.from_numpy(f2).to(device)
+    x, y = features_on(f1, device), features_on(f2, device)
     d = x.shape[1]
     m = len(draws[0][0])
     cx = torch.zeros(len(draws), x.shape[0], dtype=torch.float64)
