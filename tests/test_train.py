@@ -398,6 +398,21 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+def test_cli_train_checks_init_from_before_reading_the_cache(cache256, tmp_path, capsys, monkeypatch):
+    """A wrong --init-from (another network, an ONNX export) was refused by the Trainer, after the whole
+    training cache had been read (minutes for the full Kaggle data)."""
+    from ganime.data.pairs import PairCache
+
+    monkeypatch.setattr(PairCache, "load", lambda *a, **k: pytest.fail("cache read"))
+    base = ["train", "pix2pix", "--data", str(cache256), "--out", str(tmp_path / "r"), "--device", "cpu"]
+    assert main(base + ["--init-from", "default"]) != 0  # the paper preset's network, not the shipped small one
+    assert "its network differs from this run's (gen_base 16 vs 64" in one_line_error(capsys)
+    (tmp_path / "g.onnx").write_bytes(b"\x08\x07")
+    assert main(base + ["--init-from", str(tmp_path / "g.onnx")]) != 0
+    assert "an ONNX export" in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_train_without_tensorboard_leaves_no_run_folder(cache256, tmp_path, capsys, monkeypatch):
     # the folder was made first, so the same command without --tensorboard was then refused ("pass --resume")
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed

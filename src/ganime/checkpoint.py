@@ -70,9 +70,6 @@ def load_checkpoint(path: str | os.PathLike, expect_method: str | None = None) -
     path = _checkpoint_file(path)
     if path.suffix == ".safetensors":
         ckpt = _load_safetensors(path)
-    elif path.suffix.lower() == ".onnx":  # ganime export onnx writes it for other runtimes; it holds no config
-        raise CheckpointError(f"{path}: an ONNX export (for onnxruntime and other runtimes); give the run's last.pt "
-                              "or an exported .safetensors (ganime export safetensors) instead")
     else:
         ckpt = _load_torch(path)
     if expect_method is not None and ckpt["method"] != expect_method:
@@ -115,6 +112,9 @@ def _checkpoint_file(path: str | os.PathLike) -> Path:
         path = last
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if path.suffix.lower() == ".onnx":  # ganime export onnx writes it for other runtimes; it holds no config
+        raise CheckpointError(f"{path}: an ONNX export (for onnxruntime and other runtimes); give the run's last.pt "
+                              "or an exported .safetensors (ganime export safetensors) instead")
     return path
 
 

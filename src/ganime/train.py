@@ -166,6 +166,19 @@ def init_checkpoint(init_from: str | Path) -> Path:
     return Path(init_from)
 
 
+def check_init_network(path, config: dict, cfg: RunConfig) -> None:
+    """Refuse starting ``cfg``'s run from weights (``--init-from``) saved with the run configuration ``config``
+    when their network differs. Settings without weights of their own (the output's line multiply and its
+    colour-layer smoothing) may change when fine-tuning."""
+    free = {"line_multiply", *COLOUR_LAYER_SMOOTHING}
+    theirs = {k: v for k, v in _net_settings(config, path).items() if k not in free}
+    ours = {k: v for k, v in cfg.to_dict()["net"].items() if k not in free}
+    if theirs != ours:
+        diff = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
+        raise InputError(f"{path}: its network differs from this run's ({diff}); use the same --preset"
+                         f"{' and --hints' if theirs.get('hint_channels') else ''}")
+
+
 def _net_settings(config: dict, path) -> dict:
     """A checkpoint's network settings with today's defaults filled in (older runs lack newer keys)."""
     try:
@@ -281,15 +294,7 @@ class Trainer:
         "default" (the shipped model), checked against this run's method and network settings."""
         path = init_checkpoint(init_from)
         ckpt = load_checkpoint(path, expect_method=self.cfg.method)
-        # Settings without weights of their own (the output's line multiply and its colour-layer smoothing)
-        # may change when fine-tuning.
-        free = {"line_multiply", *COLOUR_LAYER_SMOOTHING}
-        theirs = {k: v for k, v in _net_settings(ckpt["config"], path).items() if k not in free}
-        ours = {k: v for k, v in self.cfg.to_dict()["net"].items() if k not in free}
-        if theirs != ours:
-            diff = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
-            raise InputError(f"{path}: its network differs from this run's ({diff}); use the same --preset"
-                             f"{' and --hints' if theirs.get('hint_channels') else ''}")
+        check_init_network(path, ckpt["config"], self.cfg)
         return path, ckpt["models"]
 
     def _apply_init(self, path: Path, models: dict) -> dict:

@@ -227,10 +227,8 @@ def run(args) -> int:
     if not args.resume:  # a new run takes the network settings given (a resume has checked them equal)
         for field_name, (_, value) in net.items():
             setattr(cfg.net, field_name, value)
-        if "line_multiply" not in net and args.init_from:
-            inherited = _init_line_multiply(args.init_from)
-            if inherited is not None:
-                cfg.net.line_multiply = inherited
+        if args.init_from:
+            _check_init_from(args.init_from, cfg, inherit_line_multiply="line_multiply" not in net)
     from ganime.data.pairs import PairCache
 
     cache = PairCache(args.data)  # reads the index only: a wrong path fails before any work
@@ -274,23 +272,24 @@ def fit_closing(dist, make_trainer):
     return res
 
 
-def _init_line_multiply(init_from: str) -> bool | None:
-    """Whether the weights of --init-from were trained as a colour layer (--line-multiply): a fine-tune
-    keeps that unless told otherwise. None when they cannot be read (the Trainer then says why)."""
-    from ganime.checkpoint import read_checkpoint_config
-    from ganime.errors import GanimeError
-    from ganime.train import init_checkpoint
+def _check_init_from(init_from: str, cfg, inherit_line_multiply: bool) -> None:
+    """The weights of --init-from, checked against the run from their configuration alone (the Trainer reads the
+    weights once, after the training pairs: a wrong file is refused before that long load). A fine-tune keeps
+    their colour layer (--line-multiply) unless told otherwise."""
+    from ganime.checkpoint import CheckpointError, read_checkpoint_config
+    from ganime.train import check_init_network, init_checkpoint
 
-    try:
-        init_from = init_checkpoint(init_from)
-        net = read_checkpoint_config(init_from).get("net", {})  # the weights are read once, by the Trainer
-        found = bool(net.get("line_multiply", False)) if isinstance(net, dict) else False
-    except (GanimeError, OSError):
-        return None
-    if found:
-        print(f"ganime: {init_from} paints a colour layer under the lines: training with --line-multiply "
-              "(--no-line-multiply to change it)", file=sys.stderr)
-    return found
+    path = init_checkpoint(init_from)
+    config = read_checkpoint_config(path)
+    if config.get("method", cfg.method) != cfg.method:
+        raise CheckpointError(f"{path}: is a {config['method']} checkpoint, but {cfg.method} was asked for")
+    check_init_network(path, config, cfg)
+    net = config.get("net")
+    if inherit_line_multiply and isinstance(net, dict):
+        cfg.net.line_multiply = bool(net.get("line_multiply", False))
+        if cfg.net.line_multiply:
+            print(f"ganime: {path} paints a colour layer under the lines: training with --line-multiply "
+                  "(--no-line-multiply to change it)", file=sys.stderr)
 
 
 def dry_run(cfg, args) -> int:
