@@ -512,6 +512,15 @@ def test_only_localhost_host_names_on_loopback(srv):
         assert srv.request("GET", "/api/health", headers={"Host": host})[0] == 200, host
 
 
+@pytest.mark.parametrize("hosts", [("127.0.0.1", "evil.example"), ("localhost", "localhost")])
+def test_two_host_headers_are_a_400(srv, hosts):
+    """Only the first Host was checked, so a second one (which a proxy in front may read) passed; RFC 7230
+    (section 5.4) says a request with more than one is a 400."""
+    head = "".join(f"Host: {h}\r\n" for h in hosts)
+    status, headers, body = raw_request(srv, f"GET /api/health HTTP/1.1\r\n{head}\r\n".encode())
+    assert "2 Host headers" in error_of(status, headers, body, 400)
+
+
 # ---- limits -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

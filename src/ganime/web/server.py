@@ -506,10 +506,14 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def _check_host(self) -> None:
-        """On a loopback address, answer only to loopback Host names (a guard against DNS rebinding)."""
+        """One Host header (two are a 400, RFC 7230 section 5.4: only the first was checked, and a proxy in
+        front may read the other); on a loopback address, only loopback names (a guard against DNS rebinding)."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            raise HTTPError(400, f"the request has {len(hosts)} Host headers; send one")
         if not self.server.loopback_only():
             return
-        host = (self.headers.get("Host") or "").strip().lower()
+        host = (hosts[0] if hosts else "").strip().lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         name = name.strip("[]")
         try:  # an address, not a name that starts like one (127.0.0.1.example.com is anyone's)
