@@ -476,6 +476,8 @@ def test_a_body_sent_with_get_is_not_read_as_the_next_request(srv, method, path,
     ("TRACE", "/api/colorize", 405, "POST"),  # verbs http.server has no do_<VERB> for: not its 501
     ("FOO", "/", 405, "GET, HEAD"),
     ("get", "/nope", 404, None),
+    ("CONNECT", "localhost:22", 405, "GET, HEAD, POST"),  # was 404 "no such path: 22" (urlsplit's path)
+    ("OPTIONS", "*", 405, "GET, HEAD, POST"),
 ])
 def test_unknown_paths_and_verbs(srv, method, path, status, allow):
     body = b"x" * 100 if method in ("POST", "PUT") else None

@@ -552,6 +552,10 @@ class Handler(BaseHTTPRequestHandler):
             self._method_not_allowed("POST")
         if route in API_GET or route in STATIC_ROUTES:
             self._method_not_allowed("GET, HEAD")
+        if self.command == "CONNECT" or self.path == "*":  # host:port or '*': the whole server, not a path
+            proxy = " (it is not a proxy)" if self.command == "CONNECT" else ""
+            raise HTTPError(405, f"{self.command} is not allowed on this server{proxy}; it answers GET, HEAD and POST",
+                            {"Allow": "GET, HEAD, POST"})
         raise HTTPError(404, f"no such path: {route}")
 
     def _get(self):
