@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from ganime.cli import build_parser, main
 from ganime.web.server import Limits, colorizer_model, make_server, models_from_checkpoints, style_transfer_model
@@ -370,6 +370,24 @@ def test_bad_colorize_input(srv, tmp_path, case, status, needle):
     }[case]
     msg = error_of(*srv.post(fields), status)
     assert needle in msg, msg
+
+
+def test_a_png_with_megabytes_of_metadata_is_coloured(srv, monkeypatch):
+    """Pillow refuses a PNG whose compressed text or ICC chunk decompresses past 1 MB (a workflow or XMP
+    record can), and the server answered 400 'corrupt or truncated image' for a fine image. Metadata is read
+    up to Pillow's cap on all of an image's text (64 MB); past that, the message says what is wrong."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", "x" * 2**21, zip=True)
+    for kw in ({"pnginfo": info}, {"icc_profile": b"y" * 2**21}):
+        buf = io.BytesIO()
+        sketch(40, 40).save(buf, "PNG", **kw)
+        assert len(buf.getvalue()) < 2**20
+        result_image(*srv.post({"image": buf.getvalue()}), (40, 40))
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 2**20)
+    buf = io.BytesIO()
+    sketch(40, 40).save(buf, "PNG", pnginfo=info)
+    msg = error_of(*srv.post({"image": buf.getvalue()}), 400)
+    assert "image: its PNG metadata" in msg and "over 1 MB" in msg, msg
 
 
 @pytest.mark.parametrize("case,status", [
