@@ -664,6 +664,57 @@ def test_a_trickling_upload_gets_408_and_frees_its_slot(models):
         s.close()
 
 
+def read_slowly(s, body: bytes, ctype: str, rate: float, stop=lambda: False) -> tuple[bytes, float]:
+    """POST ``body`` and read the answer at about ``rate`` bytes/s through a small receive buffer, until it is
+    whole or the server closes (or, once ``stop()`` is true, at full speed): the bytes read and the seconds."""
+    t0 = time.monotonic()
+    with socket.socket() as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # (before connecting: the window follows it)
+        c.settimeout(30)
+        c.connect((s.host, s.port))
+        c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        answer = b""
+        while part := c.recv(4096):
+            answer += part
+            if not stop():
+                time.sleep(len(part) / rate)
+        return answer, time.monotonic() - t0
+
+
+def test_a_large_answer_goes_out_at_the_clients_pace_and_a_trickle_is_dropped(models):
+    """One sendall sent each answer, and its timeout (socket_timeout) covers the whole call, not each write: a
+    client reading slower than the answer's size / socket_timeout (350 KB/s for 10 MB) lost its end, with
+    nothing in the log to say why. After socket_timeout's grace an answer must keep up with min_download_rate
+    instead, as an upload must with min_upload_rate; a client below it is dropped and its slot freed."""
+    def noise(sketch_im, hints_im=None, style=None):  # an answer that does not compress: about 1 MB
+        rng = np.random.default_rng(0)
+        return Image.fromarray(rng.integers(0, 256, (sketch_im.height, sketch_im.width, 3), dtype=np.uint8))
+
+    from ganime.web.server import WebModel
+
+    s = Running({"noise": WebModel("noise", "colorizer", noise)},
+                Limits(socket_timeout=1.0, min_download_rate=100_000, max_active=1, max_queue=0))
+    # Accepted sockets inherit the listener's send buffer: a little kernel buffering, not megabytes on loopback.
+    s.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    try:
+        body, ctype = multipart({"image": png(sketch(600, 600))})
+        answer, elapsed = read_slowly(s, body, ctype, rate=400_000)  # about 2.7 s, well past socket_timeout
+        head, png_bytes = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200") and elapsed > 1.5, (head, elapsed)
+        size = int(http.client.parse_headers(io.BytesIO(head.split(b"\r\n", 1)[1] + b"\r\n\r\n"))["Content-Length"])
+        assert len(png_bytes) == size > 1_000_000, (len(png_bytes), size)
+        assert Image.open(io.BytesIO(png_bytes)).size == (600, 600)
+
+        dropped = lambda: any("answer too slow" in line for line in s.log)  # noqa: E731
+        answer, elapsed = read_slowly(s, body, ctype, rate=25_000, stop=dropped)  # a quarter of the rate
+        assert dropped() and answer.startswith(b"HTTP/1.1 200") and len(answer) < size, (s.log, len(answer))
+        assert elapsed < 6, elapsed
+        result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))  # its slot is free again
+    finally:
+        s.close()
+
+
 def test_open_connections_are_capped_and_the_cap_frees_up(models):
     """Idle connections each hold a thread (up to socket_timeout): past max_connections a 503 at once."""
     s = Running(models, Limits(max_connections=2))
