@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from ganime.cli import build_parser, main
 from ganime.web.server import Limits, colorizer_model, make_server, models_from_checkpoints, style_transfer_model
@@ -372,6 +372,24 @@ def test_bad_colorize_input(srv, tmp_path, case, status, needle):
     assert needle in msg, msg
 
 
+def test_a_png_with_megabytes_of_metadata_is_coloured(srv, monkeypatch):
+    """Pillow refuses a PNG whose compressed text or ICC chunk decompresses past 1 MB (a workflow or XMP
+    record can), and the server answered 400 'corrupt or truncated image' for a fine image. Metadata is read
+    up to Pillow's cap on all of an image's text (64 MB); past that, the message says what is wrong."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", "x" * 2**21, zip=True)
+    for kw in ({"pnginfo": info}, {"icc_profile": b"y" * 2**21}):
+        buf = io.BytesIO()
+        sketch(40, 40).save(buf, "PNG", **kw)
+        assert len(buf.getvalue()) < 2**20
+        result_image(*srv.post({"image": buf.getvalue()}), (40, 40))
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 2**20)
+    buf = io.BytesIO()
+    sketch(40, 40).save(buf, "PNG", pnginfo=info)
+    msg = error_of(*srv.post({"image": buf.getvalue()}), 400)
+    assert "image: its PNG metadata" in msg and "over 1 MB" in msg, msg
+
+
 @pytest.mark.parametrize("case,status", [
     ("not multipart", 415),
     ("no closing boundary", 400),
@@ -476,6 +494,8 @@ def test_a_body_sent_with_get_is_not_read_as_the_next_request(srv, method, path,
     ("TRACE", "/api/colorize", 405, "POST"),  # verbs http.server has no do_<VERB> for: not its 501
     ("FOO", "/", 405, "GET, HEAD"),
     ("get", "/nope", 404, None),
+    ("CONNECT", "localhost:22", 405, "GET, HEAD, POST"),  # was 404 "no such path: 22" (urlsplit's path)
+    ("OPTIONS", "*", 405, "GET, HEAD, POST"),
 ])
 def test_unknown_paths_and_verbs(srv, method, path, status, allow):
     body = b"x" * 100 if method in ("POST", "PUT") else None
@@ -510,6 +530,15 @@ def test_only_localhost_host_names_on_loopback(srv):
         error_of(*srv.request("GET", "/api/health", headers={"Host": host}), 403)
     for host in (f"127.0.0.1:{srv.port}", "127.3.2.1", f"[::1]:{srv.port}", "LOCALHOST"):
         assert srv.request("GET", "/api/health", headers={"Host": host})[0] == 200, host
+
+
+@pytest.mark.parametrize("hosts", [("127.0.0.1", "evil.example"), ("localhost", "localhost")])
+def test_two_host_headers_are_a_400(srv, hosts):
+    """Only the first Host was checked, so a second one (which a proxy in front may read) passed; RFC 7230
+    (section 5.4) says a request with more than one is a 400."""
+    head = "".join(f"Host: {h}\r\n" for h in hosts)
+    status, headers, body = raw_request(srv, f"GET /api/health HTTP/1.1\r\n{head}\r\n".encode())
+    assert "2 Host headers" in error_of(status, headers, body, 400)
 
 
 # ---- limits -------------------------------------------------------------------------------------
@@ -631,6 +660,57 @@ def test_a_trickling_upload_gets_408_and_frees_its_slot(models):
         answer, elapsed = send_slowly(s, body + b"\0" * (4000 - len(body)), ctype, chunk=200, every=0.1,
                                       for_at_most=30)
         assert answer.startswith(b"HTTP/1.1 200") and elapsed > 1.5, (answer[:200], elapsed)
+    finally:
+        s.close()
+
+
+def read_slowly(s, body: bytes, ctype: str, rate: float, stop=lambda: False) -> tuple[bytes, float]:
+    """POST ``body`` and read the answer at about ``rate`` bytes/s through a small receive buffer, until it is
+    whole or the server closes (or, once ``stop()`` is true, at full speed): the bytes read and the seconds."""
+    t0 = time.monotonic()
+    with socket.socket() as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # (before connecting: the window follows it)
+        c.settimeout(30)
+        c.connect((s.host, s.port))
+        c.sendall(f"POST /api/colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        answer = b""
+        while part := c.recv(4096):
+            answer += part
+            if not stop():
+                time.sleep(len(part) / rate)
+        return answer, time.monotonic() - t0
+
+
+def test_a_large_answer_goes_out_at_the_clients_pace_and_a_trickle_is_dropped(models):
+    """One sendall sent each answer, and its timeout (socket_timeout) covers the whole call, not each write: a
+    client reading slower than the answer's size / socket_timeout (350 KB/s for 10 MB) lost its end, with
+    nothing in the log to say why. After socket_timeout's grace an answer must keep up with min_download_rate
+    instead, as an upload must with min_upload_rate; a client below it is dropped and its slot freed."""
+    def noise(sketch_im, hints_im=None, style=None):  # an answer that does not compress: about 1 MB
+        rng = np.random.default_rng(0)
+        return Image.fromarray(rng.integers(0, 256, (sketch_im.height, sketch_im.width, 3), dtype=np.uint8))
+
+    from ganime.web.server import WebModel
+
+    s = Running({"noise": WebModel("noise", "colorizer", noise)},
+                Limits(socket_timeout=1.0, min_download_rate=100_000, max_active=1, max_queue=0))
+    # Accepted sockets inherit the listener's send buffer: a little kernel buffering, not megabytes on loopback.
+    s.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    try:
+        body, ctype = multipart({"image": png(sketch(600, 600))})
+        answer, elapsed = read_slowly(s, body, ctype, rate=400_000)  # about 2.7 s, well past socket_timeout
+        head, png_bytes = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200") and elapsed > 1.5, (head, elapsed)
+        size = int(http.client.parse_headers(io.BytesIO(head.split(b"\r\n", 1)[1] + b"\r\n\r\n"))["Content-Length"])
+        assert len(png_bytes) == size > 1_000_000, (len(png_bytes), size)
+        assert Image.open(io.BytesIO(png_bytes)).size == (600, 600)
+
+        dropped = lambda: any("answer too slow" in line for line in s.log)  # noqa: E731
+        answer, elapsed = read_slowly(s, body, ctype, rate=25_000, stop=dropped)  # a quarter of the rate
+        assert dropped() and answer.startswith(b"HTTP/1.1 200") and len(answer) < size, (s.log, len(answer))
+        assert elapsed < 6, elapsed
+        result_image(*s.post({"image": png(sketch(32, 32))}), (32, 32))  # its slot is free again
     finally:
         s.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from ganime.errors import InputError
 
@@ -28,6 +28,10 @@ MAX_PIXELS = 64 * 1024 * 1024
 # We check sizes ourselves (before decoding) and give our own error, so PIL's own bomb guard is
 # raised out of the way for the decode itself.
 Image.MAX_IMAGE_PIXELS = None
+# A PNG's text and ICC profile chunks are metadata we never use, yet Pillow refuses the whole image when one
+# of them decompresses past 1 MB (a drawing program's workflow or XMP record can): one chunk may take the
+# 64 MB that Pillow allows all of an image's text together (MAX_TEXT_MEMORY, which still bounds it).
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY)
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -163,6 +167,10 @@ def decode_image(source, name: str, max_pixels: int = MAX_PIXELS, keep_alpha: bo
         raise InputError(f"{name}: image too large to decode") from None
     except Exception as e:  # PIL raises many types for bad data
         kind = type(e).__name__
+        if "MAX_TEXT" in str(e):  # Pillow's caps on PNG text, not a fault in the pixels
+            raise InputError(f"{name}: its PNG metadata (text or ICC profile chunks) decompresses to over "
+                             f"{PngImagePlugin.MAX_TEXT_MEMORY / 2**20:g} MB, more than is read; save the image "
+                             "again without metadata") from None
         if kind == "UnidentifiedImageError":
             raise InputError(f"{name}: not a readable image (unknown or corrupt format; "
                              "PNG, JPEG, WebP, BMP, GIF and TIFF are read)") from None

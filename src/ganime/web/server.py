@@ -13,7 +13,7 @@ from Content-Length before the body is read) or an image whose header claims mor
 limit (refused before decoding); 404 / 405 for unknown paths and verbs. A full server answers 503
 with Retry-After: that is a load answer, not a verdict on the input.
 
-Memory is bounded by a :class:`Gate`: at most ``Limits.max_active`` requests read, decode and colour
+Memory is bounded by a :class:`Gate`: at most ``Limits.max_active`` requests read, decode, colour and send
 at once (the model itself is serialised by the Colorizer's lock), at most ``Limits.max_queue`` more
 wait for a turn without having sent their bodies, and the rest are turned away with 503.
 """
@@ -103,6 +103,11 @@ class Limits:
     #: 408. Without it a client trickling a byte now and then would hold one of the ``max_active`` slots for
     #: as long as it liked.
     min_upload_rate: float = 32 * 1024
+    #: Slowest average download accepted, in bytes/s: after ``socket_timeout`` s an answer must have been taken
+    #: at this rate, or the connection is dropped. (One ``sendall`` gave a whole answer ``socket_timeout``, so a
+    #: client reading slower than its size / 30 s, 350 KB/s for 10 MB, lost its end.) A slot is held until the
+    #: answer is out, so this bounds how long a slow reader keeps it, as ``min_upload_rate`` does for uploads.
+    min_download_rate: float = 32 * 1024
     #: Open connections at once (each has a thread until it closes or stays silent for socket_timeout);
     #: more are answered 503 and closed at once.
     max_connections: int = 64
@@ -442,9 +447,35 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
         self._status, self._size = status, len(body)
+        if self.command != "HEAD":
+            self._write_body(body)
+
+    def _write_body(self, body: bytes) -> None:
+        """Send ``body`` while the client keeps taking it: after socket_timeout's grace it must have taken it
+        at min_download_rate on average (as _read_body asks of uploads), or the connection is dropped; the
+        client sees an answer shorter than its Content-Length. A client silent for socket_timeout is dropped."""
+        limits = self.server.limits
+        start, sent, view = time.monotonic(), 0, memoryview(body)
+        try:
+            while sent < len(body):
+                deadline = start + limits.socket_timeout + sent / limits.min_download_rate
+                left = deadline - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise socket.timeout
+                    self.connection.settimeout(min(self.timeout, left))
+                    # send, not sendall: sendall's timeout is for the whole answer, not for each write
+                    sent += self.connection.send(view[sent : sent + (1 << 16)])
+                except socket.timeout:
+                    if time.monotonic() < deadline:
+                        raise  # silent for socket_timeout
+                    raise socket.timeout(f"answer too slow: {sent:,} of {len(body):,} bytes taken in "
+                                         f"{time.monotonic() - start:.0f} s (this server needs "
+                                         f"{limits.min_download_rate / 1024:.3g} KB/s)") from None
+        finally:
+            self._size = sent
+            self.connection.settimeout(self.timeout)
 
     def _json(self, status: int, obj, headers: dict | None = None) -> None:
         self._send(status, (json.dumps(obj) + "\n").encode(), "application/json", headers)
@@ -465,7 +496,7 @@ class Handler(BaseHTTPRequestHandler):
             self._note = err.message
         except (ConnectionError, socket.timeout) as e:
             self.close_connection = True
-            self._note = f"connection lost: {type(e).__name__}"
+            self._note = f"connection lost: {str(e) or type(e).__name__}"
         except Exception as e:  # a bug, not bad input: log it, answer 500 in JSON
             self.server.log_line(traceback.format_exc().rstrip())
             try:
@@ -475,7 +506,7 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             self._note = repr(e)
         dt = time.perf_counter() - t0
-        note = f" - {self._note}" if self._note and self._status >= 400 else ""
+        note = f" - {self._note}" if self._note else ""  # (an error, or a connection lost: also after a 200)
         self.server.log_line(f'{self.client_address[0]} "{self.command} {self.path}" '
                              f"{self._status or '-'} {self._size}B {dt:.2f}s{note}".translate(LOG_ESCAPES))
 
@@ -506,10 +537,14 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def _check_host(self) -> None:
-        """On a loopback address, answer only to loopback Host names (a guard against DNS rebinding)."""
+        """One Host header (two are a 400, RFC 7230 section 5.4: only the first was checked, and a proxy in
+        front may read the other); on a loopback address, only loopback names (a guard against DNS rebinding)."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            raise HTTPError(400, f"the request has {len(hosts)} Host headers; send one")
         if not self.server.loopback_only():
             return
-        host = (self.headers.get("Host") or "").strip().lower()
+        host = (hosts[0] if hosts else "").strip().lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         name = name.strip("[]")
         try:  # an address, not a name that starts like one (127.0.0.1.example.com is anyone's)
@@ -548,6 +583,10 @@ class Handler(BaseHTTPRequestHandler):
             self._method_not_allowed("POST")
         if route in API_GET or route in STATIC_ROUTES:
             self._method_not_allowed("GET, HEAD")
+        if self.command == "CONNECT" or self.path == "*":  # host:port or '*': the whole server, not a path
+            proxy = " (it is not a proxy)" if self.command == "CONNECT" else ""
+            raise HTTPError(405, f"{self.command} is not allowed on this server{proxy}; it answers GET, HEAD and POST",
+                            {"Allow": "GET, HEAD, POST"})
         raise HTTPError(404, f"no such path: {route}")
 
     def _get(self):
