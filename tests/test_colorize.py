@@ -629,3 +629,14 @@ def test_a_write_the_disk_refuses_names_its_file_and_keeps_the_old_one(tmp_path,
         atomic_write_bytes(target, b"new")
     assert e.value.filename == str(target) and e.value.errno == errno.ENOSPC
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_atomic_writes_need_no_posix_only_call(tmp_path, monkeypatch):
+    """Windows has no os.fchmod before Python 3.13: every result, pair, cache and checkpoint failed to save there
+    ('AttributeError: module 'os' has no attribute 'fchmod'')."""
+    from ganime.imageio import _FILE_MODE, atomic_write_bytes
+
+    monkeypatch.delattr(os, "fchmod", raising=False)
+    atomic_write_bytes(tmp_path / "a.json", b"{}")
+    assert (tmp_path / "a.json").read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == _FILE_MODE  # not mkstemp's 0600

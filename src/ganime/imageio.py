@@ -247,7 +247,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.chmod(tmp, _FILE_MODE)  # by name: os.fchmod is POSIX-only (Windows has it from Python 3.13)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
