@@ -142,6 +142,18 @@ def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in odd_inputs.iterdir())
 
 
+def test_names_differing_only_in_case_are_refused(tiny_checkpoint, tmp_path, capsys):
+    """A.png and a.png into one folder: on macOS and Windows (case-insensitive file systems) the second result
+    was refused as 'already exists' after the first was written, or with --overwrite silently replaced it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("A.png", "a.png"):
+        synthetic_sketch(synthetic_color(0, 48)).save(src / name)
+    out = tmp_path / "out"
+    assert main(["colorize", str(src), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"]) == 2
+    assert "would both be written to" in one_line_error(capsys) and not out.exists()
+
+
 def test_a_broken_link_is_named_as_one(tmp_path, capsys):
     from ganime.imageio import open_image
 

@@ -469,6 +469,19 @@ def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsy
     assert np.abs(left.astype(int) - np.asarray(Image.open(src / "a.jpg")).astype(int)).max() == 0
 
 
+def test_sketchify_names_differing_only_in_case_are_one_pair(tmp_path, capsys):
+    """A.png and a.png: one file on macOS and Windows, where the second pair replaced the first."""
+    src = tmp_path / "colour"
+    src.mkdir()
+    synthetic_color(0, 48).save(src / "A.png")
+    synthetic_color(1, 48).save(src / "a.png")
+    out = tmp_path / "pairs"
+    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--no-progress"]) == 1
+    std = capsys.readouterr()
+    assert "wrote 1 pairs" in std.out and "a.png: same name as A.png" in std.err
+    assert sorted(p.name for p in out.glob("*.png")) == ["A.png"]
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
 def test_sketchify_file_name_that_is_not_utf8(tmp_path, capsys):
     """A name's undecodable bytes reach Python as surrogates, which str.encode() refuses: the per-name seed

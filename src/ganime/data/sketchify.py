@@ -120,10 +120,11 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     jobs, taken, clashes = [], {}, []
     for f in files:
         target = out / f"{f.stem}.png"
-        if target in taken:  # a.jpg and a.png: one pair file; the first by name keeps it
-            clashes.append(f"{f}: same name as {taken[target].name}, whose pair is {target}; rename one to keep both")
+        key = target.name.casefold()  # A.png and a.png: one file on macOS and Windows, which ignore case
+        if key in taken:  # a.jpg and a.png: one pair file; the first by name keeps it
+            clashes.append(f"{f}: same name as {taken[key].name}, whose pair is {target}; rename one to keep both")
             continue
-        taken[target] = f
+        taken[key] = f
         jobs.append((f, target, extractor, step_seed(seed, _name_key(f.name)), size))
     todo = [j for j in jobs if not j[1].exists()]
     kept = len(jobs) - len(todo)

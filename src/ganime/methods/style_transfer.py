@@ -368,9 +368,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             raise missing(p, "file or folder")
     stems = {}
     for p in out:
-        if p.stem in stems:
-            raise InputError(f"{p} and {stems[p.stem]} would both be written as {p.stem}.png")
-        stems[p.stem] = p
+        key = p.stem.casefold()  # A.png and a.png: one file on macOS and Windows, which ignore case
+        if key in stems:
+            raise InputError(f"{p} and {stems[key]} would both be written as {p.stem}.png")
+        stems[key] = p
     return out
 
 
