@@ -124,3 +124,24 @@ def test_scripts_are_thin_wrappers(name):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"bench_{name}.py"), "--help"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and f"benchmark {name}" in r.stdout
+
+
+def test_memory_and_machine_need_no_posix_only_call(monkeypatch):
+    """On Windows (no /proc, no resource module, no os.getloadavg) every CPU benchmark ended in an 'unexpected
+    ModuleNotFoundError' or AttributeError; the host peak is reported as 0 (not measured), as on macOS."""
+    import os
+
+    import torch
+
+    from ganime.bench import common
+
+    def no_proc(path, *a, **k):
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    monkeypatch.setattr(common, "open", no_proc, raising=False)
+    monkeypatch.setitem(sys.modules, "resource", None)
+    monkeypatch.delattr(os, "getloadavg")
+    with common.PeakMemory(torch.device("cpu")) as pm:
+        pass
+    assert pm.bytes == 0
+    assert "load_avg_1min" not in common.machine(torch.device("cpu"))

@@ -106,7 +106,7 @@ class PeakMemory:
         else:
             precise_rss()
             self.ok = reset_peak_rss()
-            self.start = rss_bytes()
+            self.start = rss_bytes() if self.ok else 0  # Windows has neither /proc nor the resource module
         return self
 
     def __exit__(self, *exc):
@@ -137,7 +137,7 @@ def machine(device) -> dict:
     }
     try:
         info["load_avg_1min"] = round(os.getloadavg()[0], 2)
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: Windows has no load average
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
