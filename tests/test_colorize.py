@@ -588,6 +588,19 @@ def test_a_name_that_is_not_utf8_is_printed_where_stdout_is_strict(tiny_checkpoi
     assert b"r\xe9sultats" in strict.buffer.getvalue()
 
 
+def test_a_name_the_output_encoding_lacks_is_printed_escaped(tiny_checkpoint, odd_inputs, tmp_path, monkeypatch,
+                                                             capsys):
+    """Output redirected to a file on Windows is in the ANSI code page (cp1252), which has no Japanese: the images
+    were written, then 'wrote N images to 結果' ended in an 'unexpected UnicodeEncodeError' and exit 1."""
+    ansi = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="strict")
+    monkeypatch.setattr("sys.stdout", ansi)
+    rc = main(["colorize", str(odd_inputs / "tall.png"), "--checkpoint", str(tiny_checkpoint),
+               "--out", str(tmp_path / "\u7d50\u679c")])
+    assert rc == 0, capsys.readouterr().err
+    ansi.flush()
+    assert b"\\u7d50\\u679c" in ansi.buffer.getvalue() and (tmp_path / "\u7d50\u679c" / "tall.png").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "big"])
 def test_max_size_must_be_a_positive_number(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

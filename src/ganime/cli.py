@@ -8,6 +8,7 @@ happen inside ``func`` so ``ganime --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import os
 import sys
@@ -63,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
         # a path whose name is not UTF-8 (surrogates in Python) is printed as its bytes on disk, as Python does
-        # in the C locale; under a UTF-8 locale a closing 'wrote PATH' failed after the work, with exit 1
-        sys.stdout.reconfigure(errors="surrogateescape")
+        # in the C locale; under a UTF-8 locale a closing 'wrote PATH' failed after the work, with exit 1. Into
+        # another encoding (output redirected on Windows is in its ANSI code page, cp1252: no room for a Japanese
+        # name) a character it lacks is written as a \u escape, as on stderr.
+        utf8 = codecs.lookup(sys.stdout.encoding).name == "utf-8"
+        sys.stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
