@@ -632,3 +632,28 @@ def test_training_on_the_pairs_folder_itself_says_to_prepare_it_into_another_fol
     (tmp_path / "empty").mkdir()
     assert main(["train", "pix2pix", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r2"), "--dry-run"]) != 0
     assert "run 'ganime data prepare SRC" in one_line_error(capsys)  # no pairs there: prepare into it
+
+
+def test_worker_processes_work_when_spawned(tmp_path, monkeypatch):
+    """macOS and Windows start worker processes by 'spawn' (a fresh interpreter, nothing inherited): the jobs and
+    their functions must pickle and import, and module settings (Pillow's limits) be made on import. Same pairs
+    and cache as in one process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    import ganime.data.pairs as pairs_mod
+    from ganime.data.sketchify import sketchify_folder
+
+    src = tmp_path / "colour"
+    src.mkdir()
+    for i in range(3):
+        synthetic_color(i, 32).save(src / f"c{i}.png")
+    monkeypatch.setattr(pairs_mod, "ProcessPoolExecutor",
+                        partial(ProcessPoolExecutor, mp_context=multiprocessing.get_context("spawn")))
+    for workers in (1, 2):
+        sketchify_folder(src, tmp_path / f"pairs{workers}", progress=False, workers=workers)
+        prepare(tmp_path / f"pairs{workers}", tmp_path / f"cache{workers}", size=16, workers=workers, progress=False)
+    for name in ("c0.png", "c1.png", "c2.png"):
+        assert (tmp_path / "pairs1" / name).read_bytes() == (tmp_path / "pairs2" / name).read_bytes()
+    assert np.array_equal(PairCache(tmp_path / "cache1").load(), PairCache(tmp_path / "cache2").load())
