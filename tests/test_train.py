@@ -729,3 +729,17 @@ def test_a_checkpoint_is_written_without_a_copy_of_it_in_memory(tmp_path):
     assert peak < 2_000_000, peak  # bytes allocated through Python: no 8 MB buffer
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["models"]["G"]["w"], state["models"]["G"]["w"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "warm.pt"]  # no temporary left
+
+
+def test_the_stop_flag_takes_windows_ctrl_break_too(monkeypatch, capsys):
+    """Windows sends SIGBREAK for Ctrl-Break and when the console window closes (it has no catchable SIGTERM
+    from a scheduler): the run saved nothing and died. Stood in for here by SIGUSR1."""
+    from ganime.train import _StopFlag
+
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    with _StopFlag() as flag:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+    assert flag.requested and flag.signum == signal.SIGUSR1
+    assert "SIGUSR1: stopping after the current step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored

@@ -80,8 +80,6 @@ class _StopFlag:
     The processes agree on the step to stop at through ``Distributed.agree_stop``.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, abort_on_second: bool = True):
         self.requested = False
         self.signum: int | None = None  # the signal that asked (None: none here, e.g. another DDP rank's)
@@ -90,7 +88,8 @@ class _StopFlag:
 
     def __enter__(self):
         try:
-            for sig in self.SIGNALS:
+            # on Windows also SIGBREAK: Ctrl-Break, and what a console window that is being closed sends
+            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])):
                 self._old[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not in the main thread
             pass
