@@ -35,6 +35,21 @@ def test_receptive_field_measured_by_gradient():
     assert cols.max() - cols.min() + 1 == 70
 
 
+def test_unet_dropout_sits_in_decoder_layers_2_to_4_as_the_pytorch_reference():
+    """As documented in ganime.nn.unet: not in the innermost up-convolution (the paper's CD512), but in the
+    three decoder layers after it, each reading a 1024-channel concatenation at depth 8 and 64 channels."""
+    g = UNetGenerator(3, 3, 64, 8, "batch", 0.5)
+    blocks, b = [], g.model
+    while b is not None:  # outermost -> innermost
+        blocks.append(b)
+        b = next((m for m in b.model if type(m).__name__ == "UNetBlock"), None)
+    decoder = blocks[::-1]  # decoder layer k + 1 is the up path of decoder[k]
+    has_dropout = [any(isinstance(m, torch.nn.Dropout) for m in b.model) for b in decoder]
+    assert has_dropout == [False, True, True, True, False, False, False, False]
+    ups = [next(m for m in b.model if isinstance(m, torch.nn.ConvTranspose2d)) for b in decoder[1:4]]
+    assert [u.in_channels for u in ups] == [1024, 1024, 1024]
+
+
 def test_unet_shapes_and_range():
     g = UNetGenerator(7, 3, 8, 6).eval()
     with torch.no_grad():

@@ -8,7 +8,9 @@ Presets:
   dropout 0.5, 70x70 PatchGAN, L1 weight 100, Adam lr 2e-4, betas (0.5, 0.999), eps 1e-7, batch 32,
   150 epochs, resize 286 -> random 256 crop + mirror. CycleGAN: cycle weight 10. Two defaults go
   beyond it: BatchNorm running statistics recomputed before each checkpoint (``bn_recalibrate``; 0 for
-  the paper's running averages) and bf16 autocast on CUDA (``amp``; ``--no-amp`` for fp32).
+  the paper's running averages) and bf16 autocast on CUDA (``amp``; ``--no-amp`` for fp32). Where the
+  U-Net's dropout sits (as the PyTorch reference) and inference in eval mode, without dropout, differ
+  from the paper (:mod:`ganime.nn.unet`).
 - ``medium``: ``paper`` with 32 base channels in the generator (the shipped model's size).
 - ``small``: 16 base channels and batch 8, for CPU smoke runs and fast experiments.
 """

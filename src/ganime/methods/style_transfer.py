@@ -16,7 +16,9 @@ transparency is composited on white paper, as the command line reads files):
     number of channels and M_l = height * width of layer l, w_l = 1/5 on each of the five style
     layers. As in the paper's (Caffe) implementation, "conv4_2" means the rectified response, that
     is our ``relu4_2``. alpha / beta = 1e-3 (``content_weight=1``, ``style_weight=1e3``), the ratio
-    of the paper's Fig. 3 B-D; the paper also uses 1e-4 (Fig. 3 E-F) for more style. Average pooling,
+    of the paper's Fig. 3 B-D; the paper also uses 1e-4 (Fig. 3 E-F) for more style. Unlike the paper,
+    VGG19 is not normalised (each filter scaled to mean activation 1 over ImageNet), so these weights
+    do not balance the layers as there: relu4_1 dominates L_style (docs/style-transfer.md). Average pooling,
     as the paper recommends; x starts from the content image (the paper starts from white noise in
     Fig. 3, and from the content in its Fig. 6 comparison -- starting from the sketch keeps its lines).
 

@@ -2,10 +2,22 @@
 
 Structure (``depth`` = number of stride-2 downsamplings, 8 at 256x256 so the bottleneck is 1x1):
 encoder ``C64-C128-C256-C512-C512-C512-C512-C512`` (4x4 convs, stride 2, LeakyReLU 0.2, no norm on
-the first), decoder mirrored with transposed convs, ReLU, skip concatenations, dropout 0.5 in the
+the first, nor on the innermost, whose 1x1 output a BatchNorm over a batch of one would zero), decoder mirrored with transposed convs, ReLU, skip concatenations, dropout 0.5 in the
 three innermost non-bottleneck decoder blocks, tanh output in [-1, 1]. With BatchNorm, convolutions
 followed by a norm carry no bias; with 3-channel input/output and 64 base channels this has exactly
 54,413,955 parameters, as the reference implementation.
+
+Two differences from the paper:
+
+- Dropout sits in decoder layers 2-4 counted from the bottleneck, as in the PyTorch reference
+  (pytorch-CycleGAN-and-pix2pix). The paper's decoder ``CD512-CD1024-CD1024-C1024-...`` (Isola et al.,
+  appendix 6.1.1) and its Lua code put it in layers 1-3, the innermost up-convolution (1x1 -> 2x2)
+  included. Same weights either way; only where the noise enters during training differs.
+- GANime generates with the network in eval mode: no dropout, and BatchNorm's stored statistics
+  (recomputed before each checkpoint, :func:`ganime.nn.layers.recalibrate_batchnorm`). The paper runs
+  inference exactly as training, dropout on and BatchNorm on the test batch's own statistics
+  (section 3.3), and so does the reference's ``test.py`` unless given ``--eval``;
+  docs/model-card.md records that the test batch's statistics did worse here.
 """
 
 from __future__ import annotations
@@ -69,7 +81,8 @@ class UNetGenerator(nn.Module):
         base: channels after the first conv (the paper's ``ngf`` = 64).
         depth: number of downsamplings; input sides must be multiples of ``2**depth``.
         norm: ``"batch"`` (paper), ``"instance"`` or ``"none"``.
-        dropout: dropout in the three innermost decoder blocks (0.5 in the paper; it is the noise z).
+        dropout: dropout in the ``depth - 5`` decoder blocks just outside the innermost one (3 at depth 8;
+            0.5 in the paper, where it is the noise z; placement: see the module docstring).
         line_multiply: treat the network's output as a colour layer under the sketch's lines, as an
             artist's multiply layer: output = colour x sketch luminance (in [0, 1] terms; see
             :func:`multiply_lines`). The lines then reach the output exactly and the network only has
