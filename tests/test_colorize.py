@@ -131,6 +131,19 @@ def test_colorize_into_the_input_folder_never_replaces_the_sketches(tiny_checkpo
     assert {p.name: p.read_bytes() for p in odd_inputs.iterdir()} == before
 
 
+def test_an_output_that_is_the_input_under_another_name_is_refused(tmp_path):
+    """The check compared resolved paths: on macOS and Windows "In/a.png" and "in/a.png" are one file, and
+    --overwrite would have replaced the sketch with its colouring. A hard link stands in for that here."""
+    from ganime.errors import InputError
+    from ganime.imageio import check_not_input
+
+    (tmp_path / "a.png").write_bytes(b"sketch")
+    os.link(tmp_path / "a.png", tmp_path / "A.png")
+    with pytest.raises(InputError, match="is the input sketch itself"):
+        check_not_input(tmp_path / "a.png", tmp_path / "A.png", "the input sketch")
+    check_not_input(tmp_path / "a.png", tmp_path / "b.png", "the input sketch")  # absent: fine
+
+
 def test_a_sketch_named_twice_is_coloured_once(tiny_checkpoint, odd_inputs, tmp_path, capsys, monkeypatch):
     """'colorize DIR DIR/a.png' or 'a.png ./a.png' was refused: 'a.png and a.png would both be written to
     OUT/a.png; colour them into separate folders'."""

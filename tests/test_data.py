@@ -353,6 +353,11 @@ def test_sketchify_cli_writes_pairs_and_keeps_existing(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "sketchify", str(src), str(out), "--extractor", "crayon"]) != 0
     assert "crayon" in one_line_error(capsys)
+    # the source folder itself, by another path to it (on macOS also by another case), is refused
+    (tmp_path / "alias").symlink_to(src)
+    for target in (src, tmp_path / "alias", src / ".." / "colour"):
+        assert main(["data", "sketchify", str(src), str(target), "--no-progress"]) != 0
+        assert "is the source folder" in one_line_error(capsys)
 
 
 def test_sketchify_rerun_with_other_settings_is_refused(tmp_path, capsys):

@@ -216,7 +216,8 @@ _FILE_MODE = 0o666 & ~_umask()
 def check_not_input(src: Path, target: Path, what: str = "the input") -> None:
     """Refuse an output that is an input file itself (``what`` names it in the message): ``--overwrite``
     replaces earlier results, never an input."""
-    if target.exists() and target.resolve() == Path(src).resolve():
+    # samefile, not equal resolved paths: on macOS and Windows "In/a.png" and "in/a.png" are one file
+    if target.exists() and os.path.samefile(target, src):
         raise InputError(f"{target}: is {what} itself; choose another --out")
 
 

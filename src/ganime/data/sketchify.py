@@ -95,7 +95,7 @@ def sketchify_folder(src, out, extractor: str = "random", seed: int = 0, size: i
     src, out = Path(src), Path(out)
     if not src.exists():
         raise InputError(f"{src}: no such folder")
-    if out.resolve() == (src.parent if src.is_file() else src).resolve():
+    if out.exists() and os.path.samefile(out, src.parent if src.is_file() else src):  # also "Busts" for "busts" on macOS
         raise InputError(f"{out}: is the source folder; write the pairs to another folder")
     files = [src] if src.is_file() else list_images(src)
     if not files:
