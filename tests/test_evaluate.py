@@ -788,3 +788,12 @@ def test_result_image_names_differ_in_more_than_case():
 
     names = _image_names(["A.png", "a.png", "b.jpg"])
     assert names[0] == "A.png" and len({n.casefold() for n in names}) == 3
+
+
+def test_result_image_names_are_valid_on_windows_too():
+    """A cache prepared on Linux keeps pair names with ':' or '?'; evaluating it on Windows failed writing
+    images/ after every metric had been computed (and ':' can write to an NTFS alternate data stream)."""
+    from ganime.evaluate import _image_names
+
+    names = _image_names(["scene: 1?.png", 'a<b>"c|d*.png', "con.png", "trail. .png", "...png"])
+    assert names == ["scene_ 1_.png", "a_b__c_d_.png", "_con.png", "trail.png", "00004.png"]

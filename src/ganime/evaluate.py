@@ -341,11 +341,19 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool, data: str | os.PathLi
     return out
 
 
+#: Characters Windows refuses in a file name (a cache prepared on Linux may hold them in its pair names).
+_NOT_IN_NAMES = str.maketrans({c: "_" for c in '<>:"/\\|?*' + "".join(map(chr, range(32)))})
+_RESERVED = {"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
+
+
 def _image_names(names: list[str]) -> list[str]:
+    """The result images' file names for pairs ``names``: their stems as .png, usable on every system."""
     seen: set[str] = set()  # casefolded: A.png and a.png are one file on macOS and Windows, which ignore case
     out = []
     for i, n in enumerate(names):
-        stem = Path(n).stem or f"{i:05d}"
+        stem = Path(n).stem.translate(_NOT_IN_NAMES).rstrip(" .") or f"{i:05d}"
+        if stem.split(".")[0].casefold() in _RESERVED:  # "con.png" is the console on Windows
+            stem = f"_{stem}"
         name = f"{stem}.png" if f"{stem}.png".casefold() not in seen else f"{stem}-{i:05d}.png"
         seen.add(name.casefold())
         out.append(name)
