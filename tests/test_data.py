@@ -461,30 +461,21 @@ def test_sketchify_pair_depends_on_the_file_not_on_the_others(tmp_path):
     assert (tmp_path / "alone-pairs" / "m.png").read_bytes() == (tmp_path / "among-pairs" / "m.png").read_bytes()
 
 
-def test_sketchify_same_name_different_suffix_is_not_overwritten(tmp_path, capsys):
+@pytest.mark.parametrize("first, second", [("a.jpg", "a.png"), ("A.png", "a.png")])
+def test_sketchify_names_of_one_pair_file_keep_the_first(first, second, tmp_path, capsys):
+    """a.jpg and a.png make one pair file a.png; so do A.png and a.png on macOS and Windows, which ignore
+    case (there the second pair replaced the first): the first by name keeps it, the other is named."""
     src = tmp_path / "colour"
     src.mkdir()
-    synthetic_color(0, 48).save(src / "a.jpg")
-    synthetic_color(1, 48).save(src / "a.png")
+    synthetic_color(0, 48).save(src / first)
+    synthetic_color(1, 48).save(src / second)
     out = tmp_path / "pairs"
     assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--no-progress"]) == 1  # done, 1 file skipped
     std = capsys.readouterr()
-    assert "wrote 1 pairs" in std.out and "a.png" in std.err and "rename" in std.err
-    left = np.asarray(Image.open(out / "a.png"))[:, :48]  # the colour half: a.jpg's, the first by name
-    assert np.abs(left.astype(int) - np.asarray(Image.open(src / "a.jpg")).astype(int)).max() == 0
-
-
-def test_sketchify_names_differing_only_in_case_are_one_pair(tmp_path, capsys):
-    """A.png and a.png: one file on macOS and Windows, where the second pair replaced the first."""
-    src = tmp_path / "colour"
-    src.mkdir()
-    synthetic_color(0, 48).save(src / "A.png")
-    synthetic_color(1, 48).save(src / "a.png")
-    out = tmp_path / "pairs"
-    assert main(["data", "sketchify", str(src), str(out), "--extractor", "xdog", "--no-progress"]) == 1
-    std = capsys.readouterr()
-    assert "wrote 1 pairs" in std.out and "a.png: same name as A.png" in std.err
-    assert sorted(p.name for p in out.glob("*.png")) == ["A.png"]
+    assert "wrote 1 pairs" in std.out and f"{second}: same name as {first}" in std.err and "rename" in std.err
+    assert [p.name for p in out.glob("*.png")] == [f"{Path(first).stem}.png"]
+    left = np.asarray(Image.open(out / f"{Path(first).stem}.png"))[:, :48]  # the colour half: the first's
+    assert np.abs(left.astype(int) - np.asarray(Image.open(src / first)).astype(int)).max() == 0
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
