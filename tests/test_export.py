@@ -14,6 +14,7 @@ from ganime.fast import fold_batchnorm, optimize_generator
 from ganime.nn.layers import init_weights
 from ganime.nn.patchgan import PatchDiscriminator
 from ganime.nn.unet import UNetGenerator
+from tests.conftest import one_line_error
 
 
 def _with_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -126,8 +127,6 @@ def test_colorize_with_an_onnx_export_names_it_as_one(checkpoint, tmp_path, caps
     """colorize/evaluate --checkpoint MODEL.onnx (just written by ganime export onnx) said 'not a readable
     checkpoint (not a PyTorch checkpoint file)', as of a damaged file."""
     pytest.importorskip("onnx")
-    from tests.conftest import one_line_error
-
     out = tmp_path / "g.onnx"
     assert main(["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     capsys.readouterr()
@@ -349,6 +348,17 @@ def test_export_bn_data_shows_its_progress_unless_no_progress(tiny_checkpoint, m
     base = ["export", "safetensors", "--checkpoint", str(tiny_checkpoint), "--bn-data", str(tmp_path / "cache"),
             "--bn-batches", "2"]
     assert main([*base, "--out", str(tmp_path / "a.safetensors")]) == 0
-    assert "BatchNorm statistics" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "load cache" in err and "BatchNorm statistics" in err  # the (silent) load of the cache too
     assert main([*base, "--out", str(tmp_path / "b.safetensors"), "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+    # a cache of another size is refused from its index, before it is loaded
+    from ganime.data.pairs import PairCache
+
+    assert main(["data", "prepare", str(tmp_path / "pairs"), str(tmp_path / "c32"), "--size", "32",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(PairCache, "load", lambda *a, **k: pytest.fail("cache loaded"))
+        assert main([*base[:4], "--bn-data", str(tmp_path / "c32"), "--out", str(tmp_path / "c.safetensors")]) != 0
+    assert "holds 32px images, the model was trained at 64px" in one_line_error(capsys)

@@ -61,10 +61,10 @@ def recalibrate(generator: torch.nn.Module, cfg, data: str | os.PathLike, batche
     if batches < 1:
         raise InputError(f"--bn-batches {batches}: must be at least 1")
     cache = PairCache(data)
-    pairs = cache.load("train" if "train" in cache.splits else None)
     t, hints = cfg.train, cfg.net.hint_channels
-    if pairs.shape[2] != t.size:
-        raise InputError(f"{data}: holds {pairs.shape[2]}px images, the model was trained at {t.size}px")
+    if cache.size != t.size:  # from its index, before the (long) load
+        raise InputError(f"{data}: holds {cache.size}px images, the model was trained at {t.size}px")
+    pairs = cache.load("train" if "train" in cache.splits else None, progress=progress)
     loader = PairLoader.for_training(pairs, t, torch.device("cpu"), batch_size=min(t.batch_size, len(pairs)),
                                      hint_sampler=HintSampler() if hints else None)
     from ganime.progress import progress_bar
