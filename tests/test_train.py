@@ -371,6 +371,8 @@ def test_cli_train_dry_run_and_errors(cache256, tmp_path, capsys, monkeypatch):
     assert "learning-rate decay must last 0 to 150 epochs" in one_line_error(capsys)
     assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--lr-decay-epochs", "75", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["lr_decay_epochs"] == 75
+    assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--new-data", "--dry-run"]) == 0
+    assert "--new-data applies to --resume only" in capsys.readouterr().err
     assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"), "--zoom-out", "1.5"]) != 0
     assert "zoom-out probability" in one_line_error(capsys)
     assert main(["train", "pix2pix", *data, "--out", str(tmp_path / "r"),

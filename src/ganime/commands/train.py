@@ -94,6 +94,8 @@ def build_config(args, options: dict, net: dict | None = None):
     from ganime.errors import InputError
 
     saved = Path(args.out) / "config.json"
+    if args.new_data and not args.resume:
+        print("ganime: --new-data applies to --resume only; a new run trains on the pairs it is given", file=sys.stderr)
     evaluation = _evaluation_settings(args)
     if args.resume and saved.exists():
         cfg = read_run_config(saved)
