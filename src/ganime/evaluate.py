@@ -282,6 +282,7 @@ def _style_generator(method: str, device: torch.device, size: int, iterations: i
     info = {"style_note": STYLE_NOTE}
     if method == "gatys":
         info["iterations"] = iterations
+        info["vgg_normalized"] = getattr(st, "vgg_normalized", None)  # Gatys et al.'s normalised VGG19 (docs/style-transfer.md)
     return gen, info
 
 

