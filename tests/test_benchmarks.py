@@ -186,3 +186,20 @@ def test_reference_workers_decode_only_in_the_references_rounds(capsys, monkeypa
     decodes = [float(t) for t in log.read_text().split()]
     assert len(windows) == 5 and len(decodes) >= 10
     assert not [t for t in decodes for a, b in windows if a <= t <= b]
+
+
+def test_infer_fails_when_the_small_generator_leaves_its_tolerance(capsys, monkeypatch):
+    """The small preset's comparison was printed 'OUT OF TOLERANCE' on stderr but dropped from the result:
+    the JSON said outputs_match true and the command exited 0."""
+    from ganime.bench import infer
+
+    def compare(gen, x, device, precision, args, label, onnx=None, memory=True):
+        ok = label != "small"
+        return {"ours_ms": 1.0, "reference_ms": 2.0, "ratio": 2.0, "ours_variant": "fp32", "variants_ms": {},
+                "reps": 1, "max_abs_diff": {"fp32": 0.0 if ok else 1.0}, "mean_abs_diff": {"fp32": 0.0 if ok else 1.0},
+                "tolerance": {"fp32": 1e-4}, "outputs_match": ok}
+
+    monkeypatch.setattr(infer, "_compare", compare)
+    assert main(["benchmark", "infer", "--preset", "medium", "--size", "256", "--reps", "1", "--json"]) == 3
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["outputs_match"] is False and r["small"]["outputs_match"] is False
