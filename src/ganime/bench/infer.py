@@ -108,7 +108,9 @@ def run(args) -> dict:
     if args.small and not args.checkpoint and args.preset != "small":
         sg, _ = calibrated_generator("small")
         small = _compare(sg, x[:, :3], device, precision, args, label="small", memory=False)
-        result["small"] = {k: small[k] for k in ("ours_ms", "reference_ms", "ratio", "variants_ms", "max_abs_diff")}
+        result["small"] = {k: small[k] for k in ("ours_ms", "reference_ms", "ratio", "variants_ms", "max_abs_diff",
+                                                 "mean_abs_diff", "outputs_match")}
+        result["outputs_match"] = main["outputs_match"] and small["outputs_match"]  # exit 3 for either
     return result
 
 

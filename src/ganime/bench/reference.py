@@ -3,10 +3,17 @@
 Per sample, in a worker: open the side-by-side PNG with PIL, split it, resize both halves to
 ``load_size`` (bicubic), take the same random ``size`` crop, mirror at random, convert to a float
 tensor in [-1, 1]. Batches are collated in the worker and moved to the device by the main process.
+
+The workers decode ahead of the main process (``prefetch_factor`` batches each). Left alone while
+another recipe is timed, they would decode on the same cores during its round and hand the
+reference's next round batches made in that time; a benchmark therefore passes a ``gate``
+(:func:`reference_gate`), opens it only for the reference's own rounds, and the workers wait at the
+next sample while it is closed.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 from pathlib import Path
 
@@ -17,13 +24,16 @@ from torch.utils.data import DataLoader, Dataset
 
 
 class ReferencePairs(Dataset):
-    def __init__(self, files: list[Path], size: int, load_size: int, flip: bool = True):
+    def __init__(self, files: list[Path], size: int, load_size: int, flip: bool = True, gate=None):
         self.files, self.size, self.load_size, self.flip = [str(f) for f in files], size, load_size, flip
+        self.gate = gate
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.gate is not None:
+            self.gate.wait()  # closed while the other recipe is timed
         ab = Image.open(self.files[i]).convert("RGB")
         w, h = ab.size
         half = w // 2
@@ -42,8 +52,17 @@ class ReferencePairs(Dataset):
         return t.float().div_(127.5).sub_(1.0)
 
 
-def reference_loader(files, batch_size: int, size: int, load_size: int, workers: int, device) -> DataLoader:
-    ds = ReferencePairs(files, size, load_size)
+def reference_gate():
+    """An open gate for :func:`reference_loader`: ``clear()`` before timing another recipe, ``set()`` before
+    the reference's own round."""
+    gate = multiprocessing.get_context().Event()
+    gate.set()
+    return gate
+
+
+def reference_loader(files, batch_size: int, size: int, load_size: int, workers: int, device,
+                     gate=None) -> DataLoader:
+    ds = ReferencePairs(files, size, load_size, gate=gate)
     return DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 

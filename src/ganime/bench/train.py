@@ -38,7 +38,7 @@ def run(args) -> dict:
     from ganime.methods import get_method
     from ganime.train import resolve_device
 
-    from ganime.bench.reference import forever, reference_loader
+    from ganime.bench.reference import forever, reference_gate, reference_loader
 
     check_counts(args, steps=1, rounds=1, workers=0)
     if args.threads:
@@ -63,6 +63,7 @@ def run(args) -> dict:
                 ours.models[k] = torch.compile(ours.models[k])
         our_data = _our_batches(PairLoader(pairs, B, device, seed=0, size=S, load_size=load, flip=True))
         recipes = {"ours": (ours, our_data)}
+        gate = reference_gate()  # the reference's workers decode only in its own rounds
         if not args.no_reference:
             ref_cfg = make_config("pix2pix", args.preset, batch_size=B, size=S, amp=False, channels_last=False)
             torch.manual_seed(0)
@@ -70,10 +71,11 @@ def run(args) -> dict:
             t = ref_cfg.train
             for k, m in ref.models.items():  # the reference's plain Adam (not fused)
                 ref.optimizers[k] = torch.optim.Adam(m.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
-            ref_data = forever(reference_loader(files, B, S, load, args.workers, device), device)
+            ref_data = forever(reference_loader(files, B, S, load, args.workers, device, gate), device)
             recipes["reference"] = (ref, ref_data)
 
         for name, (method, data) in recipes.items():  # warm-up (worker start-up, allocator, compile)
+            gate.set() if name == "reference" else gate.clear()
             method.train_mode(True)
             for _ in range(args.warmup):
                 method.train_step(next(data))
@@ -82,6 +84,7 @@ def run(args) -> dict:
         peaks = {k: 0 for k in recipes}
         for r in range(args.rounds):
             for name, (method, data) in recipes.items():
+                gate.set() if name == "reference" else gate.clear()
                 with PeakMemory(device) as pm:
                     sync(device)
                     t0 = time.perf_counter()
