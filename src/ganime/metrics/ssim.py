@@ -83,8 +83,9 @@ def ssim(fake, real, batch_size: int | None = None, device: str | torch.device =
 
     ``fake`` and ``real`` are batches of equal shape, each uint8 NHWC or float NCHW in [-1, 1]
     (float is quantised to 8 bits first). Images must be at least 11x11 pixels. The filtering runs in
-    float64 on ``device``, ``batch_size`` images at a time (default 16 on the CPU, 128 on a GPU); only
-    uint8 images travel to the device.
+    float64 on ``device``, ``batch_size`` images at a time (default 1 on the CPU, where larger batches
+    were slower: 0.54 s for 48 pairs at 256 px one at a time, 0.80 s in batches of 16, 2 threads; 128 on a
+    GPU); only uint8 images travel to the device.
     """
     x = as_uint8_nchw(fake, "outputs")
     y = as_uint8_nchw(real, "ground truth")
@@ -92,7 +93,7 @@ def ssim(fake, real, batch_size: int | None = None, device: str | torch.device =
     if min(x.shape[2], x.shape[3]) < WINDOW:
         raise InputError(f"SSIM needs images of at least {WINDOW}x{WINDOW} pixels, got {x.shape[3]}x{x.shape[2]}")
     device = metric_device(device)
-    bs = batch_size or (16 if device.type == "cpu" else 128)
+    bs = batch_size or (1 if device.type == "cpu" else 128)
     if bs < 1:
         raise InputError(f"batch_size must be at least 1, got {bs}")
     g = gaussian_window().to(device)
