@@ -541,6 +541,13 @@ def test_two_host_headers_are_a_400(srv, hosts):
     assert "2 Host headers" in error_of(status, headers, body, 400)
 
 
+def test_an_http_1_1_request_without_host_is_a_400(srv):
+    """RFC 7230 section 5.4: a 400 (on loopback it was a 403 naming Host '', elsewhere it was served); an
+    HTTP/1.0 request may leave it out."""
+    status, headers, body = raw_request(srv, b"GET /api/health HTTP/1.1\r\n\r\n")
+    assert "needs a Host header" in error_of(status, headers, body, 400)
+
+
 # ---- limits -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -537,11 +537,14 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def _check_host(self) -> None:
-        """One Host header (two are a 400, RFC 7230 section 5.4: only the first was checked, and a proxy in
-        front may read the other); on a loopback address, only loopback names (a guard against DNS rebinding)."""
+        """One Host header (two, or none in HTTP/1.1, are a 400, RFC 7230 section 5.4: only the first was checked,
+        and a proxy in front may read the other); on a loopback address, only loopback names (a guard against
+        DNS rebinding)."""
         hosts = self.headers.get_all("Host") or []
         if len(hosts) > 1:
             raise HTTPError(400, f"the request has {len(hosts)} Host headers; send one")
+        if not hosts and self.request_version == "HTTP/1.1":  # RFC 7230 section 5.4 too (HTTP/1.0 may omit it)
+            raise HTTPError(400, "an HTTP/1.1 request needs a Host header")
         if not self.server.loopback_only():
             return
         host = (hosts[0] if hosts else "").strip().lower()
