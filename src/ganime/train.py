@@ -11,7 +11,8 @@ Run folder layout::
     RUN/log.jsonl            one JSON object per log interval and per epoch (``kind`` step / epoch; init and
                              resume records mark an --init-from and where each --resume continued). Step and
                              resume records count ``epoch`` from 1 as the epoch in progress and ``step`` as
-                             the steps done in it; an epoch record's ``epoch`` is the epoch it closes
+                             the steps done in it; an epoch record's ``epoch`` is the epoch it closes. Step
+                             records carry ``lr``, the learning rate of their epoch (``TrainConfig.lr_at``)
     RUN/samples/epoch_0001.png   sketch | truth | output rows for fixed samples
     RUN/last.pt              the latest checkpoint (atomic; resume point)
     RUN/epoch_0010.pt        kept every ``keep_every`` epochs, if asked

@@ -16,7 +16,8 @@ def register(sub) -> None:
     keep.add_argument("--overwrite", action="store_true", help="replace existing output files")
     keep.add_argument("--skip-existing", action="store_true",
                       help="colour only the inputs without an output file yet (e.g. to finish a run stopped by Ctrl-C)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars on stderr (into a file they are redrawn every 30 s)")
     add_fast_arg(p)
     p.set_defaults(func=run)
 

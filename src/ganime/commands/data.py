@@ -17,7 +17,8 @@ def register(sub) -> None:
     q.add_argument("out")
     q.add_argument("--size", type=int, default=256, help="square side of the cached images (256; 512 supported)")
     q.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars on stderr (into a file they are redrawn every 30 s)")
     q.set_defaults(func=run_prepare)
 
     s = dsub.add_parser("sketchify", help="turn colour illustrations into colour|sketch pairs",
@@ -27,7 +28,8 @@ def register(sub) -> None:
     s.add_argument("--extractor", default="random", help="xdog, pencil, sobel or random (default)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=None, help="resize images to this square side first")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars on stderr (into a file they are redrawn every 30 s)")
     s.set_defaults(func=run_sketchify)
 
     d = dsub.add_parser("download", help="fetch the Kaggle dataset (needs Kaggle credentials and pip install 'ganime[kaggle]')")

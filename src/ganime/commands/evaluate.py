@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--flatten", type=float, metavar="SIGMA",
                    help="models with a colour layer: its flattening between the lines (default: the model's own)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in DIR")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars on stderr (into a file they are redrawn every 30 s)")
     p.set_defaults(func=run)
 
 
@@ -79,7 +80,8 @@ def add_table1_args(p) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--gatys-iterations", type=int, default=1000, help="Gatys optimiser steps per image (default 1000)")
     p.add_argument("--no-inception", action="store_true", help="skip FID and KID")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars on stderr (into a file they are redrawn every 30 s)")
     if not any(a.dest == "device" for a in p._actions):
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     if not any(a.dest == "json" for a in p._actions):

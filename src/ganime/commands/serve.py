@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=positive(int), default=4096 * 4096,
                    help="largest image in pixels, width x height (default 16777216 = 4096x4096)")
     p.add_argument("--max-active", type=positive(int), default=2,
-                   help="requests decoded and coloured at once; more wait in a queue (default 2)")
+                   help="requests read, decoded, coloured and sent at once; more wait in a queue (default 2)")
     p.add_argument("--max-queue", type=positive(int, zero=True), default=16,
                    help="requests waiting for a turn before the server answers 503 busy (default 16)")
     from ganime.commands.colorize import add_fast_arg

@@ -52,7 +52,9 @@ def add_common(p) -> None:
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA instead of bf16 autocast")
     p.add_argument("--dry-run", action="store_true", help="validate and print the configuration, then exit")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN/tensorboard")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress bars on stderr (loading the data, the steps; into a file they are redrawn "
+                        "every 30 s)")
 
 
 def register(sub) -> None:

@@ -57,8 +57,9 @@ def _band(n: int, g: torch.Tensor) -> torch.Tensor:
     return m
 
 
-#: Up to this side the filter runs as two banded float64 matmuls (BLAS / tensor cores; 2.8x the grouped
-#: float64 convolution on the CPU at 256 px); above it the band's wasted zeros cost more than they gain.
+#: Up to this side the filter runs as two banded float64 matmuls (BLAS / tensor cores; 1.45x the grouped
+#: float64 convolution per pair on the CPU at 256 px, docs/performance.md); above it the band's wasted zeros
+#: cost more than they gain.
 MATMUL_MAX_SIDE = 512
 
 

@@ -85,13 +85,13 @@ class HTTPError(Exception):
 
 @dataclass
 class Limits:
-    """What one request may cost. Defaults suit a laptop; ``ganime serve`` exposes the first two."""
+    """What one request may cost. Defaults suit a laptop; ``ganime serve`` exposes the first four."""
 
     #: Largest request body (the whole multipart upload) in bytes.
     max_upload_bytes: int = 20 * 1024 * 1024
     #: Largest image (width x height) decoded; a bigger header is refused before decoding.
     max_pixels: int = 4096 * 4096
-    #: Requests reading, decoding and colouring at once (each holds up to a body and a few images).
+    #: Requests reading, decoding, colouring and sending at once (each holds up to a body and a few images).
     max_active: int = 2
     #: Requests waiting for a turn (they have not sent their bodies yet); more get 503.
     max_queue: int = 16
@@ -99,7 +99,7 @@ class Limits:
     #: that a request's head (request line and headers) may take to arrive whole.
     socket_timeout: float = 30.0
     #: Slowest average upload accepted, in bytes/s: after ``socket_timeout`` s a body must have arrived at
-    #: this rate (so all of it within ``socket_timeout`` plus its length at this rate; 20 MB: 10 minutes), or
+    #: this rate (so all of it within ``socket_timeout`` plus its length at this rate; 20 MB: 11 minutes), or
     #: 408. Without it a client trickling a byte now and then would hold one of the ``max_active`` slots for
     #: as long as it liked.
     min_upload_rate: float = 32 * 1024
