@@ -89,7 +89,7 @@ class _StopFlag:
 
     def __enter__(self):
         try:
-            # on Windows also SIGBREAK: Ctrl-Break, and what a console window that is being closed sends
+            # on Windows also SIGBREAK (Ctrl-Break; a closing console window sends it too, but may not wait for the save)
             for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])):
                 self._old[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not in the main thread
