@@ -230,6 +230,17 @@ def test_cli_trains_on_unequal_folders(tmp_path, tiny_preset, make_pairs, capsys
     # Unpaired training, judged on held-out pairs: G's LPIPS picks best.pt.
     assert "3 of 3 pairs of all pairs in" in json.loads((run / "metrics.jsonl").read_text())["validation"]
     assert json.loads((run / "best.json").read_text())["metric"] == "lpips" and (run / "best.pt").exists()
+    # --resume on other folders is refused (a resume trained on whatever it was given, without a word);
+    # the same folders copied elsewhere resume as they are
+    import shutil
+
+    base = ["train", "cyclegan", "--out", str(run), "--device", "cpu", "--no-progress", "--resume", "--dry-run"]
+    assert main(base + ["--sketches", str(c), "--colors", str(s)]) == 2
+    line = one_line_error(capsys)
+    assert "was trained on the images of" in line and "--new-data" in line, line
+    shutil.copytree(s, tmp_path / "s2")
+    shutil.copytree(c, tmp_path / "c2")
+    assert main(base + ["--sketches", str(tmp_path / "s2"), "--colors", str(tmp_path / "c2")]) == 0
 
 
 def test_cli_trains_on_a_paired_cache(tmp_path, tiny_preset, capsys):

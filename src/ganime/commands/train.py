@@ -165,22 +165,29 @@ def check_cache(cache, cfg) -> None:
 
 
 def record_training_data(args, cfg, cache) -> None:
-    """Record the pairs the run trains on (``cache``; None for CycleGAN's folders) in its configuration. On
-    --resume, pairs other than those recorded are refused unless --new-data: their count and names, not the
-    cache's path, tell (a run recorded before this, or on folders, has no record and resumes as it is)."""
+    """Record the data the run trains on (the cache ``cache``, or CycleGAN's --sketches/--colors folders when it
+    is None) in its configuration. On --resume, other data than recorded is refused unless --new-data: the
+    pairs' (or images') count and names tell, not the paths (a run recorded before this has no record and
+    resumes as it is)."""
     from ganime.errors import InputError
 
     t = cfg.train
-    split = None if cache is None else "train" if "train" in cache.splits else None
-    data, fingerprint = ("", "") if cache is None else (str(cache.path.absolute()), cache.fingerprint(split))
+    if cache is not None:
+        split = "train" if "train" in cache.splits else None
+        data, fingerprint, what = str(cache.path.absolute()), cache.fingerprint(split), "the pairs of"
+    else:
+        from ganime.data.unpaired import folders_fingerprint
+
+        data = f"{Path(args.sketches).absolute()} | {Path(args.colors).absolute()}"
+        fingerprint, what = folders_fingerprint(args.sketches, args.colors), "the images of"
     if args.resume and t.data_fingerprint and fingerprint != t.data_fingerprint:
-        given = f"--data {args.data} holds others ({fingerprint})" if cache is not None else "--sketches/--colors are others"
+        given = f"--data {args.data}" if cache is not None else "--sketches/--colors"
         if not args.new_data:
-            raise InputError(f"{args.out}: was trained on the pairs of {t.data} ({t.data_fingerprint}), and {given}; "
-                             "give its own, pass --new-data to continue on these (the rest of the run then differs "
-                             "from an uninterrupted one), or start a new run with another --out")
-        print(f"ganime: {args.out}: was trained on the pairs of {t.data} ({t.data_fingerprint}); --new-data: "
-              f"continuing on {args.data or 'the folders given'}", file=sys.stderr)
+            raise InputError(f"{args.out}: was trained on {what} {t.data} ({t.data_fingerprint}), and {given} holds "
+                             f"others ({fingerprint}); give its own, pass --new-data to continue on these (the rest "
+                             "of the run then differs from an uninterrupted one), or start a new run with another --out")
+        print(f"ganime: {args.out}: was trained on {what} {t.data} ({t.data_fingerprint}); --new-data: "
+              f"continuing on {data}", file=sys.stderr)
     t.data, t.data_fingerprint = data, fingerprint
 
 

@@ -86,6 +86,17 @@ def load_folder(folder: str | os.PathLike, size: int, what: str = "images", prog
     return out[:n]
 
 
+def folders_fingerprint(sketches: str | os.PathLike, colors: str | os.PathLike) -> str:
+    """What the two domains' folders hold, cheaply: the number of image files in each and a hash of their names
+    (not their pixels), as :meth:`ganime.data.pairs.PairCache.fingerprint` for a cache; a folder moved or copied
+    keeps it. A missing folder counts as empty (loading it then says what is wrong)."""
+    import hashlib
+
+    names = [[f.name for f in list_images(d)] if Path(d).is_dir() else [] for d in (sketches, colors)]
+    digest = hashlib.sha1("\n".join(names[0] + ["|"] + names[1]).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{len(names[0])} sketches and {len(names[1])} colour images, names sha1 {digest}"
+
+
 def load_unpaired(sketches: str | os.PathLike, colors: str | os.PathLike, size: int,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Sketch domain X and colour domain Y from two folders, each (N_i, size, size, 3) uint8."""
