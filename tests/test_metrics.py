@@ -546,6 +546,29 @@ def test_compute_all_progress_moves_through_its_passes_with_the_same_values(monk
         assert shown[k] == (pytest.approx(v, rel=1e-6) if isinstance(v, float) else v), k  # LPIPS: float32 batches
 
 
+def test_compute_all_per_image_values_are_the_ones_it_averaged(monkeypatch):
+    """per_image=True returns the tensors behind the means (ganime evaluate's per_image.csv), computed once."""
+    rng = np.random.default_rng(1)
+    fake, real, sketch = (rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8) for _ in range(3))
+    calls = []
+    real_ssim = M.ssim
+    monkeypatch.setattr(M, "ssim", lambda *a, **k: calls.append(1) or real_ssim(*a, **k))
+    r = M.compute_all(fake, real, sketches=sketch, with_inception=False, per_image=True)
+    assert len(calls) == 3  # output, white and identity: not once more for the per-image values
+    v = r["per_image"]
+    assert v["ssim"].dtype == torch.float64 and v["ssim"].shape == (5,)
+    assert torch.equal(v["ssim"], real_ssim(fake, real)) and torch.equal(v["psnr"], M.psnr(fake, real))
+    assert torch.equal(v["identity_ssim"], real_ssim(sketch, real))
+    assert float(v["ssim"].mean()) == r["ssim_mean"] and float(v["psnr"].mean()) == r["psnr_mean"]
+    assert float(v["identity_ssim"].mean()) == r["identity_ssim_mean"]
+    if r["lpips_mean"] is None:
+        assert v["lpips"] is None
+    else:
+        assert float(v["lpips"].mean()) == r["lpips_mean"]
+    assert "per_image" not in M.compute_all(fake, real, with_inception=False)  # only when asked
+    assert M.compute_all(fake, real, with_inception=False, per_image=True)["per_image"]["identity_ssim"] is None
+
+
 @needs_data
 @needs_inception
 def test_compute_all_with_inception_and_real_cache():

@@ -57,6 +57,7 @@ def compute_all(
     kid_subsets: int = 100,
     seed: int = 0,
     progress: bool = False,
+    per_image: bool = False,
 ) -> dict:
     """All metrics of outputs ``fake`` against ground truth ``real`` (paired, same shape), as a dict:
 
@@ -71,6 +72,9 @@ def compute_all(
     ``with_inception=False`` skips FID/KID (they are then None). Values are plain floats (or None).
     ``progress``: a bar on stderr over the per-image passes (SSIM and its floors, LPIPS), minutes on a CPU
     for thousands of pairs; the Inception features have their own.
+    ``per_image=True`` also returns ``per_image``: the float64 tensors [N] the means were taken of, ``ssim``,
+    ``psnr``, ``lpips`` and ``identity_ssim`` (None where not computed), in the pairs' order (what
+    ``ganime evaluate`` writes as per_image.csv); their mean is the reported mean.
     """
     # Convert once; the metrics below get uint8 NHWC views (their documented input form).
     x = as_uint8_nchw(fake, "outputs").permute(0, 2, 3, 1)
@@ -85,7 +89,7 @@ def compute_all(
     passes = 4 if sketches is not None else 3  # SSIM, its white and identity floors, LPIPS
     bar = progress_bar(total=passes * n, desc="metrics", unit="img", disable=not progress, leave=False)
 
-    def per_image(metric, a, b, **kw) -> torch.Tensor:  # in chunks, so that the bar moves
+    def each_image(metric, a, b, **kw) -> torch.Tensor:  # in chunks, so that the bar moves
         step = _PROGRESS_CHUNK if progress else max(n, 1)
         parts = []
         for i in range(0, n, step):
@@ -93,23 +97,28 @@ def compute_all(
             bar.update(len(parts[-1]))
         return torch.cat(parts) if parts else metric(a, b, **kw)
 
+    values: dict = {"ssim": None, "psnr": None, "lpips": None, "identity_ssim": None}
     with bar:
-        out["ssim_mean"], out["ssim_std"] = _mean_std(per_image(ssim, x, y, device=device))
-        out["psnr_mean"], out["psnr_std"] = _mean_std(psnr(x, y))
+        values["ssim"] = each_image(ssim, x, y, device=device).double()
+        values["psnr"] = psnr(x, y).double()
+        out["ssim_mean"], out["ssim_std"] = _mean_std(values["ssim"])
+        out["psnr_mean"], out["psnr_std"] = _mean_std(values["psnr"])
 
         white = torch.full_like(y, 255)
-        out["white_ssim_mean"] = _mean_std(per_image(ssim, white, y, device=device))[0]
+        out["white_ssim_mean"] = _mean_std(each_image(ssim, white, y, device=device))[0]
         out["white_psnr_mean"] = _mean_std(psnr(white, y))[0]
         if sketches is not None:
             s = as_uint8_nchw(sketches, "sketches").permute(0, 2, 3, 1)
             check_pair(s, y)
-            out["identity_ssim_mean"] = _mean_std(per_image(ssim, s, y, device=device))[0]
+            values["identity_ssim"] = each_image(ssim, s, y, device=device).double()
+            out["identity_ssim_mean"] = _mean_std(values["identity_ssim"])[0]
             out["identity_psnr_mean"] = _mean_std(psnr(s, y))[0]
         else:
             out["identity_ssim_mean"] = out["identity_psnr_mean"] = None
 
         try:
-            out["lpips_mean"], out["lpips_std"] = _mean_std(per_image(lpips, x, y, net=lpips_net, device=device))
+            values["lpips"] = each_image(lpips, x, y, net=lpips_net, device=device).double()
+            out["lpips_mean"], out["lpips_std"] = _mean_std(values["lpips"])
         except GanimeError as e:
             out["lpips_mean"] = out["lpips_std"] = None
             notes.append(f"LPIPS not computed: {e}")
@@ -139,4 +148,6 @@ def compute_all(
         if isinstance(v, float) and math.isnan(v):
             out[k] = None
     out["notes"] = notes
+    if per_image:
+        out["per_image"] = values
     return out
