@@ -54,6 +54,66 @@ def test_identity_floor_outputs_the_sketch_and_writes_results(make_pairs, tmp_pa
     assert "| identity | 10 |" in (out / "metrics.md").read_text()
 
 
+def read_csv(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_per_image_csv_holds_the_values_whose_means_metrics_json_reports(make_pairs, tmp_path, monkeypatch):
+    """A researcher could not see which sketches fail: metrics.json had means only."""
+    import ganime.evaluate
+
+    written = []
+    write = ganime.evaluate.atomic_write_bytes
+    monkeypatch.setattr(ganime.evaluate, "atomic_write_bytes", lambda p, b: written.append(p.name) or write(p, b))
+    pairs = make_pairs(7, size=64)
+    out = tmp_path / "ev"
+    assert evaluate_cli("--method", "white", "--data", pairs, "--out", out, "--size", 64, "--no-inception") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert written.index("per_image.csv") < written.index("metrics.json") == len(written) - 1  # complete marker last
+    with open(out / "per_image.csv", newline="", encoding="utf-8") as f:
+        assert f.readline().strip() == "name,image,ssim,psnr,lpips,identity_ssim"
+    rows = read_csv(out / "per_image.csv")
+    assert [r["name"] for r in rows] == m["pairs"] and [r["image"] for r in rows] == m["images"]
+    assert all((out / "images" / r["image"]).is_file() for r in rows)
+    col = {k: np.array([float(r[k]) for r in rows]) for k in ("ssim", "psnr", "identity_ssim")}
+    assert col["ssim"].mean() == pytest.approx(m["ssim_mean"], rel=1e-12, abs=0)
+    assert col["ssim"].std() == pytest.approx(m["ssim_std"], rel=1e-9, abs=0)
+    assert col["psnr"].mean() == pytest.approx(m["psnr_mean"], rel=1e-12, abs=0)
+    assert col["identity_ssim"].mean() == pytest.approx(m["identity_ssim_mean"], rel=1e-12, abs=0)
+    assert not np.allclose(col["ssim"], col["identity_ssim"])  # the white page's scores, not the sketch's
+    if m["lpips_mean"] is None:
+        assert all(r["lpips"] == "" for r in rows)
+    else:
+        assert np.mean([float(r["lpips"]) for r in rows]) == pytest.approx(m["lpips_mean"], rel=1e-12, abs=0)
+    # metrics.md names the worst pairs, lowest SSIM first (and highest LPIPS when computed)
+    md = (out / "metrics.md").read_text()
+    worst = [rows[i]["name"] for i in np.argsort(col["ssim"], kind="stable")[:5]]
+    assert "Worst 5 pairs by SSIM (lowest first" in md
+    listed = md.split("Worst 5 pairs by SSIM")[1].split("\n\n")[0].splitlines()[1:]
+    assert [line.split()[-1] for line in listed] == worst
+    assert ("Worst 5 pairs by LPIPS (highest first" in md) == (m["lpips_mean"] is not None)
+
+
+def test_per_image_csv_keeps_identical_outputs_infinite_psnr_and_odd_names(tmp_path):
+    """An output equal to its truth has PSNR inf (as metrics.json's psnr_mean); a name with a comma or a
+    non-ASCII character survives the CSV; with LPIPS not computed its cells are empty."""
+    from ganime.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    pairs = np.stack([colour, colour], 1)  # the sketch is the truth: identity is perfect
+    names = ["a,b.png", "線画.png", "c.png"]
+    r = evaluate("identity", pairs, names, device="cpu", with_inception=False, progress=False, out=tmp_path / "ev")
+    rows = read_csv(tmp_path / "ev" / "per_image.csv")
+    assert [x["name"] for x in rows] == names and rows[1]["image"] == "線画.png"
+    assert all(x["psnr"] == "inf" and float(x["ssim"]) == 1.0 for x in rows)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["psnr_mean"] == "inf"
+    assert (r["lpips_mean"] is None) == all(x["lpips"] == "" for x in rows)
+
+
 def test_a_path_that_is_not_utf8_is_written_to_metrics_md(make_pairs, tmp_path, monkeypatch, capsys):
     """metrics.md names the data and checkpoint; a name that is not UTF-8 (surrogates in Python) failed its
     write with an 'unexpected UnicodeEncodeError' after the whole evaluation had run."""
@@ -104,6 +164,7 @@ def test_an_overwrite_stopped_while_writing_leaves_no_earlier_report(make_pairs,
                         "--overwrite") == 130
     assert capsys.readouterr().err.strip() == "ganime: interrupted"
     assert not any((out / f).exists() for f in ganime.evaluate.RESULT_FILES)
+    assert not (out / "per_image.csv").exists()  # nor the earlier run's per-image values
     monkeypatch.setattr(ganime.evaluate, "save_png_array", save)
     assert evaluate_cli("--method", "identity", "--data", pairs, "--out", out, "--size", 32, "--no-inception",
                         "--overwrite") == 0
@@ -502,6 +563,8 @@ def test_table1_rows_floors_and_paper_reference(tiny_checkpoint, make_pairs, tmp
     doc = json.loads((tmp_path / "t1" / "table1.json").read_text())
     assert [r["method"] for r in doc["rows"]] == ["pix2pix", "identity", "white"]
     assert (tmp_path / "t1" / "pix2pix" / "grid.png").exists() and (tmp_path / "t1" / "table1.md").exists()
+    for row in doc["rows"]:  # each row's folder has its per-image values, as ganime evaluate writes them
+        assert [r["name"] for r in read_csv(tmp_path / "t1" / row["method"] / "per_image.csv")] == doc["pairs"]
     bad = p.parse_args(["--data", str(folder), "--styles", "gatys,monet"])
     with pytest.raises(Exception, match="monet"):
         run_table1(bad)

@@ -44,9 +44,15 @@ STYLE_METHODS = ("gatys", "fast")
 FLOORS = ("identity", "white")
 METHODS = MODEL_METHODS + STYLE_METHODS + FLOORS
 
-#: The files ``evaluate`` writes into its output folder (besides ``images/``).
-RESULT_FILES = ("metrics.json", "metrics.md", "grid.png")
+#: The files ``evaluate`` writes into its output folder (besides ``images/``); metrics.json, written last,
+#: marks a complete result and is removed first.
+RESULT_FILES = ("metrics.json", "metrics.md", "grid.png", "per_image.csv")
 GRID_ROWS = 8
+#: per_image.csv's columns: the pair's name (as in metrics.json's "pairs"), its result under images/, then the
+#: per-image values whose means metrics.json reports (empty where not computed, e.g. LPIPS without its weights).
+PER_IMAGE_COLUMNS = ("name", "image", "ssim", "psnr", "lpips", "identity_ssim")
+#: How many of the worst pairs metrics.md names, by SSIM and by LPIPS.
+WORST_PAIRS = 5
 
 #: The GANime paper's Table 1 (FID, mean SSIM) -- printed for reference only; its FID is not comparable.
 PAPER_TABLE1 = {
@@ -381,8 +387,9 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     """Evaluate one method on ``pairs`` ((N, 2, S, S, 3) uint8, [:, 0] sketch, [:, 1] colour).
 
     Returns :func:`ganime.metrics.compute_all`'s dict plus ``method``, ``seconds_per_image`` and the
-    method's details. With ``out``: writes ``out/images/<name>.png``, ``metrics.json``, ``metrics.md``
-    and ``grid.png`` (sketch | truth | output for up to 8 pairs). ``inception`` shares one feature
+    method's details, and ``_per_image`` (the pair names and per-image values; not in metrics.json). With
+    ``out``: writes ``out/images/<name>.png``, ``per_image.csv``, ``metrics.md``, ``grid.png`` (sketch |
+    truth | output for up to 8 pairs) and ``metrics.json``. ``inception`` shares one feature
     extractor (and its real-set cache) between calls; ``generator`` is a prepared ``make_generator`` result.
     """
     from ganime.metrics import compute_all
@@ -404,7 +411,8 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     t1 = time.perf_counter()
     m = compute_all(outputs, colours, sketches=sketches, device=str(dev), inception=inception,
                     real_cache_key=content_key(colours) if with_inception else None,
-                    with_inception=with_inception, seed=seed, progress=progress)
+                    with_inception=with_inception, seed=seed, progress=progress, per_image=True)
+    values = m.pop("per_image")
     result = {
         "method": method, "checkpoint": None, **(meta or {}), **info, "size": size, "seed": seed, "device": str(dev),
         **m,
@@ -413,6 +421,8 @@ def evaluate(method: str, pairs: np.ndarray, names: list[str], *, checkpoint: st
     }
     if method in STYLE_METHODS:
         result["notes"] = result["notes"] + [STYLE_NOTE]
+    result["_per_image"] = {"name": list(names),
+                            **{k: None if v is None else v.cpu().numpy() for k, v in values.items()}}
     if out is not None:
         write_results(out, result, sketches, colours, outputs, names, progress)
     result["_outputs"] = outputs  # for callers (table1); dropped from the JSON
@@ -462,12 +472,47 @@ def write_results(out: Path, result: dict, sketches: np.ndarray, colours: np.nda
                                disable=not progress or len(files) < 50, leave=False):
         save_png_array(arr, images / f)
     save_png_array(make_grid(sketches, colours, outputs), out / "grid.png")
+    atomic_write_bytes(out / "per_image.csv", per_image_csv(result["_per_image"], files).encode("utf-8", "surrogateescape"))
     record = _json_ready(result)
     record["images"] = files
     record["pairs"] = list(names)
     # surrogateescape: a checkpoint or data path whose name is not UTF-8 is written as its bytes on disk
     atomic_write_bytes(out / "metrics.md", (format_report(result) + "\n").encode("utf-8", "surrogateescape"))
     atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1) + "\n").encode())  # last: complete
+
+
+def per_image_csv(per_image: dict, files: list[str]) -> str:
+    """per_image.csv's text: a header of :data:`PER_IMAGE_COLUMNS`, then one row per pair in the pairs' order.
+    Values are written in full (Python's shortest round-trip form), so their mean is metrics.json's mean to
+    float precision; an infinite PSNR (identical images) is ``inf``, a value not computed is empty."""
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PER_IMAGE_COLUMNS)
+    cols = [per_image.get(k) for k in PER_IMAGE_COLUMNS[2:]]
+    for i, (name, f) in enumerate(zip(per_image["name"], files)):
+        w.writerow([name, f, *("" if c is None else repr(float(c[i])) for c in cols)])
+    return buf.getvalue()
+
+
+def worst_pairs(per_image: dict, k: int = WORST_PAIRS) -> list[str]:
+    """metrics.md's lines naming the ``k`` worst pairs by SSIM (lowest) and, when computed, by LPIPS (highest),
+    each list after a blank line; none for fewer than two pairs."""
+    names = per_image["name"]
+    if len(names) < 2:
+        return []
+    lines = []
+    for key, label, higher_is_worse in (("ssim", "SSIM", False), ("lpips", "LPIPS", True)):
+        v = per_image.get(key)
+        if v is None:
+            continue
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(-v if higher_is_worse else v, kind="stable")[:k]
+        lines += ["", f"Worst {len(order)} pairs by {label} ({'highest' if higher_is_worse else 'lowest'} first; "
+                      "every pair's values: per_image.csv):"]
+        lines += [f"- {v[i]:.3f} {names[i]}" for i in order]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -522,6 +567,8 @@ def format_report(r: dict) -> str:
     lines.append(f"Floors on the same pairs: {floors}. Judge SSIM by its margin above them.")
     for note in r.get("notes", []):
         lines.append(f"- note: {note}")
+    if r.get("_per_image"):
+        lines += worst_pairs(r["_per_image"])
     return "\n".join(lines)
 
 

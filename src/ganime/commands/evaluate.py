@@ -15,7 +15,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="score a model on held-out pairs: SSIM, PSNR, LPIPS, FID, KID",
         description="Colour every sketch of a pair set with one method, then write DIR/images/, DIR/metrics.json, "
-                    "DIR/metrics.md and DIR/grid.png (sketch | truth | output). Protocols: docs/evaluation.md.")
+                    "DIR/metrics.md, DIR/per_image.csv and DIR/grid.png (sketch | truth | output). Protocols: "
+                    "docs/evaluation.md.")
     p.add_argument("--method", required=True, help=METHOD_HELP)
     p.add_argument("--data", required=True, metavar="PAIRS",
                    help="a prepared cache (ganime data prepare) or a folder of side-by-side pairs (colour left, sketch right)")
@@ -55,7 +56,8 @@ def run(args) -> int:
                  with_inception=not args.no_inception, progress=not args.no_progress, out=args.out,
                  overwrite=args.overwrite, meta=meta, generator=gen)
     print(format_report(r))
-    print(f"\nwrote {args.out}/metrics.json, metrics.md, grid.png and {len(names)} images in {args.out}/images")
+    print(f"\nwrote {args.out}/metrics.json, metrics.md, per_image.csv, grid.png and {len(names)} images in "
+          f"{args.out}/images")
     return 0
 
 
