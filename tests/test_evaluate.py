@@ -860,3 +860,126 @@ def test_result_image_names_are_valid_on_windows_too():
 
     names = _image_names(["scene: 1?.png", 'a<b>"c|d*.png', "con.png", "trail. .png", "...png"])
     assert names == ["scene_ 1_.png", "a_b__c_d_.png", "_con.png", "trail.png", "00004.png"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# ganime evaluate compare
+
+
+def _two_evaluations(make_pairs, tmp_path, n=8):
+    pairs = make_pairs(n, size=64)
+    for m in ("identity", "white"):
+        assert evaluate_cli("--method", m, "--data", pairs, "--out", tmp_path / m, "--size", 64, "--no-inception") == 0
+    return pairs, tmp_path / "identity", tmp_path / "white"
+
+
+def _compare(capsys, *args) -> tuple[str, dict]:
+    assert main(["evaluate", "compare", *map(str, args), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    return "\n".join(out[:-1]), json.loads(out[-1])
+
+
+def test_compare_two_evaluations_pair_by_pair(make_pairs, tmp_path, capsys):
+    """Two models could be compared only by their means: no paired differences, intervals or wins."""
+    _, a, b = _two_evaluations(make_pairs, tmp_path)
+    capsys.readouterr()
+    text, c = _compare(capsys, a, b)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    ra, rb = read_csv(a / "per_image.csv"), read_csv(b / "per_image.csv")
+    assert c["n"] == 8 and c["resamples"] == 10_000 and (c["a_method"], c["b_method"]) == ("identity", "white")
+    for key, higher in (("ssim", True), ("psnr", True), ("lpips", False)):
+        e = c["metrics"][key]
+        if key == "lpips" and ma["lpips_mean"] is None:
+            assert e is None
+            continue
+        assert e["diff"] == pytest.approx(mb[f"{key}_mean"] - ma[f"{key}_mean"], rel=1e-9)
+        d = np.array([float(y[key]) - float(x[key]) for x, y in zip(ra, rb)])
+        assert e["b_better"] == int((d > 0).sum() if higher else (d < 0).sum()) and e["n"] == 8 and e["left_out"] == 0
+        assert e["ci_low"] <= e["diff"] <= e["ci_high"] and e["ci_low"] < e["ci_high"]
+    assert "| SSIM ↑ |" in text and "| PSNR (dB) ↑ |" in text and "10,000 resamples" in text and "of 8" in text
+    if c["metrics"]["lpips"] is not None:  # a blank page is far from the colour images in LPIPS, at any sample
+        assert "| LPIPS ↓ |" in text and c["metrics"]["lpips"]["ci_low"] > 0 and "B worse |" in text
+    assert _compare(capsys, a, b) == (text, c)  # a fixed seed: the same interval every time
+    back = _compare(capsys, b, a)[1]["metrics"]["ssim"]  # A and B swapped: the same figures, negated
+    assert (back["diff"], back["ci_low"], back["ci_high"]) == pytest.approx(
+        (-c["metrics"]["ssim"]["diff"], -c["metrics"]["ssim"]["ci_high"], -c["metrics"]["ssim"]["ci_low"]))
+    lines = (b / "per_image.csv").read_text(encoding="utf-8").splitlines()  # the same pairs in another order
+    (b / "per_image.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n", encoding="utf-8")
+    aligned = _compare(capsys, a, b)[1]["metrics"]
+    assert all(aligned[k] == (c["metrics"][k] and pytest.approx(c["metrics"][k])) for k in aligned)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("other-pairs", "evaluated on different pairs (8 and 5; e.g. '"),
+    ("no-csv", "has no per_image.csv"),
+    ("unfinished", "has no metrics.json"),
+    ("not-a-folder", "no such evaluation folder"),
+    ("bad-value", "ssim value 'x' is not a number"),
+    ("with-evaluate-options", "takes no --method, --n"),
+])
+def test_compare_refuses_in_one_line(case, expect, make_pairs, tmp_path, capsys):
+    pairs, a, b = _two_evaluations(make_pairs, tmp_path)
+    if case == "other-pairs":
+        assert evaluate_cli("--method", "white", "--data", pairs, "--out", b, "--size", 64, "--no-inception",
+                            "--n", 5, "--seed", 3, "--overwrite") == 0
+    elif case == "no-csv":
+        (b / "per_image.csv").unlink()
+    elif case == "unfinished":
+        (b / "metrics.json").unlink()
+    elif case == "not-a-folder":
+        b = tmp_path / "nope"
+    elif case == "bad-value":
+        text = (b / "per_image.csv").read_text(encoding="utf-8").splitlines()
+        cells = text[1].split(",")
+        cells[2] = "x"
+        (b / "per_image.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]), encoding="utf-8")
+    capsys.readouterr()
+    pre = ["--method", "white", "--n", "3"] if case == "with-evaluate-options" else []
+    assert main(["evaluate", *pre, "compare", str(a), str(b)]) == 2
+    assert expect in one_line_error(capsys)
+
+
+def test_evaluate_without_its_options_still_names_them(capsys):
+    """compare made --method, --data and --out optional to argparse; a plain evaluation still needs them."""
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--data", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "required: --method, --out" in err
+
+
+def test_compare_leaves_out_infinite_psnr_and_says_when_lpips_is_missing(tmp_path):
+    from ganime.evaluate import compare_evaluations, format_comparison
+
+    def folder(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text("{}")
+        (d / "per_image.csv").write_text("name,image,ssim,psnr,lpips,identity_ssim\n"
+                                         + "".join(f"p{i}.png,p{i}.png,{r}\n" for i, r in enumerate(rows)), "utf-8")
+        return d
+
+    a = folder("a", ["0.5,10,0.3,0.4", "0.6,inf,0.2,0.4", "0.7,12,0.1,0.4"])
+    b = folder("b", ["0.6,11,,0.4", "0.6,20,,0.4", "0.6,12,,0.4"])
+    c = compare_evaluations(a, b)
+    ssim, psnr = c["metrics"]["ssim"], c["metrics"]["psnr"]
+    assert (ssim["b_better"], ssim["ties"], ssim["b_worse"]) == (1, 1, 1) and ssim["diff"] == pytest.approx(0)
+    assert psnr["n"] == 2 and psnr["left_out"] == 1 and psnr["diff"] == pytest.approx(0.5)
+    assert c["metrics"]["lpips"] is None
+    text = format_comparison(c)
+    assert "| LPIPS ↓ | — |" in text and "not in both folders" in text and "1 pairs left out" in text
+    assert "1 of 3, 1 tied" in text
+
+
+def test_paired_bootstrap_interval():
+    from ganime.evaluate import paired_bootstrap_ci
+
+    assert paired_bootstrap_ci(np.full(7, 0.25)) == (0.25, 0.25)  # no spread, no uncertainty
+    d = np.random.default_rng(5).normal(0.1, 1.0, 400)  # 400 pairs: the resamples are drawn in blocks
+    low, high = paired_bootstrap_ci(d)
+    assert low < d.mean() < high and paired_bootstrap_ci(d) == (low, high) != paired_bootstrap_ci(d, seed=1)
+    assert (low, high) == pytest.approx(tuple(-x for x in paired_bootstrap_ci(-d)[::-1]))
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # the normal interval, which the bootstrap approaches here
+    assert low == pytest.approx(d.mean() - half, abs=0.1 * half) and high == pytest.approx(d.mean() + half, abs=0.1 * half)
+    with pytest.raises(InputError):
+        paired_bootstrap_ci(np.array([]))

@@ -516,6 +516,161 @@ def worst_pairs(per_image: dict, k: int = WORST_PAIRS) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------
+# paired comparison of two evaluations (ganime evaluate compare)
+
+#: The compared metrics: (per_image.csv column, label, higher is better).
+COMPARED = (("ssim", "SSIM", True), ("psnr", "PSNR (dB)", True), ("lpips", "LPIPS", False))
+
+
+def read_per_image(folder: str | os.PathLike) -> dict:
+    """A finished evaluation's per_image.csv: ``{"folder", "method", "name": [...], "ssim": ndarray, "psnr",
+    "lpips" (None when the column is empty)}``; an empty cell is NaN. One-line InputErrors for a folder that is
+    not a finished evaluation with per-image values."""
+    import csv
+
+    folder = Path(folder)
+    path = folder / "per_image.csv"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such evaluation folder")
+    if not path.is_file():
+        raise InputError(f"{folder}: has no per_image.csv (not an evaluation folder, or one written before GANime "
+                         "wrote per-image values): run ganime evaluate into it again with --overwrite")
+    if not (folder / "metrics.json").is_file():
+        raise InputError(f"{folder}: has no metrics.json, so its evaluation did not finish: run it again with --overwrite")
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    header = rows[0] if rows else []
+    if any(c not in header for c in ("name",) + tuple(k for k, _, _ in COMPARED)):
+        raise InputError(f"{path}: is not a per_image.csv (columns {', '.join(header) or 'none'}; expected "
+                         f"{', '.join(PER_IMAGE_COLUMNS)})")
+    rows = rows[1:]
+    if not rows:
+        raise InputError(f"{path}: holds no pairs")
+    col = {c: i for i, c in enumerate(header)}
+    out: dict = {"folder": str(folder), "name": [r[col["name"]] if len(r) > col["name"] else "" for r in rows]}
+    try:
+        out["method"] = json.loads((folder / "metrics.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        out["method"] = None
+    for key, _, _ in COMPARED:
+        cells = [r[col[key]].strip() if len(r) > col[key] else "" for r in rows]
+        try:
+            v = np.array([float(c) if c else math.nan for c in cells], dtype=np.float64)
+        except ValueError:
+            bad = next(c for c in cells if c and not _is_float(c))
+            raise InputError(f"{path}: {key} value {bad!r} is not a number") from None
+        out[key] = None if all(c == "" for c in cells) else v
+    return out
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def paired_bootstrap_ci(diff: np.ndarray, resamples: int = 10_000, seed: int = 0,
+                        confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of paired differences ``diff``: the pairs are
+    resampled with replacement ``resamples`` times with a generator seeded by ``seed`` (so the interval is
+    reproducible), and the interval is the central ``confidence`` of the resampled means."""
+    d = np.asarray(diff, dtype=np.float64)
+    n = len(d)
+    if n == 0 or resamples < 1:
+        raise InputError("a bootstrap needs at least one pair and one resample")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, 2_000_000 // n)  # index blocks of at most ~16 MB
+    for i in range(0, resamples, step):
+        k = min(step, resamples - i)
+        means[i : i + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def compare_evaluations(a_dir: str | os.PathLike, b_dir: str | os.PathLike, resamples: int = 10_000,
+                        seed: int = 0) -> dict:
+    """B against A, pair by pair, from two evaluation folders' per_image.csv on the same pairs: for SSIM, PSNR
+    and LPIPS the means, the mean difference B - A with a 95% paired bootstrap interval
+    (:func:`paired_bootstrap_ci`), and on how many pairs B is better (higher SSIM/PSNR, lower LPIPS), worse,
+    or tied. Pairs where either value is not finite (PSNR inf of an identical image) are left out of that
+    metric, and counted. A metric missing from either folder (LPIPS without its weights) is None."""
+    if resamples < 1:
+        raise InputError(f"--resamples {resamples}: must be at least 1")
+    a, b = read_per_image(a_dir), read_per_image(b_dir)
+    if a["name"] != b["name"]:
+        in_a, in_b = set(a["name"]), set(b["name"])
+        only_a, only_b = [x for x in a["name"] if x not in in_b], [x for x in b["name"] if x not in in_a]
+        if not only_a and not only_b and len(set(a["name"])) == len(a["name"]) == len(b["name"]):
+            order = {x: i for i, x in enumerate(b["name"])}  # the same pairs in another order: align them
+            idx = np.array([order[x] for x in a["name"]])
+            b = {**b, "name": a["name"], **{k: None if b[k] is None else b[k][idx] for k, _, _ in COMPARED}}
+        else:
+            eg = (f"e.g. {only_a[0]!r} only in A" if only_a else f"e.g. {only_b[0]!r} only in B" if only_b
+                  else "the same names, repeated differently")
+            raise InputError(f"{a_dir} and {b_dir}: evaluated on different pairs ({len(a['name'])} and "
+                             f"{len(b['name'])}; {eg}): compare evaluations of the same pairs (same --data, --split, "
+                             "--n, --seed and --size)")
+    result: dict = {"a": str(a_dir), "b": str(b_dir), "a_method": a["method"], "b_method": b["method"],
+                    "n": len(a["name"]), "resamples": resamples, "seed": seed, "confidence": 0.95, "metrics": {}}
+    for key, _, higher in COMPARED:
+        if a[key] is None or b[key] is None:
+            result["metrics"][key] = None
+            continue
+        ok = np.isfinite(a[key]) & np.isfinite(b[key])
+        va, vb = a[key][ok], b[key][ok]
+        entry = {"n": int(ok.sum()), "left_out": int((~ok).sum())}
+        if entry["n"]:
+            d = vb - va
+            better = d > 0 if higher else d < 0
+            low, high = paired_bootstrap_ci(d, resamples, seed)
+            entry.update(mean_a=float(va.mean()), mean_b=float(vb.mean()), diff=float(d.mean()), ci_low=low,
+                         ci_high=high, b_better=int(better.sum()), ties=int((d == 0).sum()))
+            entry["b_worse"] = entry["n"] - entry["b_better"] - entry["ties"]
+        result["metrics"][key] = entry
+    return result
+
+
+def format_comparison(c: dict) -> str:
+    """The markdown report of :func:`compare_evaluations` (what ``ganime evaluate compare`` prints)."""
+    def who(side: str) -> str:
+        return f"{c[side]}" + (f" ({c[side + '_method']})" if c.get(side + "_method") else "")
+
+    lines = [f"# B − A on {c['n']} pairs", "", f"- A: {who('a')}", f"- B: {who('b')}",
+             f"- 95% confidence interval: paired bootstrap, {c['resamples']:,} resamples of the pairs, seed {c['seed']}",
+             "", "| metric | A mean | B mean | B − A | 95% CI | B better on | reading |", "|---|---|---|---|---|---|---|"]
+    notes = []
+    for key, label, higher in COMPARED:
+        e = c["metrics"].get(key)
+        arrow = "↑" if higher else "↓"
+        if e is None:
+            lines.append(f"| {label} {arrow} | — | — | — | — | — | not in both folders |")
+            continue
+        if not e["n"]:
+            lines.append(f"| {label} {arrow} | — | — | — | — | — | no pair with finite values in both |")
+            continue
+        dg = 2 if key == "psnr" else 4
+        if e["ci_low"] > 0 or e["ci_high"] < 0:
+            reading = "B better" if (e["ci_low"] > 0) == higher else "B worse"
+        else:
+            reading = "no clear difference"
+        ties = f", {e['ties']} tied" if e["ties"] else ""
+        lines.append(f"| {label} {arrow} | {e['mean_a']:.{dg}f} | {e['mean_b']:.{dg}f} | {e['diff']:+.{dg}f} | "
+                     f"[{e['ci_low']:+.{dg}f}, {e['ci_high']:+.{dg}f}] | {e['b_better']} of {e['n']}{ties} | {reading} |")
+        if e["left_out"]:
+            notes.append(f"- {label}: {e['left_out']} pairs left out (not finite in A or B, e.g. the PSNR of an "
+                         "output identical to its truth)")
+    lines += ["", "Reading: B better or worse where the interval excludes 0 (in the metric's better direction ↑/↓)."]
+    return "\n".join(lines + notes)
+
+
+# --------------------------------------------------------------------------------------------------------
 # tables
 
 

@@ -11,16 +11,22 @@ METHOD_HELP = ("pix2pix or cyclegan (with --checkpoint), default (the shipped mo
                "(the sketch itself) or white (a blank page)")
 
 
+#: The options an evaluation cannot do without; not argparse-required, as ``ganime evaluate compare`` takes none.
+REQUIRED = ("method", "data", "out")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="score a model on held-out pairs: SSIM, PSNR, LPIPS, FID, KID",
+        usage="%(prog)s --method M --data PAIRS --out DIR [options]\n"
+              "       %(prog)s compare A_DIR B_DIR [--resamples 10000] [--seed 0] [--json]",
         description="Colour every sketch of a pair set with one method, then write DIR/images/, DIR/metrics.json, "
-                    "DIR/metrics.md, DIR/per_image.csv and DIR/grid.png (sketch | truth | output). Protocols: "
-                    "docs/evaluation.md.")
-    p.add_argument("--method", required=True, help=METHOD_HELP)
-    p.add_argument("--data", required=True, metavar="PAIRS",
-                   help="a prepared cache (ganime data prepare) or a folder of side-by-side pairs (colour left, sketch right)")
-    p.add_argument("--out", required=True, metavar="DIR", help="result folder (new or empty, unless --overwrite)")
+                    "DIR/metrics.md, DIR/per_image.csv and DIR/grid.png (sketch | truth | output); or compare two "
+                    "such folders pair by pair (ganime evaluate compare --help). Protocols: docs/evaluation.md.")
+    p.add_argument("--method", help="(required) " + METHOD_HELP)
+    p.add_argument("--data", metavar="PAIRS", help="(required) a prepared cache (ganime data prepare) or a folder "
+                   "of side-by-side pairs (colour left, sketch right)")
+    p.add_argument("--out", metavar="DIR", help="(required) result folder (new or empty, unless --overwrite)")
     p.add_argument("--checkpoint", help="a run's last.pt (or run folder) or an exported .safetensors")
     p.add_argument("--n", type=int, help="evaluate a seeded random subset of N pairs (default: all)")
     p.add_argument("--split", help="only this split of a cache or Kaggle folder (train or val; default: all)")
@@ -36,11 +42,46 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in DIR")
     p.add_argument("--no-progress", action="store_true",
                    help="hide the progress bars on stderr (into a file they are redrawn every 30 s)")
-    p.set_defaults(func=run)
+    options = {a.dest: a.default for a in p._actions if a.option_strings and a.dest != "help"}
+    p.set_defaults(func=run, evaluate_parser=p)
+    csub = p.add_subparsers(dest="evaluate_command", metavar="compare", title="instead of an evaluation")
+    c = csub.add_parser(  # optional: a plain 'ganime evaluate --method ...' evaluates
+        "compare", prog=f"{p.prog} compare", help="B against A, pair by pair: mean differences with 95%% bootstrap intervals and wins",
+        description="Compare two evaluation folders of the same pairs (ganime evaluate --out A_DIR, --out B_DIR) "
+                    "from their per_image.csv: for SSIM, PSNR and LPIPS, the mean difference B - A with a 95% "
+                    "paired bootstrap confidence interval and on how many pairs B is better.")
+    c.add_argument("a", metavar="A_DIR", help="the baseline's evaluation folder")
+    c.add_argument("b", metavar="B_DIR", help="the evaluation folder compared with it")
+    c.add_argument("--resamples", type=int, default=10_000, metavar="N", help="bootstrap resamples of the pairs (default 10000)")
+    c.add_argument("--seed", type=int, default=0, dest="bootstrap_seed", metavar="S", help="the bootstrap's seed (default 0)")
+    c.add_argument("--json", action="store_true", help="also print the comparison as one JSON line (last on stdout)")
+    c.set_defaults(func=run_compare, evaluate_options=options)
+
+
+def run_compare(args) -> int:
+    """``ganime evaluate compare A_DIR B_DIR``: print the paired comparison of two evaluation folders."""
+    import json
+
+    from ganime.errors import InputError
+    from ganime.evaluate import compare_evaluations, format_comparison
+
+    given = [k for k, default in args.evaluate_options.items() if getattr(args, k, default) != default]
+    if given:
+        raise InputError(f"ganime evaluate compare reads two finished evaluations and takes no "
+                         f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    c = compare_evaluations(args.a, args.b, args.resamples, args.bootstrap_seed)
+    print(format_comparison(c))
+    if args.json:
+        print(json.dumps(c, sort_keys=True))
+    return 0
 
 
 def run(args) -> int:
     from pathlib import Path
+
+    missing = [f"--{k}" for k in REQUIRED if getattr(args, k) is None]
+    if missing:  # argparse's own sentence, as when these options were argparse-required
+        args.evaluate_parser.error(f"the following arguments are required: {', '.join(missing)}")
 
     from ganime.evaluate import check_out_dir, evaluate, format_report, load_pairs, make_generator
 
