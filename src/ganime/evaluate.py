@@ -14,8 +14,10 @@ shipped with GANime), ``gatys`` and ``fast`` (style transfer, as in the paper: e
 and its own pair's colour image the style -- the ground truth is thus an input of this baseline), and the
 floors ``identity`` and ``white``.
 
-Main entry points: :func:`evaluate` (one method on one pair set, optionally writing a result folder),
-:func:`format_table` (markdown), :func:`training_eval_hook` (``ganime train --eval-every K``).
+Main entry points: :func:`evaluate` (one method on one pair set, optionally writing a result folder, with
+each pair's values in per_image.csv), :func:`format_table` (markdown), :func:`compare_evaluations` (two
+result folders pair by pair, with paired bootstrap intervals: ``ganime evaluate compare``),
+:func:`training_eval_hook` (``ganime train --eval-every K``).
 The real images' Inception features are cached on disk per data set (keyed by a hash of the pixels, the
 Inception file and the resize policy) in :func:`cache_dir`, so repeated evaluations skip them.
 """

@@ -1,4 +1,5 @@
-"""``ganime evaluate --method M --data PAIRS --out DIR`` and the ``table1`` benchmark (the paper's Table 1).
+"""``ganime evaluate --method M --data PAIRS --out DIR``, ``ganime evaluate compare A_DIR B_DIR`` (two such
+folders pair by pair) and the ``table1`` benchmark (the paper's Table 1).
 
 ``add_table1_args(p)`` / ``run_table1(args)`` follow the ``ganime benchmark`` registry's interface
 (``add_args(parser)``, ``run(args) -> flat dict``); ``ganime.commands.benchmark`` registers them as ``table1``.
