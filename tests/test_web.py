@@ -751,7 +751,8 @@ def test_a_request_head_trickled_byte_by_byte_is_dropped(models):
     """Headers sent a byte now and then (never silent for socket_timeout) held their connection and thread
     for ever, so max_connections such clients (64 sockets, no bandwidth) shut everyone else out with 503
     (slowloris). A request's head must arrive whole within socket_timeout."""
-    s = Running(models, Limits(socket_timeout=1.0, max_connections=2))
+    timeout = 2.0  # the trickle (a byte every 0.25 s) is never silent for it; its heads are due after it
+    s = Running(models, Limits(socket_timeout=timeout, max_connections=2))
     slow = [socket.create_connection((s.host, s.port), timeout=10) for _ in range(2)]
     stop = threading.Event()
 
@@ -768,9 +769,11 @@ def test_a_request_head_trickled_byte_by_byte_is_dropped(models):
     t = threading.Thread(target=trickle, daemon=True)
     t.start()
     try:
-        time.sleep(0.5)
-        assert s.request("GET", "/api/health")[0] == 503  # both connections taken
-        deadline, status = time.monotonic() + 4.0, None
+        wait_until = time.monotonic() + timeout / 2  # both connections taken: waited for, not slept on (CI load)
+        while s.server._connections < 2 and time.monotonic() < wait_until:
+            time.sleep(0.01)
+        assert s.request("GET", "/api/health")[0] == 503
+        deadline, status = time.monotonic() + 2 * timeout + 2, None
         while status != 200 and time.monotonic() < deadline:
             time.sleep(0.25)
             status = s.request("GET", "/api/health")[0]
