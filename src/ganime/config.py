@@ -108,9 +108,10 @@ class TrainConfig:
     #: Also keep ``best.pt``: the checkpoint with the best value of this validation metric so far
     #: (one of KEEP_BEST_METRICS; "": off).
     keep_best: str = ""
-    #: The prepared cache trained on (absolute path) and its pairs' fingerprint (count and a hash of their
-    #: names, :meth:`ganime.data.pairs.PairCache.fingerprint`), checked on --resume ("": not recorded, as in
-    #: runs before it was, or a CycleGAN run on folders).
+    #: The prepared cache trained on (absolute path; for CycleGAN's folders "SKETCHES | COLORS") and its
+    #: fingerprint (count and a hash of the names, :meth:`ganime.data.pairs.PairCache.fingerprint`,
+    #: :func:`ganime.data.unpaired.folders_fingerprint`), checked on --resume ("": not recorded, as in runs
+    #: before it was).
     data: str = ""
     data_fingerprint: str = ""
     #: Before each epoch-end (and time-limit) checkpoint, recompute the generator's BatchNorm running
