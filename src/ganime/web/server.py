@@ -75,6 +75,10 @@ ALWAYS_HEADERS = {"Cache-Control": "no-store", **SECURITY_HEADERS}
 LOG_ESCAPES = str.maketrans({c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]} | {ord("\\"): "\\\\"})
 
 
+class _TooSlow(Exception):
+    """A client moving a body slower than the server's minimum rate (see ``Handler._at_rate``)."""
+
+
 class HTTPError(Exception):
     """An answer other than 200: a status, one sentence for ``{"error": ...}`` and extra headers."""
 
@@ -451,28 +455,37 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self._write_body(body)
 
+    def _at_rate(self, start: float, done: int, rate: float, io):
+        """``io()``, one read or write of a body begun at ``start`` with ``done`` bytes moved so far, under the
+        slow-client rule of uploads and answers alike: after socket_timeout's grace, ``rate`` bytes/s on average.
+        Raises :class:`_TooSlow` past that, and socket.timeout when the client is silent for socket_timeout."""
+        deadline = start + self.server.limits.socket_timeout + done / rate
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise socket.timeout
+            self.connection.settimeout(min(self.timeout, left))
+            return io()
+        except socket.timeout:
+            if time.monotonic() < deadline:
+                raise  # silent for socket_timeout
+            raise _TooSlow from None
+
     def _write_body(self, body: bytes) -> None:
         """Send ``body`` while the client keeps taking it: after socket_timeout's grace it must have taken it
         at min_download_rate on average (as _read_body asks of uploads), or the connection is dropped; the
         client sees an answer shorter than its Content-Length. A client silent for socket_timeout is dropped."""
-        limits = self.server.limits
+        rate = self.server.limits.min_download_rate
         start, sent, view = time.monotonic(), 0, memoryview(body)
         try:
             while sent < len(body):
-                deadline = start + limits.socket_timeout + sent / limits.min_download_rate
-                left = deadline - time.monotonic()
                 try:
-                    if left <= 0:
-                        raise socket.timeout
-                    self.connection.settimeout(min(self.timeout, left))
                     # send, not sendall: sendall's timeout is for the whole answer, not for each write
-                    sent += self.connection.send(view[sent : sent + (1 << 16)])
-                except socket.timeout:
-                    if time.monotonic() < deadline:
-                        raise  # silent for socket_timeout
+                    sent += self._at_rate(start, sent, rate, lambda: self.connection.send(view[sent : sent + (1 << 16)]))
+                except _TooSlow:
                     raise socket.timeout(f"answer too slow: {sent:,} of {len(body):,} bytes taken in "
                                          f"{time.monotonic() - start:.0f} s (this server needs "
-                                         f"{limits.min_download_rate / 1024:.3g} KB/s)") from None
+                                         f"{rate / 1024:.3g} KB/s)") from None
         finally:
             self._size = sent
             self.connection.settimeout(self.timeout)
@@ -686,17 +699,11 @@ class Handler(BaseHTTPRequestHandler):
         while len(buf) < length:
             # After socket_timeout's grace the body must keep up with min_upload_rate: a deadline from the
             # announced length alone let a trickle hold its slot for that long (20 MB: 11 minutes).
-            deadline = start + limits.socket_timeout + len(buf) / limits.min_upload_rate
-            left = deadline - time.monotonic()
             try:
-                if left <= 0:
-                    raise socket.timeout
-                self.connection.settimeout(min(self.timeout, left))
                 # read1: what has arrived (one recv), so the deadline is checked however slowly bytes come
-                chunk = self.rfile.read1(min(1 << 16, length - len(buf)))
-            except socket.timeout:
-                if time.monotonic() < deadline:
-                    raise  # silent for socket_timeout: dropped as before
+                chunk = self._at_rate(start, len(buf), limits.min_upload_rate,
+                                      lambda: self.rfile.read1(min(1 << 16, length - len(buf))))
+            except _TooSlow:
                 self.close_connection = True
                 raise HTTPError(408, f"upload too slow: {len(buf):,} of {length:,} bytes in "
                                      f"{time.monotonic() - start:.0f} s (this server needs "
